@@ -1,0 +1,153 @@
+//! Prometheus metrics, all prefixed `sluice_`.
+//!
+//! Components take an `Arc<Metrics>` and, on their hot paths, resolve the label set once (at
+//! dispatcher start, say) and keep the returned counter handles, so counting an event is one
+//! atomic add.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabels {
+    pub namespace: String,
+    pub broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub namespace: String,
+    pub broker: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub namespace: String,
+    pub broker: String,
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub namespace: String,
+    pub broker: String,
+    pub trigger: String,
+    pub reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~65 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 18,
+    ))
+}
+
+/// Every metric Sluice exports.
+pub struct Metrics {
+    registry: Registry,
+    pub accepted: Family<BrokerLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub delivered: Family<TriggerLabels, Counter>,
+    pub retried: Family<TriggerLabels, Counter>,
+    pub dead_lettered: Family<TriggerLabels, Counter>,
+    pub dropped: Family<DropLabels, Counter>,
+    pub filtered_out: Family<TriggerLabels, Counter>,
+    pub replies: Family<TriggerLabels, Counter>,
+    pub delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Metrics {
+            accepted: Family::default(),
+            rejected: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            dropped: Family::default(),
+            filtered_out: Family::default(),
+            replies: Family::default(),
+            delivery_latency: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_accepted",
+            "Events accepted by a broker's ingress (answered 202)",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events refused by a broker's ingress, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events a subscriber accepted",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "events_retried",
+            "Delivery attempts that failed and were retried",
+            m.retried.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events sent to a dead-letter sink after the last failed attempt",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events given up on without a dead-letter sink, or replies dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "events_filtered_out",
+            "Events a trigger's filter did not match",
+            m.filtered_out.clone(),
+        );
+        registry.register(
+            "replies",
+            "Replies from subscribers published back to the broker",
+            m.replies.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from broker arrival to the subscriber's final answer",
+            m.delivery_latency.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Registry for components that add their own metrics (sources, channels).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl TriggerLabels {
+    pub fn new(namespace: &str, broker: &str, trigger: &str) -> Self {
+        TriggerLabels {
+            namespace: namespace.into(),
+            broker: broker.into(),
+            trigger: trigger.into(),
+        }
+    }
+}

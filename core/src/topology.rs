@@ -1,0 +1,131 @@
+//! The topology: what runs, as plain structs.
+//!
+//! Built from resources (YAML files in embedded mode, reflectors in Kubernetes mode) by
+//! `sluice-crds`, validated there once, and published through a `tokio::sync::watch` channel.
+//! Ingress, dispatchers and sources only ever read these structs.
+
+use crate::delivery::DeliveryPolicy;
+use crate::event::Event;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use url::Url;
+
+/// A namespaced name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Key {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A compiled trigger filter. Implemented by `sluice-filter`; compiled once at load time so
+/// evaluating it never meets an invalid expression.
+pub trait EventFilter: Send + Sync + fmt::Debug {
+    fn matches(&self, event: &Event) -> bool;
+}
+
+/// The filter that passes everything (a trigger without filters).
+#[derive(Debug, Default)]
+pub struct MatchAll;
+
+impl EventFilter for MatchAll {
+    fn matches(&self, _: &Event) -> bool {
+        true
+    }
+}
+
+/// Where a broker keeps its events (annotation `eventing.knative.dev/broker.class`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelConfig {
+    /// `MTChannelBasedBroker` (the default): bounded in-process queues.
+    Memory { capacity: usize },
+    /// `Kafka`: a topic per broker.
+    Kafka {
+        bootstrap_servers: String,
+        partitions: i32,
+        replication_factor: i16,
+    },
+    /// `NatsJetStreamBroker`: a stream per broker.
+    Nats { url: String },
+}
+
+impl ChannelConfig {
+    /// Default capacity of each in-memory trigger queue.
+    pub const DEFAULT_MEMORY_CAPACITY: usize = 10_000;
+
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            ChannelConfig::Memory { .. } => "MTChannelBasedBroker",
+            ChannelConfig::Kafka { .. } => "Kafka",
+            ChannelConfig::Nats { .. } => "NatsJetStreamBroker",
+        }
+    }
+}
+
+/// Where a new trigger starts reading its broker's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    #[default]
+    Latest,
+    Earliest,
+    /// Milliseconds since the Unix epoch.
+    Time(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub key: Key,
+    pub channel: ChannelConfig,
+    /// The broker's own `spec.delivery`, already validated; triggers inherit it.
+    pub delivery: Option<DeliveryPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub key: Key,
+    pub broker: Key,
+    pub subscriber: Url,
+    pub filter: Arc<dyn EventFilter>,
+    /// Effective policy: the trigger's `delivery`, else the broker's, else the default.
+    pub delivery: DeliveryPolicy,
+    /// Per-partition order (`kafka.eventing.knative.dev/delivery.order: ordered`).
+    pub ordered: bool,
+    /// Deliveries in flight at once for this trigger.
+    pub concurrency: usize,
+    pub start_from: StartFrom,
+}
+
+impl Trigger {
+    /// Default number of concurrent deliveries per unordered trigger.
+    pub const DEFAULT_CONCURRENCY: usize = 100;
+}
+
+/// Everything that runs. Cheap to clone (brokers and triggers are shared).
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub brokers: BTreeMap<Key, Arc<Broker>>,
+    /// Triggers by their own key.
+    pub triggers: BTreeMap<Key, Arc<Trigger>>,
+}
+
+impl Topology {
+    /// The triggers subscribed to a broker.
+    pub fn triggers_of<'a>(&'a self, broker: &'a Key) -> impl Iterator<Item = &'a Arc<Trigger>> {
+        self.triggers.values().filter(move |t| &t.broker == broker)
+    }
+}

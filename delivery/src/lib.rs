@@ -1,1 +1,401 @@
-//! Placeholder; filled in by its issue.
+//! # sluice-delivery
+//!
+//! Gets one event to one destination, the way SEMANTICS.md §4 says: POST it (binary mode, or
+//! structured with `format: json`) with `Prefer: reply`, `Kn-Namespace` and the pass-through
+//! headers; classify the answer; wait and try again while the failure is retryable and
+//! attempts remain; then send the *original* event to the dead-letter sink with the
+//! `knativeerror*` extensions, or drop it.
+//!
+//! The decisions are pure functions in [`policy`] (classification, backoff, Retry-After,
+//! dead-letter event); [`Sender`] is the small loop around them and the pooled HTTP client.
+//! Callers that retry by redelivery (a JetStream consumer naks with the delay) use
+//! [`Sender::attempt`], [`policy::after_failure`] and [`Sender::dead_letter`] directly instead
+//! of [`Sender::deliver`].
+//!
+//! Delivery knows nothing of brokers, triggers or channels: a reply is handed back to the
+//! caller, which routes it.
+
+pub mod policy;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use policy::{after_failure, classify, dead_letter_event, parse_retry_after, Class, Next};
+use sluice_core::delivery::{DeliveryPolicy, Format};
+use sluice_core::{http as codec, Envelope, Event};
+use std::time::Duration;
+use url::Url;
+
+/// Largest response body read back (a reply event, or error data for a dead letter).
+pub const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
+
+/// The answer to one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The destination took the event; it may have answered with a reply event.
+    Accepted { reply: Option<Event> },
+    /// The attempt failed.
+    Failed(Failure),
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The HTTP status, if the destination answered at all.
+    pub status: Option<u16>,
+    pub body: Bytes,
+    pub retryable: bool,
+    /// `Retry-After` from a 429 or 503.
+    pub retry_after: Option<Duration>,
+    /// A human-readable reason, for logs.
+    pub reason: String,
+}
+
+/// How a whole delivery (all attempts, then the dead-letter sink) ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivered {
+    /// The subscriber accepted the event.
+    Ok { reply: Option<Event> },
+    /// Every attempt failed and the dead-letter sink took the event.
+    DeadLettered { last: Failure },
+    /// Every attempt failed and there is no dead-letter sink.
+    Dropped { last: Failure },
+    /// Every attempt failed and so did the dead-letter sink.
+    DeadLetterFailed { last: Failure, dead_letter: Failure },
+}
+
+/// What a delivery did, for metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub result: Delivered,
+    /// Attempts made to the subscriber (not counting the dead-letter sink).
+    pub attempts: u32,
+}
+
+/// One outbound request: where, what, and under which rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub url: &'a Url,
+    pub envelope: &'a Envelope,
+    pub policy: &'a DeliveryPolicy,
+    /// Sent as `Kn-Namespace` (the trigger's namespace).
+    pub namespace: Option<&'a str>,
+}
+
+/// Sends events over a pooled HTTP client. Clone freely: clones share the pool.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sender {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Sender { client }
+    }
+
+    /// One attempt: POST the event and classify the answer.
+    pub async fn attempt(
+        &self,
+        url: &Url,
+        envelope: &Envelope,
+        format: Format,
+        namespace: Option<&str>,
+        timeout: Duration,
+    ) -> Outcome {
+        let mut headers = HeaderMap::with_capacity(16);
+        let body = match format {
+            Format::Binary => codec::encode_binary(&envelope.event, &mut headers),
+            Format::Json => {
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(codec::STRUCTURED_CONTENT_TYPE),
+                );
+                Bytes::from(codec::encode_structured(&envelope.event))
+            }
+        };
+        headers.insert("prefer", HeaderValue::from_static("reply"));
+        if let Some(ns) = namespace.and_then(|ns| HeaderValue::from_str(ns).ok()) {
+            headers.insert("kn-namespace", ns);
+        }
+        for (name, value) in &envelope.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+        let result = self
+            .client
+            .post(url.clone())
+            .headers(headers)
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(transport_failure(&e, timeout)),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = match read_body(response).await {
+            Ok(b) => b,
+            Err(reason) => {
+                return Outcome::Failed(Failure {
+                    status: Some(status),
+                    body: Bytes::new(),
+                    retryable: true,
+                    retry_after: None,
+                    reason,
+                })
+            }
+        };
+        interpret(status, &headers, body)
+    }
+
+    /// Delivers with retries, then dead-letters (or drops). Waits with tokio time.
+    pub async fn deliver(&self, req: Request<'_>) -> Report {
+        self.deliver_from(req, 1).await
+    }
+
+    /// Like [`Sender::deliver`], but the first attempt made counts as attempt number
+    /// `first_attempt` (a redelivered message continues its schedule).
+    pub async fn deliver_from(&self, req: Request<'_>, first_attempt: u32) -> Report {
+        let (result, attempts) = self
+            .send_with_retries(req.url, req.envelope, req.policy, req.namespace, first_attempt)
+            .await;
+        let result = match result {
+            Ok(reply) => Delivered::Ok { reply },
+            Err(last) => self.dead_letter(req, last).await,
+        };
+        Report { result, attempts }
+    }
+
+    /// After the last failed attempt: sends the original event, with the `knativeerror*`
+    /// extensions, to the policy's dead-letter sink under the same retry policy.
+    pub async fn dead_letter(&self, req: Request<'_>, last: Failure) -> Delivered {
+        let Some(dls) = &req.policy.dead_letter_sink else {
+            return Delivered::Dropped { last };
+        };
+        let event = dead_letter_event(
+            &req.envelope.event,
+            req.url.as_str(),
+            last.status,
+            &last.body,
+        );
+        let envelope = Envelope::with_headers(event, req.envelope.headers.clone());
+        match self
+            .send_with_retries(dls, &envelope, req.policy, req.namespace, 1)
+            .await
+            .0
+        {
+            Ok(_) => Delivered::DeadLettered { last },
+            Err(dead_letter) => Delivered::DeadLetterFailed { last, dead_letter },
+        }
+    }
+
+    async fn send_with_retries(
+        &self,
+        url: &Url,
+        envelope: &Envelope,
+        policy: &DeliveryPolicy,
+        namespace: Option<&str>,
+        first_attempt: u32,
+    ) -> (Result<Option<Event>, Failure>, u32) {
+        let mut attempt = first_attempt.max(1);
+        let mut made = 0;
+        loop {
+            made += 1;
+            let outcome = self
+                .attempt(url, envelope, policy.format, namespace, policy.timeout)
+                .await;
+            let failure = match outcome {
+                Outcome::Accepted { reply } => return (Ok(reply), made),
+                Outcome::Failed(f) => f,
+            };
+            match after_failure(
+                policy,
+                attempt,
+                failure.retryable,
+                failure.retry_after,
+                fastrand::f64(),
+            ) {
+                Next::Retry(wait) => {
+                    tracing::debug!(url = %url, attempt, status = ?failure.status, wait_ms = wait.as_millis() as u64, reason = %failure.reason, "delivery attempt failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Next::GiveUp => {
+                    tracing::debug!(url = %url, attempt, status = ?failure.status, reason = %failure.reason, "delivery failed; giving up");
+                    return (Err(failure), made);
+                }
+            }
+        }
+    }
+}
+
+async fn read_body(mut response: reqwest::Response) -> Result<Bytes, String> {
+    let mut buf = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_RESPONSE_BODY {
+                    return Err(format!(
+                        "response body larger than {MAX_RESPONSE_BODY} bytes"
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Err(e) => return Err(format!("reading the response body failed: {e}")),
+        }
+    }
+}
+
+fn transport_failure(e: &reqwest::Error, timeout: Duration) -> Failure {
+    let reason = if e.is_timeout() {
+        format!("no answer within the {timeout:?} timeout")
+    } else if e.is_connect() {
+        format!("could not connect: {}", error_chain(e))
+    } else {
+        format!("request failed: {}", error_chain(e))
+    };
+    Failure {
+        status: None,
+        body: Bytes::new(),
+        retryable: true,
+        retry_after: None,
+        reason,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// Turns a status, headers and body into an [`Outcome`] (SEMANTICS.md §4): 202 is success
+/// whatever the body; another 2xx is success if the body is empty, success with a reply if
+/// it is a CloudEvent, and a retryable failure otherwise.
+pub fn interpret(status: u16, headers: &HeaderMap, body: Bytes) -> Outcome {
+    match classify(status) {
+        Class::Success if status == 202 => Outcome::Accepted { reply: None },
+        Class::Success if codec::looks_like_event(headers) => {
+            match codec::decode(headers, body.clone()) {
+                Ok(mut events) if events.len() == 1 => Outcome::Accepted {
+                    reply: events.pop(),
+                },
+                Ok(events) => Outcome::Failed(Failure {
+                    status: Some(status),
+                    body,
+                    retryable: true,
+                    retry_after: None,
+                    reason: format!("the reply holds {} events; a reply is one event", events.len()),
+                }),
+                Err(e) => Outcome::Failed(Failure {
+                    status: Some(status),
+                    body,
+                    retryable: true,
+                    retry_after: None,
+                    reason: format!("the reply is not a valid CloudEvent: {e}"),
+                }),
+            }
+        }
+        Class::Success if body.is_empty() => Outcome::Accepted { reply: None },
+        Class::Success => Outcome::Failed(Failure {
+            status: Some(status),
+            body,
+            retryable: true,
+            retry_after: None,
+            reason: format!("{status} with a body that is not a CloudEvent"),
+        }),
+        class => {
+            let retry_after = if status == 429 || status == 503 {
+                headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+            } else {
+                None
+            };
+            Outcome::Failed(Failure {
+                status: Some(status),
+                body,
+                retryable: class == Class::Retryable,
+                retry_after,
+                reason: format!("the destination answered {status}"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn interpretation_table() {
+        let ce = hm(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "r"),
+            ("ce-source", "s"),
+            ("ce-type", "reply"),
+        ]);
+        let none = HeaderMap::new();
+        let b = Bytes::from_static;
+        assert!(matches!(interpret(200, &none, b(b"")), Outcome::Accepted { reply: None }));
+        assert!(matches!(interpret(204, &none, b(b"")), Outcome::Accepted { reply: None }));
+        assert!(matches!(interpret(202, &none, b(b"whatever")), Outcome::Accepted { reply: None }));
+        match interpret(200, &ce, b(b"data")) {
+            Outcome::Accepted { reply: Some(e) } => assert_eq!(e.ty(), "reply"),
+            o => panic!("{o:?}"),
+        }
+        match interpret(200, &none, b(b"hello")) {
+            Outcome::Failed(f) => assert!(f.retryable),
+            o => panic!("{o:?}"),
+        }
+        match interpret(200, &hm(&[("ce-specversion", "1.0")]), b(b"")) {
+            Outcome::Failed(f) => assert!(f.retryable && f.reason.contains("not a valid CloudEvent")),
+            o => panic!("{o:?}"),
+        }
+        match interpret(503, &hm(&[("retry-after", "7")]), b(b"")) {
+            Outcome::Failed(f) => {
+                assert!(f.retryable);
+                assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
+            }
+            o => panic!("{o:?}"),
+        }
+        match interpret(400, &none, b(b"bad")) {
+            Outcome::Failed(f) => assert!(!f.retryable && f.status == Some(400)),
+            o => panic!("{o:?}"),
+        }
+    }
+}

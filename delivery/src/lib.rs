@@ -177,7 +177,13 @@ impl Sender {
     /// `first_attempt` (a redelivered message continues its schedule).
     pub async fn deliver_from(&self, req: Request<'_>, first_attempt: u32) -> Report {
         let (result, attempts) = self
-            .send_with_retries(req.url, req.envelope, req.policy, req.namespace, first_attempt)
+            .send_with_retries(
+                req.url,
+                req.envelope,
+                req.policy,
+                req.namespace,
+                first_attempt,
+            )
             .await;
         let result = match result {
             Ok(reply) => Delivered::Ok { reply },
@@ -311,7 +317,10 @@ pub fn interpret(status: u16, headers: &HeaderMap, body: Bytes) -> Outcome {
                     body,
                     retryable: true,
                     retry_after: None,
-                    reason: format!("the reply holds {} events; a reply is one event", events.len()),
+                    reason: format!(
+                        "the reply holds {} events; a reply is one event",
+                        events.len()
+                    ),
                 }),
                 Err(e) => Outcome::Failed(Failure {
                     status: Some(status),
@@ -371,9 +380,18 @@ mod tests {
         ]);
         let none = HeaderMap::new();
         let b = Bytes::from_static;
-        assert!(matches!(interpret(200, &none, b(b"")), Outcome::Accepted { reply: None }));
-        assert!(matches!(interpret(204, &none, b(b"")), Outcome::Accepted { reply: None }));
-        assert!(matches!(interpret(202, &none, b(b"whatever")), Outcome::Accepted { reply: None }));
+        assert!(matches!(
+            interpret(200, &none, b(b"")),
+            Outcome::Accepted { reply: None }
+        ));
+        assert!(matches!(
+            interpret(204, &none, b(b"")),
+            Outcome::Accepted { reply: None }
+        ));
+        assert!(matches!(
+            interpret(202, &none, b(b"whatever")),
+            Outcome::Accepted { reply: None }
+        ));
         match interpret(200, &ce, b(b"data")) {
             Outcome::Accepted { reply: Some(e) } => assert_eq!(e.ty(), "reply"),
             o => panic!("{o:?}"),
@@ -383,7 +401,9 @@ mod tests {
             o => panic!("{o:?}"),
         }
         match interpret(200, &hm(&[("ce-specversion", "1.0")]), b(b"")) {
-            Outcome::Failed(f) => assert!(f.retryable && f.reason.contains("not a valid CloudEvent")),
+            Outcome::Failed(f) => {
+                assert!(f.retryable && f.reason.contains("not a valid CloudEvent"))
+            }
             o => panic!("{o:?}"),
         }
         match interpret(503, &hm(&[("retry-after", "7")]), b(b"")) {

@@ -189,7 +189,12 @@ mod tests {
             (&exp, 4, ms(1600)),
         ];
         for (p, k, want) in table {
-            assert_eq!(retry_wait(p, k, None, 0.0), want, "{:?} k={k}", p.backoff_policy);
+            assert_eq!(
+                retry_wait(p, k, None, 0.0),
+                want,
+                "{:?} k={k}",
+                p.backoff_policy
+            );
             // Jitter adds at most 10%.
             let j = retry_wait(p, k, None, 0.999);
             assert!(j >= want && j <= want + want / 10, "{j:?}");
@@ -223,7 +228,10 @@ mod tests {
     fn attempts_are_retry_plus_one() {
         let p = policy(BackoffPolicy::Linear, 10);
         for attempt in 1..=5 {
-            assert!(matches!(after_failure(&p, attempt, true, None, 0.0), Next::Retry(_)));
+            assert!(matches!(
+                after_failure(&p, attempt, true, None, 0.0),
+                Next::Retry(_)
+            ));
         }
         assert_eq!(after_failure(&p, 6, true, None, 0.0), Next::GiveUp);
         assert_eq!(after_failure(&p, 1, false, None, 0.0), Next::GiveUp);
@@ -232,9 +240,15 @@ mod tests {
     #[test]
     fn retry_after_parsing() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 

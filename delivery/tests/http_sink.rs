@@ -34,7 +34,8 @@ async fn handle(State(s): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> 
             script.remove(0)
         }
     };
-    (StatusCode::from_u16(status).unwrap(), "sink says no")
+    let body = if status < 300 { "" } else { "sink says no" };
+    (StatusCode::from_u16(status).unwrap(), body)
 }
 
 async fn start(script: Vec<u16>, delay: Option<Duration>) -> (Url, Arc<Sink>) {
@@ -111,7 +112,10 @@ async fn exhausted_retries_go_to_the_dead_letter_sink_with_error_extensions() {
             namespace: None,
         })
         .await;
-    assert!(matches!(report.result, Delivered::DeadLettered { .. }), "{report:?}");
+    assert!(
+        matches!(report.result, Delivered::DeadLettered { .. }),
+        "{report:?}"
+    );
     assert_eq!(report.attempts, 3);
     assert_eq!(sink.received.lock().unwrap().len(), 3);
     let dead = dead.received.lock().unwrap();
@@ -170,7 +174,9 @@ async fn timeout_and_unreachable_sinks_are_retryable_and_dead_lettered_without_a
 
     // Nothing listens on this port (bound, then closed).
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gone: Url = format!("http://{}/", l.local_addr().unwrap()).parse().unwrap();
+    let gone: Url = format!("http://{}/", l.local_addr().unwrap())
+        .parse()
+        .unwrap();
     drop(l);
     let report = Sender::new()
         .deliver(Request {
@@ -205,7 +211,10 @@ async fn structured_format_when_asked() {
         .await;
     let got = sink.received.lock().unwrap();
     let (h, body) = &got[0];
-    assert!(h["content-type"].to_str().unwrap().starts_with("application/cloudevents+json"));
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/cloudevents+json"));
     let back = sluice_core::http::decode_structured(body).unwrap();
     assert_eq!(back, env.event);
 }

@@ -1,1 +1,31 @@
-//! Placeholder; filled in by its issue.
+//! # sluice-crds
+//!
+//! The resources users write — Knative's Broker and Trigger, and v1 ConfigMap for broker
+//! settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
+//! the one path from resources to Sluice's [`Topology`](sluice_core::topology::Topology):
+//!
+//! ```text
+//! YAML text ──load::parse_yaml──▶ [Loaded] ──convert::build──▶ Topology ──watch──▶ data plane
+//!              (types, field paths)            (validation, resolution)
+//! ```
+//!
+//! Embedded mode feeds files through this; Kubernetes mode will feed reflector caches through
+//! the same `build`, so both report the same messages.
+
+pub mod convert;
+pub mod duration;
+pub mod load;
+pub mod types;
+
+pub use convert::{build, Defaults};
+pub use load::{parse_yaml, LoadError, Loaded, Resource};
+
+/// The CustomResourceDefinitions Sluice serves, as multi-document YAML (`sluice crdgen`).
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crds = [types::Broker::crd(), types::Trigger::crd()];
+    crds.iter()
+        .map(|c| serde_yaml::to_string(c).expect("CRDs serialize"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}

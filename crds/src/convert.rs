@@ -1,0 +1,500 @@
+//! Resources → [`Topology`]: validation with precise messages, then plain structs.
+//!
+//! Every check that can fail happens here, once, so the data plane never meets an invalid
+//! filter, URL or duration. All problems are collected, not just the first, so a user fixes a
+//! file in one pass.
+
+use crate::duration;
+use crate::load::{LoadError, Loaded, Resource, DEFAULT_NAMESPACE};
+use crate::types::{DeliverySpec, Destination, KReference};
+use k8s_openapi::api::core::v1::ConfigMap;
+use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Format};
+use sluice_core::topology::{Broker, ChannelConfig, Key, StartFrom, Topology, Trigger};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use url::Url;
+
+/// Annotation choosing a broker's channel.
+pub const BROKER_CLASS: &str = "eventing.knative.dev/broker.class";
+/// Broker classes Sluice implements.
+pub const CLASS_MEMORY: &str = "MTChannelBasedBroker";
+pub const CLASS_KAFKA: &str = "Kafka";
+pub const CLASS_NATS: &str = "NatsJetStreamBroker";
+/// Trigger annotation for per-partition ordered delivery.
+pub const DELIVERY_ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Trigger annotation (Sluice): where a new trigger starts reading.
+pub const START_FROM: &str = "sluice.dev/start-from";
+/// Trigger annotation (Sluice): deliveries in flight at once.
+pub const CONCURRENCY: &str = "sluice.dev/concurrency";
+
+/// Settings that do not come from resources (flags and environment of `sluice run`).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Base URL of the broker ingress; a Broker ref resolves to `<base>/<ns>/<name>`.
+    pub ingress_url: Url,
+    /// Kafka bootstrap servers when a Kafka broker's ConfigMap does not name them.
+    pub kafka_bootstrap_servers: Option<String>,
+    /// NATS URL when a NATS broker's ConfigMap does not name one.
+    pub nats_url: Option<String>,
+    /// Capacity of each in-memory trigger queue.
+    pub memory_capacity: usize,
+}
+
+impl Defaults {
+    pub fn new(ingress_url: Url) -> Self {
+        Defaults {
+            ingress_url,
+            kafka_bootstrap_servers: None,
+            nats_url: None,
+            memory_capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    defaults: &'a Defaults,
+    brokers: HashSet<Key>,
+    config_maps: BTreeMap<Key, &'a ConfigMap>,
+    errors: Vec<LoadError>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, r: &Loaded, field: &str, message: impl Into<String>) {
+        self.errors.push(LoadError {
+            origin: r.origin.clone(),
+            resource: Some(r.describe()),
+            field: (!field.is_empty()).then(|| field.to_string()),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates the resources and builds the topology, or returns every problem found.
+pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<LoadError>> {
+    let mut ctx = Ctx {
+        defaults,
+        brokers: HashSet::new(),
+        config_maps: BTreeMap::new(),
+        errors: Vec::new(),
+    };
+    let mut seen: BTreeMap<(&str, Key), &Loaded> = BTreeMap::new();
+    for r in resources {
+        let key = Key::new(&r.namespace, &r.name);
+        if let Some(first) = seen.insert((r.resource.kind(), key.clone()), r) {
+            let msg = format!(
+                "defined twice (first in {}); names must be unique per kind and namespace",
+                first.origin
+            );
+            ctx.error(r, "metadata.name", msg);
+        }
+        match &r.resource {
+            Resource::Broker(_) => {
+                ctx.brokers.insert(key);
+            }
+            Resource::ConfigMap(cm) => {
+                ctx.config_maps.insert(key, cm);
+            }
+            Resource::Trigger(_) => {}
+        }
+    }
+
+    let mut topology = Topology::default();
+    for r in resources {
+        if let Resource::Broker(b) = &r.resource {
+            if let Some(broker) = broker(&mut ctx, r, b) {
+                topology
+                    .brokers
+                    .insert(broker.key.clone(), Arc::new(broker));
+            }
+        }
+    }
+    for r in resources {
+        if let Resource::Trigger(t) = &r.resource {
+            if let Some(trigger) = trigger(&mut ctx, r, t, &topology) {
+                topology
+                    .triggers
+                    .insert(trigger.key.clone(), Arc::new(trigger));
+            }
+        }
+    }
+    if ctx.errors.is_empty() {
+        Ok(topology)
+    } else {
+        Err(ctx.errors)
+    }
+}
+
+fn annotation<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+fn broker(ctx: &mut Ctx, r: &Loaded, b: &crate::types::Broker) -> Option<Broker> {
+    let key = Key::new(&r.namespace, &r.name);
+    let class = annotation(&b.metadata, BROKER_CLASS).unwrap_or(CLASS_MEMORY);
+    let config: BTreeMap<String, String> = match &b.spec.config {
+        None => BTreeMap::new(),
+        Some(cfg) => {
+            if cfg.kind != "ConfigMap" {
+                ctx.error(
+                    r,
+                    "spec.config.kind",
+                    format!(
+                        "`{}` is not supported: spec.config must name a v1 ConfigMap",
+                        cfg.kind
+                    ),
+                );
+                return None;
+            }
+            let ns = cfg.namespace.as_deref().unwrap_or(&r.namespace);
+            match ctx.config_maps.get(&Key::new(ns, &cfg.name)) {
+                Some(cm) => cm.data.clone().unwrap_or_default(),
+                None => {
+                    ctx.error(r, "spec.config.name", format!("ConfigMap {ns}/{} is not defined in any loaded file; add it (apiVersion: v1, kind: ConfigMap) or remove spec.config", cfg.name));
+                    return None;
+                }
+            }
+        }
+    };
+    let channel = match class {
+        CLASS_MEMORY => {
+            let capacity = match config.get("capacity") {
+                Some(v) => match v.parse::<usize>() {
+                    Ok(c) if c > 0 => c,
+                    _ => {
+                        ctx.error(r, "spec.config", format!("ConfigMap key `capacity` is {v:?}; it must be a positive whole number of events"));
+                        return None;
+                    }
+                },
+                None => ctx.defaults.memory_capacity,
+            };
+            ChannelConfig::Memory { capacity }
+        }
+        CLASS_KAFKA => {
+            let Some(bootstrap_servers) = config
+                .get("bootstrap.servers")
+                .cloned()
+                .or_else(|| ctx.defaults.kafka_bootstrap_servers.clone())
+            else {
+                ctx.error(r, "spec.config", "a Kafka broker needs bootstrap servers: set `bootstrap.servers` in the ConfigMap that spec.config names, or start sluice with --kafka-bootstrap-servers");
+                return None;
+            };
+            let partitions = match parse_key::<i32>(ctx, r, &config, "default.topic.partitions", 10)
+            {
+                Some(p) => p,
+                None => return None,
+            };
+            let replication_factor =
+                parse_key::<i16>(ctx, r, &config, "default.topic.replication.factor", 1)?;
+            ChannelConfig::Kafka {
+                bootstrap_servers,
+                partitions,
+                replication_factor,
+            }
+        }
+        CLASS_NATS => {
+            let Some(url) = config
+                .get("url")
+                .cloned()
+                .or_else(|| ctx.defaults.nats_url.clone())
+            else {
+                ctx.error(r, "spec.config", "a NATS JetStream broker needs a server URL: set `url` in the ConfigMap that spec.config names, or start sluice with --nats-url");
+                return None;
+            };
+            ChannelConfig::Nats { url }
+        }
+        other => {
+            ctx.error(
+                r,
+                &format!("metadata.annotations[\"{BROKER_CLASS}\"]"),
+                format!("unknown broker class `{other}`; use {CLASS_MEMORY} (in-memory, the default), {CLASS_KAFKA} or {CLASS_NATS}"),
+            );
+            return None;
+        }
+    };
+    let delivery = match &b.spec.delivery {
+        Some(spec) => Some(delivery_policy(ctx, r, spec, "spec.delivery")?),
+        None => None,
+    };
+    Some(Broker {
+        key,
+        channel,
+        delivery,
+    })
+}
+
+fn parse_key<T: std::str::FromStr + PartialOrd + Default>(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    config: &BTreeMap<String, String>,
+    key: &str,
+    default: T,
+) -> Option<T> {
+    match config.get(key) {
+        None => Some(default),
+        Some(v) => match v.trim().parse::<T>() {
+            Ok(n) if n > T::default() => Some(n),
+            _ => {
+                ctx.error(
+                    r,
+                    "spec.config",
+                    format!("ConfigMap key `{key}` is {v:?}; it must be a positive whole number"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn trigger(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    t: &crate::types::Trigger,
+    topology: &Topology,
+) -> Option<Trigger> {
+    let key = Key::new(&r.namespace, &r.name);
+    let errors_before = ctx.errors.len();
+    if t.spec.broker.is_empty() {
+        ctx.error(
+            r,
+            "spec.broker",
+            "is required: name the broker this trigger subscribes to",
+        );
+    }
+    let broker_key = Key::new(&r.namespace, &t.spec.broker);
+    let broker = topology.brokers.get(&broker_key);
+    if broker.is_none() && !t.spec.broker.is_empty() && !ctx.brokers.contains(&broker_key) {
+        let known: Vec<_> = ctx.brokers.iter().map(ToString::to_string).collect();
+        ctx.error(r, "spec.broker", format!(
+            "broker {broker_key} is not defined in any loaded file (brokers defined: {}); a trigger subscribes to a broker in its own namespace",
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ));
+    }
+    let filter = match sluice_filter::compile(
+        t.spec.filter.as_ref().map(|f| &f.attributes),
+        &t.spec.filters,
+    ) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            ctx.error(r, "", format!("invalid filter: spec.{e}"));
+            None
+        }
+    };
+    let subscriber = resolve(ctx, r, &t.spec.subscriber, "spec.subscriber");
+    // The trigger's delivery replaces the broker's as a whole; the dead-letter sink is the
+    // trigger's, else the broker's.
+    let broker_delivery = broker.and_then(|b| b.delivery.clone());
+    let delivery = match &t.spec.delivery {
+        Some(spec) => delivery_policy(ctx, r, spec, "spec.delivery").map(|mut p| {
+            if p.dead_letter_sink.is_none() {
+                p.dead_letter_sink = broker_delivery
+                    .as_ref()
+                    .and_then(|b| b.dead_letter_sink.clone());
+            }
+            p
+        }),
+        None => Some(broker_delivery.unwrap_or_default()),
+    };
+    let ordered = match annotation(&t.metadata, DELIVERY_ORDER) {
+        None | Some("unordered") => false,
+        Some("ordered") => true,
+        Some(other) => {
+            ctx.error(
+                r,
+                &format!("metadata.annotations[\"{DELIVERY_ORDER}\"]"),
+                format!("`{other}` is not a delivery order; use `ordered` or `unordered`"),
+            );
+            false
+        }
+    };
+    let start_from = match annotation(&t.metadata, START_FROM) {
+        None | Some("latest") => StartFrom::Latest,
+        Some("earliest") => StartFrom::Earliest,
+        Some(ts) => match chrono::DateTime::parse_from_rfc3339(ts) {
+            Ok(t) => StartFrom::Time(t.timestamp_millis()),
+            Err(e) => {
+                ctx.error(r, &format!("metadata.annotations[\"{START_FROM}\"]"), format!("`{ts}` is not `earliest`, `latest` or an RFC 3339 time such as 2024-05-01T12:00:00Z ({e})"));
+                StartFrom::Latest
+            }
+        },
+    };
+    let concurrency = match annotation(&t.metadata, CONCURRENCY) {
+        None => Trigger::DEFAULT_CONCURRENCY,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                ctx.error(
+                    r,
+                    &format!("metadata.annotations[\"{CONCURRENCY}\"]"),
+                    format!("`{v}` is not a positive whole number"),
+                );
+                1
+            }
+        },
+    };
+    if ctx.errors.len() > errors_before {
+        return None;
+    }
+    Some(Trigger {
+        key,
+        broker: broker_key,
+        subscriber: subscriber?,
+        filter: Arc::new(filter?),
+        delivery: delivery?,
+        ordered,
+        concurrency,
+        start_from,
+    })
+}
+
+fn delivery_policy(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    spec: &DeliverySpec,
+    path: &str,
+) -> Option<DeliveryPolicy> {
+    let before = ctx.errors.len();
+    // A DeliverySpec that is present but silent on retries means no retries (as in Knative);
+    // the broker-wide default policy applies only when no spec is given at all.
+    let mut p = DeliveryPolicy {
+        retry: 0,
+        ..DeliveryPolicy::default()
+    };
+    if let Some(retry) = spec.retry {
+        match u32::try_from(retry) {
+            Ok(n) => p.retry = n,
+            Err(_) => ctx.error(r, &format!("{path}.retry"), format!("{retry} is negative; give the number of retries after the first attempt (0 or more)")),
+        }
+    }
+    match spec.backoff_policy.as_deref() {
+        None | Some("exponential") => p.backoff_policy = BackoffPolicy::Exponential,
+        Some("linear") => p.backoff_policy = BackoffPolicy::Linear,
+        Some(other) => ctx.error(
+            r,
+            &format!("{path}.backoffPolicy"),
+            format!("`{other}` is not a backoff policy; use `linear` or `exponential`"),
+        ),
+    }
+    let mut dur = |field: &str, value: &Option<String>, slot: &mut std::time::Duration| {
+        if let Some(v) = value {
+            match duration::parse(v) {
+                Ok(d) => *slot = d,
+                Err(e) => ctx.error(r, &format!("{path}.{field}"), e),
+            }
+        }
+    };
+    dur("backoffDelay", &spec.backoff_delay, &mut p.backoff_delay);
+    dur("backoffMax", &spec.backoff_max, &mut p.backoff_max);
+    dur("timeout", &spec.timeout, &mut p.timeout);
+    let mut ram = std::time::Duration::ZERO;
+    dur("retryAfterMax", &spec.retry_after_max, &mut ram);
+    if spec.retry_after_max.is_some() {
+        p.retry_after_max = Some(ram);
+    }
+    if p.timeout.is_zero() {
+        ctx.error(r, &format!("{path}.timeout"), "must be longer than zero");
+    }
+    match spec.format.as_deref() {
+        None | Some("binary") => p.format = Format::Binary,
+        Some("json") => p.format = Format::Json,
+        Some(other) => ctx.error(
+            r,
+            &format!("{path}.format"),
+            format!("`{other}` is not a format; use `json` (structured mode) or `binary`"),
+        ),
+    }
+    if let Some(dls) = &spec.dead_letter_sink {
+        p.dead_letter_sink = resolve(ctx, r, dls, &format!("{path}.deadLetterSink"));
+    }
+    (ctx.errors.len() == before).then_some(p)
+}
+
+fn resolve(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Url> {
+    match (&dest.reference, &dest.uri) {
+        (None, None) => {
+            ctx.error(r, path, "set `uri` (an absolute URL such as http://localhost:8081/) or `ref` (a Broker or Service)");
+            None
+        }
+        (None, Some(uri)) => match Url::parse(uri) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
+            Ok(u) => {
+                ctx.error(
+                    r,
+                    &format!("{path}.uri"),
+                    format!(
+                        "scheme `{}` is not supported; use http or https",
+                        u.scheme()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                ctx.error(r, &format!("{path}.uri"), format!("{uri:?} is not an absolute URL ({e}); without `ref`, `uri` must be absolute, e.g. http://localhost:8081/"));
+                None
+            }
+        },
+        (Some(reference), uri) => {
+            let base = address_of(ctx, r, reference, path)?;
+            match uri {
+                None => Some(base),
+                Some(u) => match base.join(u) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        ctx.error(
+                            r,
+                            &format!("{path}.uri"),
+                            format!("{u:?} cannot be resolved against {base} ({e})"),
+                        );
+                        None
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> Option<Url> {
+    let ns = reference
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(if r.namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            &r.namespace
+        });
+    let group = reference.api_version.split('/').next().unwrap_or_default();
+    match (group, reference.kind.as_str()) {
+        ("eventing.knative.dev", "Broker") => {
+            let key = Key::new(ns, &reference.name);
+            if !ctx.brokers.contains(&key) {
+                ctx.error(
+                    r,
+                    &format!("{path}.ref"),
+                    format!("Broker {key} is not defined in any loaded file"),
+                );
+                return None;
+            }
+            ctx.defaults
+                .ingress_url
+                .join(&format!("{ns}/{}", reference.name))
+                .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
+                .ok()
+        }
+        ("v1", "Service") => Url::parse(&format!(
+            "http://{}.{ns}.svc.cluster.local/",
+            reference.name
+        ))
+        .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
+        .ok(),
+        _ => {
+            ctx.error(r, &format!("{path}.ref"), format!(
+                "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker and v1 Service; use `uri` for anything else",
+                reference.kind, reference.name
+            ));
+            None
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Reading resources from YAML text: multi-document files, each document one resource.
+//!
+//! Every error names the file, the document, the resource (kind namespace/name) and the field
+//! path, so `sluice run` can say exactly what to fix.
+
+use crate::types::{Broker, Trigger};
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::fmt;
+
+/// The namespace of resources that do not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One resource Sluice understands.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Broker(Box<Broker>),
+    Trigger(Box<Trigger>),
+    ConfigMap(Box<ConfigMap>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Broker(_) => "Broker",
+            Resource::Trigger(_) => "Trigger",
+            Resource::ConfigMap(_) => "ConfigMap",
+        }
+    }
+}
+
+/// A resource and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// `file` or `file#document` for multi-document files.
+    pub origin: String,
+    pub namespace: String,
+    pub name: String,
+    pub resource: Resource,
+}
+
+impl Loaded {
+    /// `Kind namespace/name`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} {}/{}", self.resource.kind(), self.namespace, self.name)
+    }
+}
+
+/// Why a document could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    pub origin: String,
+    /// `Kind namespace/name` when known.
+    pub resource: Option<String>,
+    /// Dotted field path when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(r) = &self.resource {
+            write!(f, ": {r}")?;
+        }
+        if let Some(p) = &self.field {
+            write!(f, ": field `{p}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<HeaderMeta>,
+}
+
+#[derive(Deserialize)]
+struct HeaderMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// The kinds `sluice run` accepts, for the error about any other kind.
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, v1 ConfigMap";
+
+/// Parses every document of a YAML file. `file` names it in errors.
+pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
+    // Deserialize every document before labelling them, stopping at the first error: the
+    // document iterator keeps yielding the same error after a syntax error.
+    let mut values = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| LoadError {
+            origin: format!("{file} (document {})", i + 1),
+            resource: None,
+            field: None,
+            message: format!("invalid YAML: {e}"),
+        })?;
+        values.push(value);
+    }
+    let many = values.len() > 1;
+    let mut out = Vec::new();
+    for (i, value) in values.into_iter().enumerate() {
+        let origin = if many {
+            format!("{file} (document {})", i + 1)
+        } else {
+            file.to_string()
+        };
+        if value.is_null() {
+            continue; // an empty document, e.g. a trailing `---`
+        }
+        out.push(parse_resource(value, origin)?);
+    }
+    Ok(out)
+}
+
+fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded, LoadError> {
+    let err = |resource: Option<String>, field: Option<String>, message: String| LoadError {
+        origin: origin.clone(),
+        resource,
+        field,
+        message,
+    };
+    let header: Header = serde_yaml::from_value(value.clone()).map_err(|e| {
+        err(
+            None,
+            None,
+            format!("not a Kubernetes resource (expected apiVersion, kind and metadata): {e}"),
+        )
+    })?;
+    let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
+        return Err(err(
+            None,
+            None,
+            "missing `apiVersion` or `kind`: every document must be a resource such as `apiVersion: eventing.knative.dev/v1` / `kind: Broker`".into(),
+        ));
+    };
+    let meta = header.metadata.unwrap_or(HeaderMeta {
+        name: None,
+        namespace: None,
+    });
+    let Some(name) = meta.name.filter(|n| !n.is_empty()) else {
+        return Err(err(
+            Some(kind),
+            Some("metadata.name".into()),
+            "is required".into(),
+        ));
+    };
+    let namespace = meta
+        .namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let describe = format!("{kind} {namespace}/{name}");
+    // Fill in the default namespace so the typed resource carries it.
+    if let Some(md) = value
+        .get_mut("metadata")
+        .and_then(serde_yaml::Value::as_mapping_mut)
+    {
+        md.insert("namespace".into(), namespace.clone().into());
+    }
+    // `spec` may be omitted (`kind: Broker` with only a name is a valid broker).
+    if let Some(top) = value.as_mapping_mut() {
+        if kind != "ConfigMap" && !top.contains_key("spec") {
+            top.insert("spec".into(), serde_yaml::Mapping::new().into());
+        }
+    }
+    let resource = match (api_version.as_str(), kind.as_str()) {
+        ("eventing.knative.dev/v1", "Broker") => {
+            Resource::Broker(Box::new(typed(value, &origin, &describe)?))
+        }
+        ("eventing.knative.dev/v1", "Trigger") => {
+            Resource::Trigger(Box::new(typed(value, &origin, &describe)?))
+        }
+        ("v1", "ConfigMap") => Resource::ConfigMap(Box::new(typed(value, &origin, &describe)?)),
+        _ => {
+            return Err(err(
+                Some(describe),
+                None,
+                format!("apiVersion `{api_version}` kind `{kind}` is not supported; Sluice reads {SUPPORTED}"),
+            ))
+        }
+    };
+    Ok(Loaded {
+        origin,
+        namespace,
+        name,
+        resource,
+    })
+}
+
+fn typed<T: DeserializeOwned>(
+    value: serde_yaml::Value,
+    origin: &str,
+    describe: &str,
+) -> Result<T, LoadError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        LoadError {
+            origin: origin.to_string(),
+            resource: Some(describe.to_string()),
+            field: (path != ".").then_some(path),
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_several_documents_and_defaults_the_namespace() {
+        let text = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t1
+  namespace: team
+spec:
+  broker: default
+  subscriber:
+    uri: http://localhost:8081/
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+data:
+  bootstrap.servers: localhost:9092
+---
+"#;
+        let got = parse_yaml(text, "f.yaml").unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].describe(), "Broker default/default");
+        assert_eq!(got[1].describe(), "Trigger team/t1");
+        assert_eq!(got[1].origin, "f.yaml (document 2)");
+        match &got[0].resource {
+            Resource::Broker(b) => assert_eq!(b.metadata.namespace.as_deref(), Some("default")),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn errors_name_file_resource_and_field() {
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: b\n  delivery:\n    retry: lots\n";
+        let e = parse_yaml(text, "x.yaml").unwrap_err();
+        assert_eq!(e.origin, "x.yaml");
+        assert_eq!(e.resource.as_deref(), Some("Trigger default/t"));
+        assert_eq!(e.field.as_deref(), Some("spec.delivery.retry"));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("x.yaml: Trigger default/t: field `spec.delivery.retry`: "),
+            "{shown}"
+        );
+
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  brokr: b\n";
+        let e = parse_yaml(text, "x.yaml").unwrap_err();
+        assert!(e.message.contains("unknown field `brokr`"), "{e}");
+
+        let e =
+            parse_yaml("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "p.yaml").unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+
+        let e = parse_yaml("kind: Broker\n", "p.yaml").unwrap_err();
+        assert!(e.message.contains("apiVersion"), "{e}");
+
+        let e = parse_yaml(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {}\n",
+            "p.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("metadata.name"));
+
+        let e = parse_yaml("a: [b\n", "bad.yaml").unwrap_err();
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+    }
+}

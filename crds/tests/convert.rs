@@ -1,0 +1,275 @@
+//! Resources to topology: resolution, delivery merging, and the messages for invalid resources.
+
+use sluice_core::delivery::{BackoffPolicy, Format};
+use sluice_core::topology::{ChannelConfig, Key, StartFrom};
+use sluice_core::{Event, SpecVersion};
+use sluice_crds::{build, parse_yaml, Defaults};
+use std::time::Duration;
+
+fn defaults() -> Defaults {
+    Defaults::new("http://127.0.0.1:8080/".parse().unwrap())
+}
+
+fn build_str(yaml: &str) -> Result<sluice_core::topology::Topology, Vec<String>> {
+    let loaded = parse_yaml(yaml, "test.yaml").map_err(|e| vec![e.to_string()])?;
+    build(&loaded, &defaults()).map_err(|es| es.iter().map(ToString::to_string).collect())
+}
+
+const BROKER: &str = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+spec:
+  delivery:
+    retry: 3
+    backoffPolicy: linear
+    backoffDelay: PT0.5S
+    deadLetterSink:
+      uri: http://localhost:9999/dead
+"#;
+
+#[test]
+fn resolves_destinations_and_merges_delivery() {
+    let yaml = format!(
+        r#"{BROKER}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: inherits
+spec:
+  broker: default
+  filter:
+    attributes:
+      type: com.example.a
+  subscriber:
+    ref:
+      apiVersion: v1
+      kind: Service
+      name: display
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: replaces
+  annotations:
+    kafka.eventing.knative.dev/delivery.order: ordered
+    sluice.dev/start-from: "2024-05-01T12:00:00+02:00"
+    sluice.dev/concurrency: "7"
+spec:
+  broker: default
+  subscriber:
+    ref:
+      apiVersion: eventing.knative.dev/v1
+      kind: Broker
+      name: default
+    uri: extra
+  delivery:
+    timeout: PT2S
+    format: json
+"#
+    );
+    let t = build_str(&yaml).unwrap();
+    let b = &t.brokers[&Key::new("default", "default")];
+    assert_eq!(
+        b.channel,
+        ChannelConfig::Memory {
+            capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY
+        }
+    );
+    let inherits = &t.triggers[&Key::new("default", "inherits")];
+    assert_eq!(
+        inherits.subscriber.as_str(),
+        "http://display.default.svc.cluster.local/"
+    );
+    assert_eq!(inherits.delivery.retry, 3);
+    assert_eq!(inherits.delivery.backoff_policy, BackoffPolicy::Linear);
+    assert_eq!(inherits.delivery.backoff_delay, Duration::from_millis(500));
+    assert!(!inherits.ordered);
+    let mut e = Event::new(SpecVersion::V10, "1", "s", "com.example.a");
+    assert!(inherits.filter.matches(&e));
+    e.set("type", "com.example.b");
+    assert!(!inherits.filter.matches(&e));
+
+    let replaces = &t.triggers[&Key::new("default", "replaces")];
+    assert_eq!(
+        replaces.subscriber.as_str(),
+        "http://127.0.0.1:8080/default/extra"
+    );
+    // The trigger's delivery replaces the broker's as a whole (no retries) but the
+    // dead-letter sink falls back to the broker's.
+    assert_eq!(replaces.delivery.retry, 0);
+    assert_eq!(replaces.delivery.timeout, Duration::from_secs(2));
+    assert_eq!(replaces.delivery.format, Format::Json);
+    assert_eq!(
+        replaces
+            .delivery
+            .dead_letter_sink
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "http://localhost:9999/dead"
+    );
+    assert!(replaces.ordered);
+    assert_eq!(replaces.concurrency, 7);
+    assert_eq!(replaces.start_from, StartFrom::Time(1_714_557_600_000));
+}
+
+#[test]
+fn broker_without_delivery_gets_knative_defaults() {
+    let yaml = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: b, namespace: ns}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: t, namespace: ns}
+spec:
+  broker: b
+  subscriber: {uri: "http://localhost:8081/"}
+"#;
+    let t = build_str(yaml).unwrap();
+    let tr = &t.triggers[&Key::new("ns", "t")];
+    assert_eq!(tr.delivery.retry, 10);
+    assert_eq!(tr.delivery.backoff_policy, BackoffPolicy::Exponential);
+    assert_eq!(tr.delivery.backoff_delay, Duration::from_millis(200));
+    assert!(tr
+        .filter
+        .matches(&Event::new(SpecVersion::V10, "1", "s", "t")));
+}
+
+#[test]
+fn broker_classes_and_config_maps() {
+    let yaml = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: kafka-cfg}
+data:
+  bootstrap.servers: "127.0.0.1:9092"
+  default.topic.partitions: "3"
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: k
+  annotations: {eventing.knative.dev/broker.class: Kafka}
+spec:
+  config: {apiVersion: v1, kind: ConfigMap, name: kafka-cfg}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: nats-cfg}
+data: {url: "nats://127.0.0.1:4222"}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: n
+  annotations: {eventing.knative.dev/broker.class: NatsJetStreamBroker}
+spec:
+  config: {apiVersion: v1, kind: ConfigMap, name: nats-cfg}
+"#;
+    let t = build_str(yaml).unwrap();
+    assert_eq!(
+        t.brokers[&Key::new("default", "k")].channel,
+        ChannelConfig::Kafka {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            partitions: 3,
+            replication_factor: 1
+        }
+    );
+    assert_eq!(
+        t.brokers[&Key::new("default", "n")].channel,
+        ChannelConfig::Nats {
+            url: "nats://127.0.0.1:4222".into()
+        }
+    );
+}
+
+/// Each invalid resource and a fragment its message must contain.
+#[test]
+fn invalid_resources_have_precise_messages() {
+    let trig = |spec: &str| {
+        format!(
+            "{BROKER}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: bad}}\nspec:\n{spec}"
+        )
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            trig("  subscriber: {uri: http://x/}\n"),
+            "test.yaml (document 2): Trigger default/bad: field `spec.broker`: is required",
+        ),
+        (
+            trig("  broker: nope\n  subscriber: {uri: http://x/}\n"),
+            "field `spec.broker`: broker default/nope is not defined in any loaded file (brokers defined: default/default)",
+        ),
+        (
+            trig("  broker: default\n"),
+            "field `spec.subscriber`: set `uri`",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: /relative}\n"),
+            "field `spec.subscriber.uri`: \"/relative\" is not an absolute URL",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}}\n"),
+            "field `spec.subscriber.ref`: cannot resolve Service `fn`",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: http://x/}\n  delivery: {backoffDelay: 200ms}\n"),
+            "field `spec.delivery.backoffDelay`: \"200ms\" is not an ISO 8601 duration",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: http://x/}\n  delivery: {backoffPolicy: fibonacci}\n"),
+            "field `spec.delivery.backoffPolicy`: `fibonacci` is not a backoff policy",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: http://x/}\n  delivery: {retry: -1}\n"),
+            "field `spec.delivery.retry`: -1 is negative",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: http://x/}\n  filter: {attributes: {Type: x}}\n"),
+            "Trigger default/bad: invalid filter: spec.filter.attributes",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: http://x/}\n  filters: [{cesql: \"type = \"}]\n"),
+            "invalid filter: spec.filters[0].cesql",
+        ),
+        (
+            trig("  broker: default\n  subscriber: {uri: http://x/}\n  delivery: {deadLetterSink: {uri: ftp://x/}}\n"),
+            "field `spec.delivery.deadLetterSink.uri`: scheme `ftp` is not supported",
+        ),
+        (
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations: {eventing.knative.dev/broker.class: Rabbit}\n".to_string(),
+            "unknown broker class `Rabbit`",
+        ),
+        (
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations: {eventing.knative.dev/broker.class: Kafka}\n".to_string(),
+            "a Kafka broker needs bootstrap servers",
+        ),
+        (
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\nspec: {config: {apiVersion: v1, kind: ConfigMap, name: missing}}\n".to_string(),
+            "ConfigMap default/missing is not defined",
+        ),
+        (
+            format!("{BROKER}\n---\n{BROKER}"),
+            "defined twice",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let errs = build_str(&yaml).expect_err(want);
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "wanted {want:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn crds_are_generated_for_every_kind() {
+    let yaml = sluice_crds::crds_yaml();
+    assert!(yaml.contains("name: brokers.eventing.knative.dev"));
+    assert!(yaml.contains("name: triggers.eventing.knative.dev"));
+}

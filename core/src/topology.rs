@@ -108,6 +108,9 @@ pub struct Trigger {
     /// Deliveries in flight at once for this trigger.
     pub concurrency: usize,
     pub start_from: StartFrom,
+    /// Changes whenever anything above changes: a running dispatcher whose trigger has the
+    /// same fingerprint after a reload is left alone.
+    pub fingerprint: u64,
 }
 
 impl Trigger {

@@ -337,12 +337,21 @@ fn trigger(
     if ctx.errors.len() > errors_before {
         return None;
     }
+    let (subscriber, delivery) = (subscriber?, delivery?);
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&t.spec).unwrap_or_default().hash(&mut h);
+        format!("{subscriber} {delivery:?} {ordered} {concurrency} {start_from:?}").hash(&mut h);
+        h.finish()
+    };
     Some(Trigger {
+        fingerprint,
         key,
         broker: broker_key,
-        subscriber: subscriber?,
+        subscriber,
         filter: Arc::new(filter?),
-        delivery: delivery?,
+        delivery,
         ordered,
         concurrency,
         start_from,

@@ -1,1 +1,40 @@
-fn main() {}
+//! The `sluice` binary: flags in, libraries wired together, nothing more (DESIGN.md
+//! principle 1). Each subcommand lives in its own module.
+
+mod admin;
+mod cli;
+mod display;
+mod get;
+mod load;
+mod run;
+mod send;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        cli::Command::Run(args) => run::run(args).await,
+        cli::Command::Send(args) => send::send(args).await,
+        cli::Command::Display(args) => display::display(args).await,
+        cli::Command::Get(args) => get::get(args).await,
+        cli::Command::Crdgen => {
+            print!("{}", sluice_crds::crds_yaml());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Command-line flags. Every address and setting of `sluice run` can also come from the
+//! environment (`SLUICE_*`).
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "A Knative Eventing compatible event mesh, in one binary")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run brokers and triggers from Knative YAML files (embedded mode, no cluster).
+    Run(RunArgs),
+    /// Send one CloudEvent to a URL and print the response.
+    Send(SendArgs),
+    /// Run an event-display sink that prints every event it receives.
+    Display(DisplayArgs),
+    /// Show the brokers and triggers of a running `sluice run`.
+    Get(GetArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crdgen,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Resource files or directories (YAML, multi-document). Repeatable.
+    #[arg(short = 'f', long = "filename", required = true, env = "SLUICE_FILES", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+    /// Address the broker ingress listens on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_INGRESS_ADDR")]
+    pub ingress: SocketAddr,
+    /// Address of the admin server (/healthz, /readyz, /metrics, /topology).
+    #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN_ADDR")]
+    pub admin: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = sluice_broker::DEFAULT_MAX_BODY, env = "SLUICE_MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
+    /// Events each in-memory trigger queue holds before the ingress answers 503.
+    #[arg(long, default_value_t = sluice_core::topology::ChannelConfig::DEFAULT_MEMORY_CAPACITY, env = "SLUICE_QUEUE_CAPACITY")]
+    pub queue_capacity: usize,
+    /// Kafka bootstrap servers for Kafka brokers whose ConfigMap names none.
+    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
+    /// NATS server URL for NATS JetStream brokers whose ConfigMap names none.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Do not reload the files when they change.
+    #[arg(long, env = "SLUICE_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Where to send, e.g. http://127.0.0.1:8080/default/default
+    pub url: String,
+    /// The event's `type`.
+    #[arg(long = "type")]
+    pub ty: String,
+    /// The event's `source`.
+    #[arg(long)]
+    pub source: String,
+    /// The event's `id` (default: a fresh UUID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The event's data.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// `datacontenttype` (default application/json when --data is given).
+    #[arg(long = "content-type")]
+    pub content_type: Option<String>,
+    /// An extension attribute, KEY=VALUE. Repeatable.
+    #[arg(long = "ext", value_parser = parse_kv)]
+    pub ext: Vec<(String, String)>,
+    /// Send in structured mode (application/cloudevents+json) instead of binary.
+    #[arg(long)]
+    pub structured: bool,
+    /// Spec version, 1.0 or 0.3.
+    #[arg(long, default_value = "1.0")]
+    pub specversion: String,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Args, Debug)]
+pub struct DisplayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "SLUICE_DISPLAY_ADDR")]
+    pub listen: SocketAddr,
+    /// Answer every request with this status instead of 200 (to try retries and dead letters).
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Admin address of the running sluice.
+    #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN_ADDR")]
+    pub admin: SocketAddr,
+}

@@ -1,0 +1,305 @@
+//! Validation and compilation of a trigger's filters into a tree that is evaluated per event.
+
+use crate::cesql::Expression;
+use crate::error::{FilterError, MapDialect};
+use crate::jsonpath::JsonPathQuery;
+use crate::spec::SubscriptionsApiFilter;
+use sluice_core::topology::EventFilter;
+use sluice_core::{AttrValue, Event};
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+
+/// A trigger's filter, validated and compiled once; what the topology stores as
+/// `Arc<dyn EventFilter>`. Evaluation is pure and allocation-free except where a JSONPath filter
+/// has to parse the event's data (once per event, however many JSONPath filters there are).
+#[derive(Debug, Clone)]
+pub struct CompiledFilter {
+    /// `None` passes every event.
+    root: Option<Node>,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    /// Knative `filter.attributes`: every attribute must exist and equal the value; `None` (the
+    /// value `""`) only asks for presence.
+    Attributes(Box<[(Box<str>, Option<Box<str>>)]>),
+    Exact(Box<[(Box<str>, Box<str>)]>),
+    Prefix(Box<[(Box<str>, Box<str>)]>),
+    Suffix(Box<[(Box<str>, Box<str>)]>),
+    All(Box<[Node]>),
+    Any(Box<[Node]>),
+    Not(Box<Node>),
+    Cesql(Expression),
+    JsonPath(JsonPathQuery),
+}
+
+/// Per-event state shared by the nodes of one evaluation.
+struct Ctx<'e> {
+    event: &'e Event,
+    /// The event's data parsed as JSON, parsed on first use.
+    json: OnceCell<Option<serde_json::Value>>,
+}
+
+impl Ctx<'_> {
+    fn json(&self) -> Option<&serde_json::Value> {
+        self.json
+            .get_or_init(|| {
+                let data = self.event.data()?;
+                serde_json::from_slice(data).ok()
+            })
+            .as_ref()
+    }
+}
+
+/// Calls `f` with the string form of an attribute (`specversion` included), or returns `None`
+/// when the event does not have it. Integers are formatted on the stack.
+#[inline]
+fn with_attr<R>(event: &Event, name: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+    if name == "specversion" {
+        return Some(f(event.spec_version().as_str()));
+    }
+    Some(match event.get(name)? {
+        AttrValue::String(s) => f(s),
+        AttrValue::Boolean(b) => f(if *b { "true" } else { "false" }),
+        AttrValue::Integer(i) => crate::cesql::with_int_str(*i, f),
+    })
+}
+
+impl Node {
+    fn eval(&self, cx: &Ctx<'_>) -> bool {
+        let ev = cx.event;
+        match self {
+            Node::Attributes(pairs) => pairs.iter().all(|(k, v)| match v {
+                None => ev.has(k),
+                Some(v) => with_attr(ev, k, |a| a == &**v).unwrap_or(false),
+            }),
+            Node::Exact(pairs) => pairs
+                .iter()
+                .all(|(k, v)| with_attr(ev, k, |a| a == &**v).unwrap_or(false)),
+            Node::Prefix(pairs) => pairs
+                .iter()
+                .all(|(k, v)| with_attr(ev, k, |a| a.starts_with(&**v)).unwrap_or(false)),
+            Node::Suffix(pairs) => pairs
+                .iter()
+                .all(|(k, v)| with_attr(ev, k, |a| a.ends_with(&**v)).unwrap_or(false)),
+            Node::All(nodes) => nodes.iter().all(|n| n.eval(cx)),
+            Node::Any(nodes) => nodes.iter().any(|n| n.eval(cx)),
+            Node::Not(n) => !n.eval(cx),
+            Node::Cesql(e) => e.matches(ev),
+            Node::JsonPath(q) => cx.json().is_some_and(|data| q.selects(data)),
+        }
+    }
+}
+
+impl CompiledFilter {
+    /// The filter that passes every event.
+    pub fn match_all() -> Self {
+        CompiledFilter { root: None }
+    }
+
+    /// Whether this filter passes every event without looking at it.
+    pub fn is_match_all(&self) -> bool {
+        self.root.is_none()
+    }
+
+    /// Whether the event passes the filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        match &self.root {
+            None => true,
+            Some(node) => node.eval(&Ctx {
+                event,
+                json: OnceCell::new(),
+            }),
+        }
+    }
+}
+
+impl Default for CompiledFilter {
+    fn default() -> Self {
+        Self::match_all()
+    }
+}
+
+impl EventFilter for CompiledFilter {
+    fn matches(&self, event: &Event) -> bool {
+        CompiledFilter::matches(self, event)
+    }
+}
+
+/// Validates and compiles a trigger's filters.
+///
+/// `attributes` is Knative's `spec.filter.attributes`, `filters` its `spec.filters`. A
+/// non-empty `filters` wins and `attributes` is then ignored (but still validated, as Knative
+/// does); `filters: []` falls back to `attributes`; neither filters anything. Errors name the
+/// offending place, e.g. `filters[1].any[0].cesql`.
+pub fn compile(
+    attributes: Option<&BTreeMap<String, String>>,
+    filters: &[SubscriptionsApiFilter],
+) -> Result<CompiledFilter, FilterError> {
+    let attrs = match attributes {
+        Some(map) => compile_attributes(map)?,
+        None => None,
+    };
+    if filters.is_empty() {
+        return Ok(CompiledFilter { root: attrs });
+    }
+    let root = compile_list(filters, "filters", Node::All)?;
+    Ok(CompiledFilter { root })
+}
+
+fn check_name(path: impl FnOnce() -> String, name: &str) -> Result<(), FilterError> {
+    let b = name.as_bytes();
+    let ok = b.first().is_some_and(u8::is_ascii_lowercase)
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(FilterError::InvalidAttributeName {
+            path: path(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn compile_attributes(map: &BTreeMap<String, String>) -> Result<Option<Node>, FilterError> {
+    let mut pairs = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        check_name(|| format!("filter.attributes[{k:?}]"), k)?;
+        let v = (!v.is_empty()).then(|| v.as_str().into());
+        pairs.push((k.as_str().into(), v));
+    }
+    Ok((!pairs.is_empty()).then(|| Node::Attributes(pairs.into_boxed_slice())))
+}
+
+/// Compiles a list of filters combined by `combine` (AND for `filters` and `all`, OR for `any`).
+///
+/// Knative treats a filter that filters nothing (an empty `all` or `any`, or `not` around one)
+/// as absent: it neither passes nor fails the list it is in, and a list of only such filters
+/// filters nothing. `None` stands for that here, so `any: []` lets every event through, as it
+/// does in Knative.
+fn compile_list(
+    list: &[SubscriptionsApiFilter],
+    path: &str,
+    combine: fn(Box<[Node]>) -> Node,
+) -> Result<Option<Node>, FilterError> {
+    let mut nodes = Vec::with_capacity(list.len());
+    for (i, f) in list.iter().enumerate() {
+        if let Some(n) = compile_one(f, &format!("{path}[{i}]"))? {
+            nodes.push(n);
+        }
+    }
+    Ok(match nodes.len() {
+        0 => None,
+        1 => nodes.pop(),
+        _ => Some(combine(nodes.into_boxed_slice())),
+    })
+}
+
+fn compile_one(f: &SubscriptionsApiFilter, path: &str) -> Result<Option<Node>, FilterError> {
+    let mut found = Vec::new();
+    let dialects: [(&'static str, bool); 8] = [
+        ("exact", f.exact.is_some()),
+        ("prefix", f.prefix.is_some()),
+        ("suffix", f.suffix.is_some()),
+        ("all", f.all.is_some()),
+        ("any", f.any.is_some()),
+        ("not", f.not.is_some()),
+        ("cesql", f.cesql.is_some()),
+        ("jsonpath", f.jsonpath.is_some()),
+    ];
+    for (name, set) in dialects {
+        if set {
+            found.push(name);
+        }
+    }
+    match found.len() {
+        0 => {
+            return Err(FilterError::NoDialect {
+                path: path.to_owned(),
+            })
+        }
+        1 => {}
+        _ => {
+            return Err(FilterError::MultipleDialects {
+                path: path.to_owned(),
+                found,
+            })
+        }
+    }
+
+    if let Some(m) = &f.exact {
+        return compile_map(m, MapDialect::Exact, path).map(|p| Some(Node::Exact(p)));
+    }
+    if let Some(m) = &f.prefix {
+        return compile_map(m, MapDialect::Prefix, path).map(|p| Some(Node::Prefix(p)));
+    }
+    if let Some(m) = &f.suffix {
+        return compile_map(m, MapDialect::Suffix, path).map(|p| Some(Node::Suffix(p)));
+    }
+    if let Some(list) = &f.all {
+        return compile_list(list, &format!("{path}.all"), Node::All);
+    }
+    if let Some(list) = &f.any {
+        return compile_list(list, &format!("{path}.any"), Node::Any);
+    }
+    if let Some(inner) = &f.not {
+        let inner = compile_one(inner, &format!("{path}.not"))?;
+        return Ok(inner.map(|n| Node::Not(Box::new(n))));
+    }
+    if let Some(src) = &f.cesql {
+        let path = format!("{path}.cesql");
+        if src.trim().is_empty() {
+            return Err(FilterError::EmptyExpression {
+                path,
+                dialect: "cesql",
+            });
+        }
+        return match Expression::parse(src) {
+            Ok(e) => Ok(Some(Node::Cesql(e))),
+            Err(error) => Err(FilterError::Cesql {
+                path,
+                expression: src.clone(),
+                error,
+            }),
+        };
+    }
+    if let Some(q) = &f.jsonpath {
+        let path = format!("{path}.jsonpath");
+        if q.trim().is_empty() {
+            return Err(FilterError::EmptyExpression {
+                path,
+                dialect: "jsonpath",
+            });
+        }
+        return JsonPathQuery::compile(q, path).map(|q| Some(Node::JsonPath(q)));
+    }
+    unreachable!("exactly one dialect was found above")
+}
+
+fn compile_map(
+    m: &BTreeMap<String, String>,
+    dialect: MapDialect,
+    path: &str,
+) -> Result<Box<[(Box<str>, Box<str>)]>, FilterError> {
+    if m.is_empty() {
+        return Err(FilterError::EmptyMap {
+            path: format!("{path}.{dialect}"),
+            dialect,
+        });
+    }
+    let mut pairs = Vec::with_capacity(m.len());
+    for (k, v) in m {
+        let key_path = || format!("{path}.{dialect}[{k:?}]");
+        check_name(key_path, k)?;
+        if v.is_empty() {
+            return Err(FilterError::EmptyValue {
+                path: key_path(),
+                dialect,
+                name: k.clone(),
+            });
+        }
+        pairs.push((k.as_str().into(), v.as_str().into()));
+    }
+    Ok(pairs.into_boxed_slice())
+}

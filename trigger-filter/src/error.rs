@@ -115,7 +115,7 @@ fn empty_value_hint(d: MapDialect, name: &str) -> String {
         format!("to require only that the attribute exists, use `cesql: \"EXISTS {name}\"`");
     match d {
         MapDialect::Exact => format!(
-            "Knative rejects it too; {exists}, to match an empty value use `cesql: \"{name} = ''\"`"
+            "an exact match needs a value (Knative rejects an empty one too); {exists}, to match an empty value use `cesql: \"{name} = ''\"`"
         ),
         MapDialect::Prefix | MapDialect::Suffix => {
             let verb = if d == MapDialect::Prefix {

@@ -303,3 +303,315 @@ fn compile_map(
     }
     Ok(pairs.into_boxed_slice())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::SpecVersion;
+
+    fn event() -> Event {
+        let mut e = Event::new(
+            SpecVersion::V10,
+            "id-1",
+            "https://shop.example.com/orders",
+            "com.example.order.created",
+        );
+        e.set("subject", "order/42");
+        e.set("region", "eu-west");
+        e.set("count", AttrValue::Integer(7));
+        e.set("flag", AttrValue::Boolean(true));
+        e.set("empty", "");
+        e.set_data(
+            br#"{"order": {"total": 120, "items": [{"sku": "a", "qty": 2}]}}"#.to_vec(),
+            false,
+        );
+        e
+    }
+
+    fn filters(yaml: &str) -> Vec<SubscriptionsApiFilter> {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn attributes_table() {
+        let ev = event();
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], true),
+            (&[("type", "com.example.order.created")], true),
+            (&[("type", "com.example.order.Created")], false),
+            (&[("type", "com.example.order")], false),
+            (&[("specversion", "1.0")], true),
+            (&[("subject", "")], true),
+            (&[("empty", "")], true),
+            (&[("time", "")], false),
+            (&[("count", "7")], true),
+            (&[("flag", "true")], true),
+            (&[("region", "eu-west"), ("subject", "order/42")], true),
+            (&[("region", "eu-west"), ("subject", "order/43")], false),
+        ];
+        for (pairs, want) in cases {
+            let f = compile(Some(&attrs(pairs)), &[]).unwrap();
+            assert_eq!(f.matches(&ev), *want, "{pairs:?}");
+        }
+        assert!(compile(Some(&attrs(&[])), &[]).unwrap().is_match_all());
+        assert!(compile(None, &[]).unwrap().is_match_all());
+    }
+
+    #[test]
+    fn dialects_table() {
+        let ev = event();
+        let cases: &[(&str, bool)] = &[
+            ("[{exact: {type: com.example.order.created}}]", true),
+            (
+                "[{exact: {type: com.example.order.created, region: eu}}]",
+                false,
+            ),
+            ("[{exact: {count: 7}}]", true),
+            ("[{exact: {specversion: '1.0'}}]", true),
+            ("[{exact: {missing: x}}]", false),
+            ("[{prefix: {type: com.example.}}]", true),
+            ("[{prefix: {type: com.other.}}]", false),
+            ("[{prefix: {missing: x}}]", false),
+            ("[{suffix: {source: /orders}}]", true),
+            ("[{suffix: {source: /order}}]", false),
+            ("[{suffix: {count: '7'}}]", true),
+            (
+                "[{all: [{prefix: {type: com.}}, {suffix: {type: .created}}]}]",
+                true,
+            ),
+            (
+                "[{all: [{prefix: {type: com.}}, {suffix: {type: .deleted}}]}]",
+                false,
+            ),
+            (
+                "[{any: [{prefix: {type: org.}}, {suffix: {type: .created}}]}]",
+                true,
+            ),
+            (
+                "[{any: [{prefix: {type: org.}}, {suffix: {type: .deleted}}]}]",
+                false,
+            ),
+            ("[{not: {exact: {region: us}}}]", true),
+            ("[{not: {exact: {region: eu-west}}}]", false),
+            ("[{not: {exact: {missing: x}}}]", true),
+            ("[{cesql: \"region LIKE 'eu-%' AND count > 5\"}]", true),
+            ("[{sql: \"region LIKE 'us-%'\"}]", false),
+            ("[{cesql: \"missing = 'x'\"}]", false),
+            ("[{cesql: \"NOT (missing = 'x')\"}]", false),
+            ("[{cesql: \"'true'\"}]", false),
+            ("[{cesql: true}]", true),
+            // RFC 9535: a filter selector tests the members of the object or array it is applied to.
+            ("[{jsonpath: '$[?@.total > 100]'}]", true),
+            ("[{jsonpath: '$[?@.total > 200]'}]", false),
+            ("[{jsonpath: '$.order.items[?@.qty > 1]'}]", true),
+            ("[{jsonpath: '$.order.items[?(@.qty > 1)]'}]", true),
+            ("[{jsonpath: '$.order.items[?@.qty > 5]'}]", false),
+            ("[{jsonpath: '$.order[?@ > 100]'}]", true),
+            ("[{jsonpath: '$.order.items[0].sku'}]", true),
+            ("[{jsonpath: '$.nothing'}]", false),
+            // The list is ANDed.
+            ("[{prefix: {type: com.}}, {exact: {region: eu-west}}]", true),
+            ("[{prefix: {type: com.}}, {exact: {region: us}}]", false),
+            // Knative: an empty all/any filters nothing, on its own or inside a list.
+            ("[{any: []}]", true),
+            ("[{all: []}]", true),
+            ("[{not: {any: []}}]", true),
+            ("[{any: []}, {exact: {region: us}}]", false),
+            ("[{any: [{any: []}, {exact: {region: us}}]}]", false),
+            ("[{all: [{all: []}, {exact: {region: eu-west}}]}]", true),
+        ];
+        for (yaml, want) in cases {
+            let f = compile(None, &filters(yaml)).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert_eq!(f.matches(&ev), *want, "{yaml}");
+            let shared: std::sync::Arc<dyn EventFilter> = std::sync::Arc::new(f);
+            assert_eq!(shared.matches(&ev), *want, "{yaml} as dyn EventFilter");
+        }
+    }
+
+    #[test]
+    fn filters_take_precedence_over_attributes() {
+        let ev = event();
+        let no = attrs(&[("region", "us")]);
+        let yes = filters("[{exact: {region: eu-west}}]");
+        assert!(compile(Some(&no), &yes).unwrap().matches(&ev));
+        assert!(!compile(Some(&no), &[]).unwrap().matches(&ev));
+        // Still validated, as Knative does.
+        let bad = attrs(&[("Region", "us")]);
+        assert_eq!(
+            compile(Some(&bad), &yes).unwrap_err().path(),
+            "filter.attributes[\"Region\"]"
+        );
+    }
+
+    #[test]
+    fn jsonpath_needs_json_data() {
+        let f = compile(None, &filters("[{jsonpath: '$.a'}]")).unwrap();
+        let mut ev = event();
+        ev.set_data(br#"{"a": null}"#.to_vec(), false);
+        assert!(f.matches(&ev), "a null node is still a node");
+        ev.set_data(b"not json".to_vec(), false);
+        assert!(!f.matches(&ev));
+        ev.set_data(vec![0xff, 0xfe], true);
+        assert!(!f.matches(&ev));
+        ev.clear_data();
+        assert!(!f.matches(&ev));
+        // Several JSONPath filters share one parse of the data.
+        let f = compile(
+            None,
+            &filters("[{jsonpath: '$.order'}, {not: {jsonpath: '$.refund'}}]"),
+        )
+        .unwrap();
+        assert!(f.matches(&event()));
+    }
+
+    #[test]
+    fn validation_messages() {
+        // (yaml filters, attributes, path, part of the message)
+        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+            (
+                "[]",
+                &[("Bad-Key", "x")],
+                "filter.attributes[\"Bad-Key\"]",
+                "did you mean \"badkey\"?",
+            ),
+            (
+                "[]",
+                &[("1abc", "x")],
+                "filter.attributes[\"1abc\"]",
+                "^[a-z][a-z0-9]*$",
+            ),
+            (
+                "[]",
+                &[("", "x")],
+                "filter.attributes[\"\"]",
+                "the name is empty",
+            ),
+            (
+                "[{exact: {Type: a}}]",
+                &[],
+                "filters[0].exact[\"Type\"]",
+                "did you mean \"type\"?",
+            ),
+            ("[{exact: {}}]", &[], "filters[0].exact", "`exact` is empty"),
+            (
+                "[{prefix: {}}]",
+                &[],
+                "filters[0].prefix",
+                "`prefix` is empty",
+            ),
+            (
+                "[{exact: {'': a}}]",
+                &[],
+                "filters[0].exact[\"\"]",
+                "invalid attribute name",
+            ),
+            (
+                "[{exact: {type: ''}}]",
+                &[],
+                "filters[0].exact[\"type\"]",
+                "EXISTS type",
+            ),
+            (
+                "[{prefix: {type: ''}}]",
+                &[],
+                "filters[0].prefix[\"type\"]",
+                "every value starts with",
+            ),
+            (
+                "[{suffix: {type: ''}}]",
+                &[],
+                "filters[0].suffix[\"type\"]",
+                "every value ends with",
+            ),
+            ("[{}]", &[], "filters[0]", "no filter dialect set"),
+            (
+                "[{exact: {a: b}}, {exact: {a: b}, cesql: 'true'}]",
+                &[],
+                "filters[1]",
+                "2 dialects set (exact, cesql)",
+            ),
+            (
+                "[{any: [{exact: {a: b}}, {cesql: 'a = '}]}]",
+                &[],
+                "filters[0].any[1].cesql",
+                "column 5",
+            ),
+            (
+                "[{not: {all: [{prefix: {'a_b': x}}]}}]",
+                &[],
+                "filters[0].not.all[0].prefix[\"a_b\"]",
+                "did you mean \"ab\"?",
+            ),
+            (
+                "[{cesql: ''}]",
+                &[],
+                "filters[0].cesql",
+                "empty cesql expression",
+            ),
+            (
+                "[{cesql: 'FOO(1)'}]",
+                &[],
+                "filters[0].cesql",
+                "unknown function FOO",
+            ),
+            (
+                "[{jsonpath: ''}]",
+                &[],
+                "filters[0].jsonpath",
+                "empty jsonpath expression",
+            ),
+            (
+                "[{jsonpath: '$.a[?@.b >]'}]",
+                &[],
+                "filters[0].jsonpath",
+                "invalid JSONPath query",
+            ),
+            (
+                "[{jsonpath: 'a.b'}]",
+                &[],
+                "filters[0].jsonpath",
+                "column 1 (character offset 0), at `a.b`: a query starts with `$`",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (yaml, pairs, path, msg) in cases {
+            let a = attrs(pairs);
+            match compile(Some(&a), &filters(yaml)) {
+                Ok(f) => failures.push(format!("{yaml} {pairs:?}: compiled: {f:?}")),
+                Err(e) => {
+                    let text = e.to_string();
+                    if e.path() != *path || !text.contains(msg) || !text.starts_with(path) {
+                        failures.push(format!("{yaml} {pairs:?}: path {:?}: {text}", e.path()));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn cesql_error_display() {
+        let e = compile(
+            None,
+            &filters("[{all: [{cesql: \"type = 'a' AND (source = 'b'\"}]}]"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "filters[0].all[0].cesql: invalid CESQL expression: syntax error at column 29 \
+             (character offset 28), at end of input: expected `)` to close the `(` at column 16; \
+             expression: \"type = 'a' AND (source = 'b'\""
+        );
+        let FilterError::Cesql { error, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!((error.offset, error.column), (28, 29));
+    }
+}

@@ -67,11 +67,19 @@ fn to_filter_error(source: &str, path: String, e: JsonPathError) -> FilterError 
         }
         other => (other.to_string(), None),
     };
+    let message = if source.trim_start().starts_with('$') {
+        message
+    } else {
+        "a query starts with `$`, the root of the data, e.g. `$.order.id`".to_owned()
+    };
     let (offset, column, found) = match span {
         Some((start, end)) => {
             let start = floor_char(source, start);
             let end = floor_char(source, end.max(start));
-            let offset = source[..start].chars().count();
+            let before = &source[..start];
+            let offset = before.chars().count();
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = source[line_start..start].chars().count() + 1;
             // A token-less position points at the rest of the input, which is what is offending.
             let text = if end > start {
                 &source[start..end]
@@ -79,7 +87,7 @@ fn to_filter_error(source: &str, path: String, e: JsonPathError) -> FilterError 
                 &source[start..]
             };
             let found: String = text.chars().take(40).collect();
-            (Some(offset), Some(offset + 1), Some(found))
+            (Some(offset), Some(column), Some(found))
         }
         None => (None, None, None),
     };

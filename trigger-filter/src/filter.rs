@@ -18,14 +18,19 @@ pub struct CompiledFilter {
     root: Option<Node>,
 }
 
+/// Attribute name and expected value; `None` (Knative's `""`) only asks for presence.
+type AttrPairs = Box<[(Box<str>, Option<Box<str>>)]>;
+/// Attribute name and the value to compare with.
+type Pairs = Box<[(Box<str>, Box<str>)]>;
+
 #[derive(Debug, Clone)]
 enum Node {
     /// Knative `filter.attributes`: every attribute must exist and equal the value; `None` (the
     /// value `""`) only asks for presence.
-    Attributes(Box<[(Box<str>, Option<Box<str>>)]>),
-    Exact(Box<[(Box<str>, Box<str>)]>),
-    Prefix(Box<[(Box<str>, Box<str>)]>),
-    Suffix(Box<[(Box<str>, Box<str>)]>),
+    Attributes(AttrPairs),
+    Exact(Pairs),
+    Prefix(Pairs),
+    Suffix(Pairs),
     All(Box<[Node]>),
     Any(Box<[Node]>),
     Not(Box<Node>),
@@ -281,7 +286,7 @@ fn compile_map(
     m: &BTreeMap<String, String>,
     dialect: MapDialect,
     path: &str,
-) -> Result<Box<[(Box<str>, Box<str>)]>, FilterError> {
+) -> Result<Pairs, FilterError> {
     if m.is_empty() {
         return Err(FilterError::EmptyMap {
             path: format!("{path}.{dialect}"),
@@ -474,7 +479,13 @@ mod tests {
     #[test]
     fn validation_messages() {
         // (yaml filters, attributes, path, part of the message)
-        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (
                 "[]",
                 &[("Bad-Key", "x")],

@@ -102,7 +102,7 @@ impl<'a> Fault<'a> {
     }
 
     /// The same error, seen from a parent whose return type is `ty`.
-    fn as_type(self, ty: Type) -> Self {
+    fn retyped(self, ty: Type) -> Self {
         Fault {
             kind: self.kind,
             value: ty.zero(),
@@ -147,7 +147,7 @@ impl Node {
     /// Evaluates a child whose error this node reports with its own return type's zero value.
     #[inline]
     fn sub<'a>(&'a self, event: &'a Event, parent: Type) -> Eval<'a> {
-        self.eval(event).map_err(|f| f.as_type(parent))
+        self.eval(event).map_err(|f| f.retyped(parent))
     }
 
     #[inline]

@@ -39,6 +39,34 @@
 //! - `jsonpath`: passes when the query selects at least one node of the data parsed as JSON;
 //!   absent or non-JSON data fails.
 //!
+//! # Example
+//!
+//! ```
+//! use sluice_core::topology::EventFilter;
+//! use sluice_core::{Event, SpecVersion};
+//! use sluice_filter::{compile, SubscriptionsApiFilter};
+//! use std::sync::Arc;
+//!
+//! // What sluice-crds hands over: the Trigger's `spec.filters` (and `spec.filter.attributes`).
+//! let filters: Vec<SubscriptionsApiFilter> = serde_json::from_str(
+//!     r#"[{"prefix": {"type": "com.example."}}, {"cesql": "INT(priority) > 3"}]"#,
+//! )?;
+//! let filter: Arc<dyn EventFilter> = Arc::new(compile(None, &filters)?);
+//!
+//! let mut event = Event::new(SpecVersion::V10, "1", "/shop", "com.example.order.created");
+//! event.set("priority", "5");
+//! assert!(filter.matches(&event));
+//! event.set("priority", "1");
+//! assert!(!filter.matches(&event));
+//!
+//! // Invalid filters are rejected once, with the place, the problem and the fix.
+//! let bad: Vec<SubscriptionsApiFilter> = serde_json::from_str(r#"[{"cesql": "type = "}]"#)?;
+//! let err = compile(None, &bad).unwrap_err();
+//! assert_eq!(err.path(), "filters[0].cesql");
+//! assert!(err.to_string().contains("column 8"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! The README beside this crate lists the places where the CESQL TCK and the spec disagree and
 //! what Sluice does there.
 

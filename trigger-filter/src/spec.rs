@@ -7,7 +7,7 @@ use std::fmt;
 
 /// One element of a Trigger's `spec.filters` (the CloudEvents Subscriptions API filter
 /// dialects, as Knative Eventing accepts them, plus Sluice's `jsonpath`). Exactly one field must
-/// be set; [`crate::compile`] checks that and everything else.
+/// be set; `sluice_filter::compile` checks that and everything else.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 // Kubernetes structural schemas forbid `additionalProperties: false` beside `properties`; the API

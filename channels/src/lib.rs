@@ -16,9 +16,16 @@
 //!
 //! Channels know nothing of triggers or filters: a subscription is an id and a starting
 //! position. The in-memory channel lives in [`memory`]; Kafka and NATS JetStream behind the
-//! `kafka` and `nats` features.
+//! `kafka` and `nats` features, both storing events in the binary content mode of [`wire`].
+//! `tests/conformance.rs` runs one suite against all three, the durable ones on real servers
+//! started by the `sluice-tests` harness.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod wire;
 
 use async_trait::async_trait;
 use sluice_core::topology::StartFrom;

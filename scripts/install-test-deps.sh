@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain; safe to run again (each step
+# is skipped when its tool is already there). CI runs it before the tests.
+#
+#   nats-server   JetStream server for the NATS channel tests (Debian package)
+#   tansu         Kafka-compatible broker for the Kafka channel tests (crates.io, memory storage
+#                 needs the `dynostore` feature); `cargo install` puts it in ~/.cargo/bin
+#   gcc, g++, make, perl, python3, pkg-config
+#                 librdkafka is built from source by rdkafka-sys (feature `kafka`) and linked
+#                 statically, with its bundled configure script: no cmake, no system librdkafka.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+
+missing=()
+command -v nats-server >/dev/null || missing+=(nats-server)
+for tool in gcc g++ make perl python3 pkg-config; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    pkgs=()
+    for m in "${missing[@]}"; do
+        case "$m" in
+            g++) pkgs+=(g++) ;;
+            python3) pkgs+=(python3) ;;
+            *) pkgs+=("$m") ;;
+        esac
+    done
+    echo "install-test-deps: installing ${pkgs[*]} with apt-get"
+    apt_install "${pkgs[@]}"
+fi
+
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! command -v tansu >/dev/null; then
+    echo "install-test-deps: installing tansu (cargo install, several minutes the first time)"
+    cargo install tansu --locked --features dynostore
+fi
+
+echo "install-test-deps: nats-server $(nats-server --version 2>&1 | head -1), $(tansu --version 2>&1 | head -1)"

@@ -28,11 +28,16 @@ pub async fn display(args: DisplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn handle(State(status): State<StatusCode>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(
+    State(status): State<StatusCode>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     match sluice_core::http::decode(&headers, body) {
         Ok(events) => {
             for e in events {
-                println!("{}", render(&e));
+                println!("{}(received on {})\n", render(&e), uri.path());
             }
         }
         Err(e) => println!("☁️  not a CloudEvent: {e}\n"),

@@ -341,7 +341,9 @@ fn trigger(
     let fingerprint = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&t.spec).unwrap_or_default().hash(&mut h);
+        serde_json::to_string(&t.spec)
+            .unwrap_or_default()
+            .hash(&mut h);
         format!("{subscriber} {delivery:?} {ordered} {concurrency} {start_from:?}").hash(&mut h);
         h.finish()
     };

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "A Knative Eventing compatible event mesh, in one binary")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Knative Eventing compatible event mesh, in one binary"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -29,7 +33,13 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Resource files or directories (YAML, multi-document). Repeatable.
-    #[arg(short = 'f', long = "filename", required = true, env = "SLUICE_FILES", value_delimiter = ',')]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        env = "SLUICE_FILES",
+        value_delimiter = ','
+    )]
     pub files: Vec<PathBuf>,
     /// Address the broker ingress listens on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_INGRESS_ADDR")]

@@ -13,13 +13,20 @@ use std::fmt::Write as _;
 pub async fn display(args: DisplayArgs) -> anyhow::Result<()> {
     let status = StatusCode::from_u16(args.status)
         .with_context(|| format!("--status {} is not an HTTP status", args.status))?;
-    let app = Router::new()
-        .fallback(handle)
-        .with_state(status);
+    let app = Router::new().fallback(handle).with_state(status);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (choose another with --listen)", args.listen))?;
-    eprintln!("sluice display: listening on http://{}/ (answering {})", args.listen, status.as_u16());
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (choose another with --listen)",
+                args.listen
+            )
+        })?;
+    eprintln!(
+        "sluice display: listening on http://{}/ (answering {})",
+        args.listen,
+        status.as_u16()
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -10,25 +10,40 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("no sluice admin API at {} (is `sluice run` running? pass --admin)", args.admin))?
+        .with_context(|| {
+            format!(
+                "no sluice admin API at {} (is `sluice run` running? pass --admin)",
+                args.admin
+            )
+        })?
         .text()
         .await
         .context("reading the admin API's answer")?
         .parse()
         .context("the admin API answered something that is not JSON")?;
-    println!("{:<20} {:<20} {:<22} {:<6} REASON", "NAMESPACE", "BROKER", "CLASS", "READY");
+    println!(
+        "{:<20} {:<20} {:<22} {:<6} REASON",
+        "NAMESPACE", "BROKER", "CLASS", "READY"
+    );
     for b in v["brokers"].as_array().into_iter().flatten() {
         println!(
             "{:<20} {:<20} {:<22} {:<6} {}",
             b["namespace"].as_str().unwrap_or(""),
             b["name"].as_str().unwrap_or(""),
             b["class"].as_str().unwrap_or(""),
-            if b["ready"].as_bool() == Some(true) { "True" } else { "False" },
+            if b["ready"].as_bool() == Some(true) {
+                "True"
+            } else {
+                "False"
+            },
             b["reason"].as_str().unwrap_or(""),
         );
     }
     println!();
-    println!("{:<20} {:<24} {:<20} SUBSCRIBER", "NAMESPACE", "TRIGGER", "BROKER");
+    println!(
+        "{:<20} {:<24} {:<20} SUBSCRIBER",
+        "NAMESPACE", "TRIGGER", "BROKER"
+    );
     for t in v["triggers"].as_array().into_iter().flatten() {
         println!(
             "{:<20} {:<24} {:<20} {}",

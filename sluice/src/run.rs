@@ -35,7 +35,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), args.max_body_bytes));
-    let mut dataplane = Dataplane::new(ingress.clone(), metrics.clone(), crate::run::channel_factory());
+    let mut dataplane = Dataplane::new(
+        ingress.clone(),
+        metrics.clone(),
+        crate::run::channel_factory(),
+    );
     dataplane.apply(&topology).await;
     let dataplane = Arc::new(Mutex::new(dataplane));
 
@@ -47,10 +51,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
-        .with_context(|| format!("cannot listen on the admin address {} (choose another with --admin)", args.admin))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on the admin address {} (choose another with --admin)",
+                args.admin
+            )
+        })?;
     let ingress_listener = tokio::net::TcpListener::bind(args.ingress)
         .await
-        .with_context(|| format!("cannot listen on the ingress address {} (choose another with --ingress)", args.ingress))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on the ingress address {} (choose another with --ingress)",
+                args.ingress
+            )
+        })?;
 
     let shutdown = tokio_util_shutdown();
     let admin_task = tokio::spawn({
@@ -64,7 +78,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let ingress_task = tokio::spawn({
         let sd = shutdown.clone();
-        sluice_broker::serve(ingress_listener, ingress, async move { sd.cancelled().await })
+        sluice_broker::serve(
+            ingress_listener,
+            ingress,
+            async move { sd.cancelled().await },
+        )
     });
     state.started.store(true, Ordering::Release);
     tracing::info!(

@@ -15,7 +15,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     );
     if let Some(data) = args.data {
-        let ct = args.content_type.unwrap_or_else(|| "application/json".into());
+        let ct = args
+            .content_type
+            .unwrap_or_else(|| "application/json".into());
         event.set("datacontenttype", ct);
         event.set_data(data, false);
     } else if let Some(ct) = args.content_type {
@@ -23,7 +25,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     }
     for (k, v) in args.ext {
         if !sluice_core::event::is_valid_attribute_name(&k) {
-            anyhow::bail!("--ext {k}=...: extension names use only lower-case letters a-z and digits 0-9");
+            anyhow::bail!(
+                "--ext {k}=...: extension names use only lower-case letters a-z and digits 0-9"
+            );
         }
         event.set(k, v);
     }
@@ -48,7 +52,11 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .with_context(|| format!("could not send to {}", args.url))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    println!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    println!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     if !text.is_empty() {
         println!("{text}");
     }

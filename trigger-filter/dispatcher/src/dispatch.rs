@@ -124,7 +124,9 @@ impl Worker {
             }
             if self.trigger.ordered {
                 let lane = msg.lane;
-                let tx = lanes.entry(lane).or_insert_with(|| self.clone().spawn_lane());
+                let tx = lanes
+                    .entry(lane)
+                    .or_insert_with(|| self.clone().spawn_lane());
                 // The permit goes with the message and is released after it is processed.
                 drop(permit);
                 if tx.send(msg).await.is_err() {
@@ -167,9 +169,25 @@ impl Worker {
             namespace: Some(&t.key.namespace),
         };
         let result = if self.redeliver {
-            match self.sender.attempt(req.url, &envelope, t.delivery.format, req.namespace, t.delivery.timeout).await {
+            match self
+                .sender
+                .attempt(
+                    req.url,
+                    &envelope,
+                    t.delivery.format,
+                    req.namespace,
+                    t.delivery.timeout,
+                )
+                .await
+            {
                 Outcome::Accepted { reply } => Delivered::Ok { reply },
-                Outcome::Failed(f) => match after_failure(&t.delivery, msg.delivery_count, f.retryable, f.retry_after, fastrand::f64()) {
+                Outcome::Failed(f) => match after_failure(
+                    &t.delivery,
+                    msg.delivery_count,
+                    f.retryable,
+                    f.retry_after,
+                    fastrand::f64(),
+                ) {
                     Next::Retry(wait) => {
                         tracing::debug!(trigger = %t.key, id = envelope.event.id(), attempt = msg.delivery_count, status = ?f.status, reason = %f.reason, "delivery failed; redelivering later");
                         self.counters.retried.inc();

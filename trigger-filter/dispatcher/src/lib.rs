@@ -97,7 +97,11 @@ pub fn subscription_id(trigger: &Key) -> String {
 }
 
 impl Dataplane {
-    pub fn new(ingress: Arc<Ingress>, metrics: Arc<Metrics>, factory: Box<dyn ChannelFactory>) -> Self {
+    pub fn new(
+        ingress: Arc<Ingress>,
+        metrics: Arc<Metrics>,
+        factory: Box<dyn ChannelFactory>,
+    ) -> Self {
         Dataplane {
             ingress,
             metrics,
@@ -172,7 +176,8 @@ impl Dataplane {
                 let _ = r.task.await;
                 if removed {
                     if let Some(b) = self.brokers.get(&r.trigger.broker) {
-                        if let Err(e) = b.channel.remove_subscription(&subscription_id(&key)).await {
+                        if let Err(e) = b.channel.remove_subscription(&subscription_id(&key)).await
+                        {
                             tracing::warn!(trigger = %key, error = %e, "could not remove the subscription");
                         }
                     }
@@ -222,7 +227,12 @@ impl Dataplane {
         let entries = self
             .brokers
             .iter()
-            .map(|(k, b)| (k.clone(), BrokerEntry::new(k, b.channel.clone(), &self.metrics)))
+            .map(|(k, b)| {
+                (
+                    k.clone(),
+                    BrokerEntry::new(k, b.channel.clone(), &self.metrics),
+                )
+            })
             .collect();
         self.ingress.set_brokers(entries);
     }
@@ -236,7 +246,11 @@ impl Dataplane {
                 key: k.clone(),
                 class: b.config.class_name(),
                 health: b.channel.health(),
-                triggers: self.triggers.values().filter(|t| &t.trigger.broker == k).count(),
+                triggers: self
+                    .triggers
+                    .values()
+                    .filter(|t| &t.trigger.broker == k)
+                    .count(),
             })
             .chain(self.failed.iter().map(|(k, (cfg, reason))| BrokerStatus {
                 key: k.clone(),

@@ -181,11 +181,7 @@ fn broker(ctx: &mut Ctx, r: &Loaded, b: &crate::types::Broker) -> Option<Broker>
                 ctx.error(r, "spec.config", "a Kafka broker needs bootstrap servers: set `bootstrap.servers` in the ConfigMap that spec.config names, or start sluice with --kafka-bootstrap-servers");
                 return None;
             };
-            let partitions = match parse_key::<i32>(ctx, r, &config, "default.topic.partitions", 10)
-            {
-                Some(p) => p,
-                None => return None,
-            };
+            let partitions = parse_key::<i32>(ctx, r, &config, "default.topic.partitions", 10)?;
             let replication_factor =
                 parse_key::<i16>(ctx, r, &config, "default.topic.replication.factor", 1)?;
             ChannelConfig::Kafka {

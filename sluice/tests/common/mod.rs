@@ -57,6 +57,7 @@ impl Received {
 }
 
 type Responder = dyn Fn(&Received, usize) -> Response + Send + Sync;
+type SinkState = (Arc<Mutex<Vec<Received>>>, Arc<Responder>, Duration);
 
 /// A real HTTP server that records every request and answers with `respond(request, n)`,
 /// where n counts the requests so far (0-based).
@@ -78,8 +79,7 @@ impl Sink {
         delay: Duration,
     ) -> Sink {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let state: (Arc<Mutex<Vec<Received>>>, Arc<Responder>, Duration) =
-            (received.clone(), Arc::new(respond), delay);
+        let state: SinkState = (received.clone(), Arc::new(respond), delay);
         let app = Router::new().fallback(handle).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -119,7 +119,7 @@ impl Sink {
 }
 
 async fn handle(
-    State((received, respond, delay)): State<(Arc<Mutex<Vec<Received>>>, Arc<Responder>, Duration)>,
+    State((received, respond, delay)): State<SinkState>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,

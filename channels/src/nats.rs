@@ -492,7 +492,9 @@ async fn pump(
                 continue;
             }
         }
-        let Some(batch) = current.as_mut() else { continue };
+        let Some(batch) = current.as_mut() else {
+            continue;
+        };
         loop {
             tokio::select! {
                 _ = close.changed() => continue 'outer,

@@ -109,10 +109,8 @@ mod nats_backend {
     #[async_trait]
     impl Backend for Nats {
         async fn channel(&mut self) -> Arc<dyn Channel> {
-            let mut settings = NatsSettings::for_broker(
-                self.0.url(),
-                &Key::new("conformance", unique("broker")),
-            );
+            let mut settings =
+                NatsSettings::for_broker(self.0.url(), &Key::new("conformance", unique("broker")));
             settings.publish_timeout = Duration::from_secs(3);
             Arc::new(NatsChannel::connect(settings).await.unwrap())
         }
@@ -225,7 +223,10 @@ async fn round_trip_is_lossless(b: &mut dyn Backend) {
         vec![
             ("knative-a".into(), "1".into()),
             ("knative-a".into(), "2".into()),
-            ("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            (
+                "traceparent".into(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            ),
             ("x-request-id".into(), "req 1".into()),
         ],
     );
@@ -428,7 +429,11 @@ async fn remove_subscription_closes_and_forgets(b: &mut dyn Backend) {
     let mut sub = ch.subscribe(latest("ns/removed")).await.unwrap();
     publish_all(&ch, &["fresh"]).await;
     let m = next(&mut sub).await;
-    assert_eq!(id(&m), "fresh", "a removed subscription's backlog came back");
+    assert_eq!(
+        id(&m),
+        "fresh",
+        "a removed subscription's backlog came back"
+    );
     m.ack();
     // Removing what does not exist is fine.
     ch.remove_subscription("ns/never-existed").await.unwrap();
@@ -512,42 +517,54 @@ macro_rules! suite {
     };
 }
 
-suite!(memory, Memory, [
-    round_trip_is_lossless,
-    ack_is_final_and_drop_redelivers,
-    nack_with_delay_redelivers_later,
-    unacked_messages_survive_a_consumer_restart,
-    every_subscription_gets_every_event,
-    ordered_subscription_keeps_lane_order,
-    start_position_is_fixed_when_first_seen,
-    remove_subscription_closes_and_forgets,
-    memory_full_refuses_publish,
-]);
+suite!(
+    memory,
+    Memory,
+    [
+        round_trip_is_lossless,
+        ack_is_final_and_drop_redelivers,
+        nack_with_delay_redelivers_later,
+        unacked_messages_survive_a_consumer_restart,
+        every_subscription_gets_every_event,
+        ordered_subscription_keeps_lane_order,
+        start_position_is_fixed_when_first_seen,
+        remove_subscription_closes_and_forgets,
+        memory_full_refuses_publish,
+    ]
+);
 
 #[cfg(feature = "kafka")]
-suite!(kafka, kafka_backend::new().await, [
-    round_trip_is_lossless,
-    ack_is_final_and_drop_redelivers,
-    nack_with_delay_redelivers_later,
-    unacked_messages_survive_a_consumer_restart,
-    every_subscription_gets_every_event,
-    ordered_subscription_keeps_lane_order,
-    start_from_latest_earliest_or_time,
-    start_position_is_fixed_when_first_seen,
-    remove_subscription_closes_and_forgets,
-    outage_fails_fast_and_recovers,
-]);
+suite!(
+    kafka,
+    kafka_backend::new().await,
+    [
+        round_trip_is_lossless,
+        ack_is_final_and_drop_redelivers,
+        nack_with_delay_redelivers_later,
+        unacked_messages_survive_a_consumer_restart,
+        every_subscription_gets_every_event,
+        ordered_subscription_keeps_lane_order,
+        start_from_latest_earliest_or_time,
+        start_position_is_fixed_when_first_seen,
+        remove_subscription_closes_and_forgets,
+        outage_fails_fast_and_recovers,
+    ]
+);
 
 #[cfg(feature = "nats")]
-suite!(nats, nats_backend::new().await, [
-    round_trip_is_lossless,
-    ack_is_final_and_drop_redelivers,
-    nack_with_delay_redelivers_later,
-    unacked_messages_survive_a_consumer_restart,
-    every_subscription_gets_every_event,
-    ordered_subscription_keeps_lane_order,
-    start_from_latest_earliest_or_time,
-    start_position_is_fixed_when_first_seen,
-    remove_subscription_closes_and_forgets,
-    outage_fails_fast_and_recovers,
-]);
+suite!(
+    nats,
+    nats_backend::new().await,
+    [
+        round_trip_is_lossless,
+        ack_is_final_and_drop_redelivers,
+        nack_with_delay_redelivers_later,
+        unacked_messages_survive_a_consumer_restart,
+        every_subscription_gets_every_event,
+        ordered_subscription_keeps_lane_order,
+        start_from_latest_earliest_or_time,
+        start_position_is_fixed_when_first_seen,
+        remove_subscription_closes_and_forgets,
+        outage_fails_fast_and_recovers,
+    ]
+);

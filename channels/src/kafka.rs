@@ -4,9 +4,10 @@
 //! ```text
 //! publish ──encode (wire::KAFKA)──▶ FutureProducer (acks=all, idempotent) ──▶ knative-broker-<ns>-<name>
 //!                                                                                 │ partitions
-//! Subscription::next ◀── queue ◀── pump task (StreamConsumer, group knative-trigger-<ns>-<name>)
-//!        │                  ▲                          │ commits the low-water mark of finished
-//!        ▼                  │ nack(delay): re-queued    │ offsets every `commit_interval`
+//! Subscription::next ◀── queue ◀── pump task (consumer assigned every partition; offsets in
+//!        │                  ▲                   group knative-trigger-<ns>-<name>)
+//!        ▼                  │ nack(delay): re-queued    commits the low-water mark of finished
+//!                                                      offsets every `commit_interval`
 //!   Message ──ack──▶ tracker (per partition: offsets handed out and not finished)
 //! ```
 //!
@@ -18,21 +19,30 @@
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread
 //! over partitions. Events are stored in binary content mode ([`crate::wire`]).
 //!
-//! **Offsets.** A trigger's consumer group commits only offsets whose events are finished
-//! (acked: delivered or dead-lettered). For every partition the subscription tracks the offsets
-//! it handed out and has not seen finished; it commits the lowest unfinished offset (or the
-//! next offset, when everything handed out is finished), so a commit never passes an event
-//! still being delivered, however out of order the dispatcher finishes them. Commits are
-//! batched every [`KafkaSettings::commit_interval`], when partitions are revoked in a
-//! rebalance, and when the subscription closes. A crash therefore redelivers at most what was
-//! in flight or finished since the last commit (at-least-once).
+//! **Consumers and offsets.** Each subscription has its own consumer, which is *assigned*
+//! every partition of the topic and uses its consumer group `knative-trigger-<ns>-<name>` for
+//! committed offsets only; it does not join the group. (Group membership would let several
+//! processes share a trigger's partitions, but a half-joined member that leaves again stalls
+//! the group until it times out — tansu does not expire it promptly — and Sluice runs one
+//! consumer per trigger: the trait promises at most one consumer per id.) The group is only
+//! ever committed to, so tools that show a group's lag work as usual.
+//!
+//! Offsets are committed only for finished events (acked: delivered or dead-lettered). Per
+//! partition the subscription tracks the offsets it handed out and has not seen finished, and
+//! commits the lowest unfinished offset (or the next offset, when everything handed out is
+//! finished), so a commit never passes an event still being delivered, however out of order
+//! the dispatcher finishes them. Commits are batched every [`KafkaSettings::commit_interval`]
+//! and made once more when the subscription closes. A crash redelivers at most what was in
+//! flight or finished since the last commit (at-least-once).
 //!
 //! **Starting position.** The first time a group is seen (no committed offset on any
 //! partition) the subscription resolves its [`StartFrom`] to concrete offsets — the high
-//! watermarks (latest), the low watermarks (earliest) or `offsets_for_times` — and commits
-//! them *before* consuming. The position is then durable: a crash before the first ack cannot
-//! turn into an `auto.offset.reset=latest` that skips what was published meanwhile. Partitions
-//! with no committed offset in a known group (added later) are read from the beginning.
+//! watermarks (latest), the low watermarks (earliest) or the first record at or after the time
+//! (see `TimeReader`) — and commits them *before* consuming. The position is then durable: a
+//! crash before the first ack cannot turn into an `auto.offset.reset=latest` that skips what
+//! was published meanwhile. Partitions without a committed offset in a known group (added
+//! later) are read from the beginning. Partitions added while a subscription is open are
+//! picked up when it is next opened.
 //!
 //! **Redelivery.** Kafka has no per-message negative acknowledgement: `nack(delay)` keeps the
 //! offset unfinished (so nothing past it is committed) and puts the message back on the
@@ -42,8 +52,7 @@
 //!
 //! **Order and flow control.** Every message's lane is its partition, so an ordered trigger
 //! can serialise per partition; unordered triggers take messages as fast as they like. The
-//! pump keeps polling the consumer (group heartbeats and rebalances need that) and pauses
-//! fetching while more than [`KafkaSettings::max_buffered`] messages wait for `next()`.
+//! pump keeps polling the consumer and pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for `next()`.
 //!
 //! **Health.** A background task asks the cluster for the topic's metadata every second;
 //! [`Channel::health`] is `NotReady` with the reason while that fails, and the task re-creates
@@ -56,9 +65,7 @@ use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -391,10 +398,9 @@ impl Channel for KafkaChannel {
         close_local(inner, &spec.id).await;
 
         let settings = &inner.settings;
-        let tracker = Arc::new(Mutex::new(Tracker::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            tracker: tracker.clone(),
+            tracker: Mutex::new(Tracker::default()),
             tx,
             queued: AtomicUsize::new(0),
             drained: Notify::new(),
@@ -405,24 +411,21 @@ impl Channel for KafkaChannel {
             .set("group.id", group_id(&spec.id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // Only for partitions without a committed offset in a group that exists: those
-            // were added after the subscription, so all their events are owed to it.
+            // Only when a committed offset is no longer in the log (retention deleted it).
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
             .create_with_context(SubContext {
                 shared: Arc::downgrade(&shared),
             })
             .map_err(|e| ChannelError::Config(format!("kafka consumer: {e}")))?;
         let consumer = Arc::new(consumer);
 
-        let (c, topic, start) = (consumer.clone(), settings.topic.clone(), spec.start_from);
-        tokio::task::spawn_blocking(move || fix_start_position(&c, &topic, start))
+        let (c, s, start) = (consumer.clone(), settings.clone(), spec.start_from);
+        let assignment = tokio::task::spawn_blocking(move || start_positions(&c, &s, start))
             .await
             .map_err(|e| unavailable("fixing the start position", e))??;
         consumer
-            .subscribe(&[&settings.topic])
-            .map_err(|e| unavailable("subscribing", e))?;
+            .assign(&assignment)
+            .map_err(|e| unavailable("assigning partitions", e))?;
 
         let (close_tx, close_rx) = watch::channel(false);
         let close_tx = Arc::new(close_tx);
@@ -513,13 +516,17 @@ async fn close_local(inner: &Inner, id: &str) {
     }
 }
 
-/// Resolves and commits the group's starting offsets the first time the group is seen
-/// (blocking: runs on a blocking thread).
-fn fix_start_position(
+/// The offsets a subscription starts from (blocking: runs on a blocking thread).
+///
+/// A group with a committed offset on any partition is known: it resumes there (partitions
+/// without one were added later and are read from the beginning). A group without any is new:
+/// its [`StartFrom`] is resolved to offsets and committed *before* anything is consumed.
+fn start_positions(
     consumer: &StreamConsumer<SubContext>,
-    topic: &str,
+    settings: &KafkaSettings,
     start: StartFrom,
-) -> Result<(), ChannelError> {
+) -> Result<TopicPartitionList, ChannelError> {
+    let topic = settings.topic.as_str();
     let md = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(|e| unavailable("reading topic metadata", e))?;
@@ -534,35 +541,47 @@ fn fix_start_position(
             format!("topic {topic} has no partitions (yet)"),
         ));
     }
-    let mut tpl = TopicPartitionList::new();
+    let mut query = TopicPartitionList::new();
     for p in &partitions {
-        tpl.add_partition(topic, *p);
+        query.add_partition(topic, *p);
     }
     let committed = consumer
-        .committed_offsets(tpl, REQUEST_TIMEOUT)
+        .committed_offsets(query, REQUEST_TIMEOUT)
         .map_err(|e| unavailable("reading committed offsets", e))?;
-    if committed
+    let mut positions = TopicPartitionList::new();
+    let known = committed
         .elements()
         .iter()
-        .any(|e| matches!(e.offset(), Offset::Offset(_)))
-    {
-        return Ok(()); // Known group: resume where it is.
-    }
-    let mut start_tpl = TopicPartitionList::new();
-    let times = if let StartFrom::Time(ms) = start {
-        let mut q = TopicPartitionList::new();
-        for p in &partitions {
-            q.add_partition_offset(topic, *p, Offset::Offset(ms))
-                .map_err(|e| unavailable("looking up offsets by time", e))?;
+        .any(|e| matches!(e.offset(), Offset::Offset(_)));
+    if known {
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            positions
+                .add_partition_offset(topic, e.partition(), offset)
+                .map_err(|e| unavailable("resuming", e))?;
         }
-        Some(
-            consumer
-                .offsets_for_times(q, REQUEST_TIMEOUT)
-                .map_err(|e| unavailable("looking up offsets by time", e))?,
-        )
-    } else {
-        None
+        return Ok(positions);
+    }
+
+    let hints = match start {
+        StartFrom::Time(ms) => {
+            let mut q = TopicPartitionList::new();
+            for p in &partitions {
+                q.add_partition_offset(topic, *p, Offset::Offset(ms))
+                    .map_err(|e| unavailable("looking up offsets by time", e))?;
+            }
+            Some(
+                consumer
+                    .offsets_for_times(q, REQUEST_TIMEOUT)
+                    .map_err(|e| unavailable("looking up offsets by time", e))?,
+            )
+        }
+        _ => None,
     };
+    let mut reader = None;
     for p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
@@ -570,78 +589,182 @@ fn fix_start_position(
         let offset = match start {
             StartFrom::Latest => high,
             StartFrom::Earliest => low,
-            StartFrom::Time(_) => match times
-                .as_ref()
-                .and_then(|t| t.find_partition(topic, *p))
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => o.clamp(low, high),
-                // No record at or after that time: start after everything there is.
-                _ => high,
-            },
+            StartFrom::Time(ms) => {
+                let hint = hints
+                    .as_ref()
+                    .and_then(|h| h.find_partition(topic, *p))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                if reader.is_none() {
+                    reader = Some(TimeReader::new(settings)?);
+                }
+                let r = reader.as_ref().expect("just set");
+                r.offset_for_time(topic, *p, ms, low, high, hint)?
+            }
         };
-        start_tpl
+        positions
             .add_partition_offset(topic, *p, Offset::Offset(offset))
             .map_err(|e| unavailable("fixing the start position", e))?;
     }
     consumer
-        .commit(&start_tpl, CommitMode::Sync)
+        .commit(&positions, CommitMode::Sync)
         .map_err(|e| unavailable("committing the start position", e))?;
     tracing::info!(topic, ?start, "kafka subscription start position committed");
-    Ok(())
+    Ok(positions)
+}
+
+/// Finds the first offset whose record is at or after a time, by reading record timestamps.
+///
+/// `offsets_for_times` is the standard answer, but not every Kafka-compatible broker gives it
+/// faithfully (tansu answers from storage modification times, and `0` when nothing matches).
+/// So its answer is only a hint, checked by reading the records at and before it (two reads
+/// on a real Kafka cluster); when the check fails, a binary search over the partition's record
+/// timestamps finds the offset (log2(n) single-record reads).
+struct TimeReader {
+    consumer: BaseConsumer,
+}
+
+impl TimeReader {
+    fn new(settings: &KafkaSettings) -> Result<Self, ChannelError> {
+        let consumer = settings
+            .client_config()
+            // librdkafka wants a group even for assigned partitions; this one never commits.
+            .set("group.id", "sluice-time-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| ChannelError::Config(format!("kafka consumer: {e}")))?;
+        Ok(TimeReader { consumer })
+    }
+
+    /// The first record at or after `offset`: its offset and timestamp (ms), if any.
+    fn first_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Option<(i64, i64)>, ChannelError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .map_err(|e| unavailable("reading a record", e))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| unavailable("reading a record", e))?;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.partition() == partition && m.offset() >= offset => {
+                    let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
+                    return Ok(Some((m.offset(), ts)));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok(None),
+                Some(Err(e)) => return Err(unavailable("reading a record", e)),
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Err(unavailable("reading a record", "timed out"))
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        ms: i64,
+        low: i64,
+        high: i64,
+        hint: Option<i64>,
+    ) -> Result<i64, ChannelError> {
+        if low >= high {
+            return Ok(high);
+        }
+        // Is `o` the first offset at or after the time? Yes when the first record from `o`
+        // on is at/after it (or there is none) and the one before `o` is earlier.
+        let is_answer = |o: i64| -> Result<bool, ChannelError> {
+            if o < low || o > high {
+                return Ok(false);
+            }
+            let here = if o < high {
+                self.first_at(topic, partition, o)?
+            } else {
+                None
+            };
+            if here.is_some_and(|(_, ts)| ts < ms) {
+                return Ok(false);
+            }
+            if o == low {
+                return Ok(true);
+            }
+            Ok(match self.first_at(topic, partition, o - 1)? {
+                Some((at, ts)) => ts < ms || at >= o,
+                None => true,
+            })
+        };
+        if let Some(h) = hint {
+            if is_answer(h)? {
+                return Ok(h);
+            }
+        }
+        let (mut lo, mut hi) = (low, high);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.first_at(topic, partition, mid)? {
+                Some((_, ts)) if ts >= ms => hi = mid,
+                Some((at, _)) => lo = at + 1,
+                None => hi = mid,
+            }
+        }
+        Ok(lo.min(high))
+    }
 }
 
 /// Per-partition bookkeeping of offsets handed out and not finished.
 #[derive(Debug, Default)]
 struct Tracker {
-    /// Bumped at every rebalance: messages of an older generation are stale.
-    generation: u64,
     partitions: HashMap<i32, PartState>,
 }
 
 #[derive(Debug)]
 struct PartState {
-    generation: u64,
     unfinished: BTreeSet<i64>,
     /// One past the highest offset received.
     next: i64,
-    /// Last offset the cluster confirmed as committed.
+    /// The last offset the cluster confirmed as committed.
     committed: i64,
 }
 
 impl Tracker {
-    fn received(&mut self, partition: i32, offset: i64) -> u64 {
-        let generation = self.generation;
+    fn received(&mut self, partition: i32, offset: i64) {
         let st = self.partitions.entry(partition).or_insert(PartState {
-            generation,
             unfinished: BTreeSet::new(),
             next: offset,
             committed: -1,
         });
         st.unfinished.insert(offset);
         st.next = st.next.max(offset + 1);
-        st.generation
     }
 
-    fn finished(&mut self, partition: i32, offset: i64, generation: u64) {
+    fn finished(&mut self, partition: i32, offset: i64) {
         if let Some(st) = self.partitions.get_mut(&partition) {
-            if st.generation == generation {
-                st.unfinished.remove(&offset);
-            }
+            st.unfinished.remove(&offset);
         }
     }
 
-    fn is_current(&self, partition: i32, generation: u64) -> bool {
-        self.partitions
-            .get(&partition)
-            .is_some_and(|st| st.generation == generation)
+    fn confirmed(&mut self, partition: i32, offset: i64) {
+        if let Some(st) = self.partitions.get_mut(&partition) {
+            st.committed = st.committed.max(offset);
+        }
     }
 
-    /// Offsets to commit: per partition, the lowest unfinished offset, or the next one.
-    fn commit_points(&self, only: Option<&[i32]>) -> Vec<(i32, i64)> {
+    /// Offsets to commit: per partition, the lowest unfinished offset, or the next one when
+    /// everything received is finished; only where that moved past the last commit.
+    fn commit_points(&self) -> Vec<(i32, i64)> {
         self.partitions
             .iter()
-            .filter(|(p, _)| only.is_none_or(|o| o.contains(p)))
             .filter_map(|(p, st)| {
                 let point = st.unfinished.first().copied().unwrap_or(st.next);
                 (point > st.committed).then_some((*p, point))
@@ -650,18 +773,9 @@ impl Tracker {
     }
 }
 
-fn commit_list(topic: &str, points: &[(i32, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in points {
-        // Only fails for an invalid offset kind, which Offset::Offset is not.
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
-    }
-    tpl
-}
-
 /// What the pump, the ackers and `next()` share.
 struct Shared {
-    tracker: Arc<Mutex<Tracker>>,
+    tracker: Mutex<Tracker>,
     tx: mpsc::UnboundedSender<Item>,
     /// Items in the queue, for flow control.
     queued: AtomicUsize,
@@ -687,13 +801,12 @@ enum Item {
         envelope: Arc<Envelope>,
         partition: i32,
         offset: i64,
-        generation: u64,
         count: u32,
     },
     Error(ChannelError),
 }
 
-/// Commits offsets on revocation and records confirmed commits.
+/// Records which commits the cluster confirmed.
 struct SubContext {
     shared: Weak<Shared>,
 }
@@ -705,42 +818,6 @@ impl ClientContext for SubContext {
 }
 
 impl ConsumerContext for SubContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let lost = consumer.assignment_lost();
-            let points = {
-                let mut t = shared.lock();
-                let points = if lost {
-                    Vec::new()
-                } else {
-                    t.commit_points(Some(&revoked))
-                };
-                for p in &revoked {
-                    t.partitions.remove(p);
-                }
-                t.generation += 1;
-                points
-            };
-            if !points.is_empty() {
-                if let Err(e) =
-                    consumer.commit(&commit_list(&shared.topic, &points), CommitMode::Sync)
-                {
-                    tracing::warn!(error = %e, "kafka commit on revocation failed");
-                }
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(_), Some(shared)) = (rebalance, self.shared.upgrade()) {
-            shared.lock().generation += 1;
-        }
-    }
-
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -752,16 +829,14 @@ impl ConsumerContext for SubContext {
         let mut t = shared.lock();
         for e in offsets.elements() {
             if let (Offset::Offset(o), Ok(())) = (e.offset(), e.error()) {
-                if let Some(st) = t.partitions.get_mut(&e.partition()) {
-                    st.committed = st.committed.max(o);
-                }
+                t.confirmed(e.partition(), o);
             }
         }
     }
 }
 
-/// Polls the consumer, feeds the queue, commits finished offsets, and on close commits one
-/// last time and leaves the group.
+/// Polls the consumer, feeds the queue (pausing fetches while it is full), commits finished
+/// offsets, and on close commits one last time.
 async fn pump(
     consumer: Arc<StreamConsumer<SubContext>>,
     shared: Arc<Shared>,
@@ -784,9 +859,8 @@ async fn pump(
             _ = shared.drained.notified(), if paused => {
                 if shared.queued.load(Ordering::SeqCst) <= max_buffered / 2 {
                     if let Ok(a) = consumer.assignment() {
-                        let _ = consumer.resume(&a);
+                        paused = consumer.resume(&a).is_err();
                     }
-                    paused = false;
                 }
             }
             received = consumer.recv() => match received {
@@ -802,18 +876,22 @@ async fn pump(
                         ),
                         None => wire::decode([], payload, &wire::KAFKA),
                     };
-                    let generation = shared.lock().received(partition, offset);
+                    drop(m);
                     match decoded {
-                        Ok(envelope) => shared.push(Item::Message {
-                            envelope: Arc::new(envelope),
-                            partition,
-                            offset,
-                            generation,
-                            count: 1,
-                        }),
+                        Ok(envelope) => {
+                            shared.lock().received(partition, offset);
+                            shared.push(Item::Message {
+                                envelope: Arc::new(envelope),
+                                partition,
+                                offset,
+                                count: 1,
+                            });
+                        }
                         Err(DecodeError(reason)) => {
                             tracing::warn!(partition, offset, %reason, "skipping a kafka record that is not a CloudEvent");
-                            shared.lock().finished(partition, offset, generation);
+                            let mut t = shared.lock();
+                            t.received(partition, offset);
+                            t.finished(partition, offset);
                         }
                     }
                     if !paused && shared.queued.load(Ordering::SeqCst) >= max_buffered {
@@ -828,16 +906,18 @@ async fn pump(
                     }
                     last_was_error = true;
                     tracing::debug!(error = %e, "kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::select! {
+                        _ = close.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
                 }
             }
         }
     }
-    // Final commit and leave the group, off the async threads: both block.
+    // The final commit blocks, and so does closing the consumer: not on the async threads.
     let _ = tokio::task::spawn_blocking(move || {
         commit(&consumer, &shared, CommitMode::Sync);
         drop(shared);
-        consumer.unsubscribe();
         drop(consumer);
     })
     .await;
@@ -845,22 +925,23 @@ async fn pump(
 }
 
 fn commit(consumer: &StreamConsumer<SubContext>, shared: &Shared, mode: CommitMode) {
-    let points = shared.lock().commit_points(None);
+    let points = shared.lock().commit_points();
     if points.is_empty() {
         return;
     }
-    let tpl = commit_list(&shared.topic, &points);
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &points {
+        // Cannot fail: the offset is a plain Offset::Offset.
+        let _ = tpl.add_partition_offset(&shared.topic, *p, Offset::Offset(*o));
+    }
     match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            if matches!(mode, CommitMode::Sync) {
-                let mut t = shared.lock();
-                for (p, o) in points {
-                    if let Some(st) = t.partitions.get_mut(&p) {
-                        st.committed = st.committed.max(o);
-                    }
-                }
+        Ok(()) if matches!(mode, CommitMode::Sync) => {
+            let mut t = shared.lock();
+            for (p, o) in points {
+                t.confirmed(p, o);
             }
         }
+        Ok(()) => {}
         Err(e) => tracing::debug!(error = %e, "kafka offset commit failed; will retry"),
     }
 }
@@ -882,42 +963,34 @@ impl Drop for KafkaSubscription {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Result<Message, ChannelError>> {
-        loop {
-            if *self.closed.borrow() {
-                return None;
-            }
-            let item = tokio::select! {
-                biased;
-                _ = self.closed.changed() => continue,
-                item = self.rx.recv() => item?,
-            };
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            self.shared.drained.notify_one();
-            match item {
-                Item::Error(e) => return Some(Err(e)),
-                Item::Message {
-                    envelope,
+        if *self.closed.borrow() {
+            return None;
+        }
+        let item = tokio::select! {
+            biased;
+            _ = self.closed.changed() => return None,
+            item = self.rx.recv() => item?,
+        };
+        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        self.shared.drained.notify_one();
+        match item {
+            Item::Error(e) => Some(Err(e)),
+            Item::Message {
+                envelope,
+                partition,
+                offset,
+                count,
+            } => {
+                let acker = KafkaAcker {
+                    shared: Arc::downgrade(&self.shared),
+                    envelope: envelope.clone(),
                     partition,
                     offset,
-                    generation,
                     count,
-                } => {
-                    // Dropped if its partition was revoked meanwhile: the new owner re-reads it.
-                    if !self.shared.lock().is_current(partition, generation) {
-                        continue;
-                    }
-                    let acker = KafkaAcker {
-                        shared: Arc::downgrade(&self.shared),
-                        envelope: envelope.clone(),
-                        partition,
-                        offset,
-                        generation,
-                        count,
-                        runtime: self.runtime.clone(),
-                    };
-                    let lane = u32::try_from(partition).unwrap_or(0);
-                    return Some(Ok(Message::new(envelope, lane, count, Box::new(acker))));
-                }
+                    runtime: self.runtime.clone(),
+                };
+                let lane = u32::try_from(partition).unwrap_or(0);
+                Some(Ok(Message::new(envelope, lane, count, Box::new(acker))))
             }
         }
     }
@@ -928,7 +1001,6 @@ struct KafkaAcker {
     envelope: Arc<Envelope>,
     partition: i32,
     offset: i64,
-    generation: u64,
     count: u32,
     runtime: tokio::runtime::Handle,
 }
@@ -936,9 +1008,7 @@ struct KafkaAcker {
 impl Acker for KafkaAcker {
     fn ack(self: Box<Self>) {
         if let Some(shared) = self.shared.upgrade() {
-            shared
-                .lock()
-                .finished(self.partition, self.offset, self.generation);
+            shared.lock().finished(self.partition, self.offset);
         }
     }
 
@@ -947,7 +1017,6 @@ impl Acker for KafkaAcker {
             envelope: self.envelope,
             partition: self.partition,
             offset: self.offset,
-            generation: self.generation,
             count: self.count.saturating_add(1),
         };
         if delay.is_zero() {
@@ -979,30 +1048,34 @@ mod tests {
         assert_eq!(group_id("ns/trig"), "knative-trigger-ns-trig");
     }
 
-    #[test]
-    fn commits_never_pass_an_unfinished_offset() {
-        let mut t = Tracker::default();
-        let g = t.received(0, 10);
-        t.received(0, 11);
-        t.received(0, 12);
-        t.received(1, 5);
-        assert_eq!(sorted(t.commit_points(None)), [(0, 10), (1, 5)]);
-        t.finished(0, 11, g);
-        t.finished(0, 12, g);
-        assert_eq!(sorted(t.commit_points(Some(&[0]))), [(0, 10)]);
-        t.finished(0, 10, g);
-        t.finished(1, 5, g);
-        assert_eq!(sorted(t.commit_points(None)), [(0, 13), (1, 6)]);
-        t.partitions.get_mut(&0).unwrap().committed = 13;
-        assert_eq!(sorted(t.commit_points(None)), [(1, 6)]);
-        // A stale acknowledgement (older generation) changes nothing.
-        t.received(1, 6);
-        t.finished(1, 6, g + 1);
-        assert_eq!(sorted(t.commit_points(Some(&[1]))), [(1, 6)]);
-    }
-
     fn sorted(mut v: Vec<(i32, i64)>) -> Vec<(i32, i64)> {
         v.sort();
         v
+    }
+
+    #[test]
+    fn commits_never_pass_an_unfinished_offset() {
+        let mut t = Tracker::default();
+        t.received(0, 10);
+        t.received(0, 11);
+        t.received(0, 12);
+        t.received(1, 5);
+        assert_eq!(sorted(t.commit_points()), [(0, 10), (1, 5)]);
+        // Finishing out of order does not move the commit past 10.
+        t.finished(0, 11);
+        t.finished(0, 12);
+        t.confirmed(0, 10);
+        t.confirmed(1, 5);
+        assert!(t.commit_points().is_empty());
+        t.finished(0, 10);
+        t.finished(1, 5);
+        assert_eq!(sorted(t.commit_points()), [(0, 13), (1, 6)]);
+        t.confirmed(0, 13);
+        assert_eq!(sorted(t.commit_points()), [(1, 6)]);
+        // A redelivered (nacked) offset keeps holding the commit back until it is acked.
+        t.received(1, 6);
+        t.received(1, 7);
+        t.finished(1, 7);
+        assert_eq!(sorted(t.commit_points()), [(1, 6)]);
     }
 }

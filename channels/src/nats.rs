@@ -453,6 +453,8 @@ async fn pump(
     let mut progress = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_was_error = false;
+    // The pull request in progress. Kept outside the loop so that closing can drain it.
+    let mut current: Option<pull::Batch> = None;
     'outer: loop {
         if *close.borrow() {
             break;
@@ -466,14 +468,20 @@ async fn pump(
             }
             continue;
         }
-        let batch = tokio::select! {
-            _ = close.changed() => continue,
-            b = consumer.batch().max_messages(room).expires(PULL_EXPIRES).messages() => b,
-        };
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
+        // Not cancelled by `close`: a request the server has seen must be drained (below).
+        let request = consumer
+            .batch()
+            .max_messages(room)
+            .expires(PULL_EXPIRES)
+            .messages();
+        match tokio::time::timeout(PULL_EXPIRES, request).await {
+            Ok(Ok(b)) => current = Some(b),
+            failed => {
                 if !last_was_error {
+                    let e = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
                     shared.push(Err(unavailable("pulling messages", e)));
                 }
                 last_was_error = true;
@@ -483,6 +491,9 @@ async fn pump(
                 }
                 continue;
             }
+        }
+        let Some(batch) = current.as_mut() else {
+            continue;
         };
         loop {
             tokio::select! {
@@ -504,6 +515,7 @@ async fn pump(
                 },
             }
         }
+        current = None;
     }
     // Hand back what was fetched but never handed out, so it is redelivered at once.
     let left: Vec<_> = shared.buffer().drain(..).collect();
@@ -512,6 +524,19 @@ async fn pump(
         let _ = m.ack_with(AckKind::Nak(None)).await;
     }
     done.send_replace(true);
+    // The server still holds our last pull request until it expires, and may deliver messages
+    // to it (a message NAKed just now, say); dropping them would leave them unacked for
+    // `ack_wait`. So keep reading that request to its end and hand back whatever comes.
+    if let Some(mut batch) = current {
+        let drain = async {
+            while let Some(item) = batch.next().await {
+                if let Ok(m) = item {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(PULL_EXPIRES + Duration::from_secs(1), drain).await;
+    }
 }
 
 async fn send_progress(client: &async_nats::Client, shared: &Shared) {

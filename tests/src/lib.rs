@@ -24,7 +24,8 @@
 //! A missing binary is a test failure with the command that installs it, never a silent skip:
 //! `scripts/install-test-deps.sh` installs both. The environment variables `SLUICE_NATS_SERVER`
 //! and `SLUICE_TANSU` point the harness at binaries elsewhere than `PATH` / `~/.cargo/bin`.
-//! Each server's output goes to a log file whose tail is printed if the server fails to start.
+//! Each server's output goes to a log file whose tail is printed if the server fails to start;
+//! set `SLUICE_KEEP_SERVER_LOGS=1` to keep the logs (their directory is printed) after the test.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -181,7 +182,7 @@ impl Process {
         Fut: std::future::Future<Output = std::io::Result<()>>,
     {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last_err = None;
+        let mut last_err: Option<String>;
         loop {
             self.check_alive();
             match tokio::time::timeout(Duration::from_secs(2), probe()).await {
@@ -206,6 +207,13 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        if std::env::var_os("SLUICE_KEEP_SERVER_LOGS").is_some() {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("cannot create a temporary directory"),
+            );
+            eprintln!("{} logs kept in {}", self.name, dir.keep().display());
+        }
     }
 }
 

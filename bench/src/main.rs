@@ -1,0 +1,195 @@
+//! # sluice-bench
+//!
+//! The benchmark runner for Sluice's data plane. It starts the real `sluice` binary (release
+//! build) as a child process on free loopback ports, drives open-model load of binary-mode
+//! CloudEvents at it, and measures end-to-end delivery latency at an HTTP sink it runs itself,
+//! beside a direct baseline (the same load POSTed straight to the sink) measured in the same
+//! run. Results go to a Markdown report (`docs/benchmarks.md`).
+//!
+//! ```text
+//! load generator ──POST (raw HTTP/1.1, keep-alive)──▶ sluice ingress ──▶ channel ──▶ dispatcher ──▶ sink
+//!        │  ce-benchts = scheduled send time                                                    │
+//!        └──────────────────────────── direct baseline ─────────────────────────────────────────┘
+//!                                            sink: latency = arrival − ce-benchts
+//! ```
+//!
+//! Modules: [`load`] (the generator), [`sink`], [`search`] (the rate search), [`stats`]
+//! (accounting and formatting), [`sluice`] (the child process and its resources), [`proc`]
+//! (`/proc` readings and the shared clock), [`scenarios`], [`report`].
+
+mod load;
+mod proc;
+mod report;
+mod scenarios;
+mod search;
+mod sink;
+mod sluice;
+mod stats;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// Benchmarks the Sluice data plane and writes a Markdown report.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "sluice-bench")]
+pub struct Args {
+    /// Write the Markdown report here (e.g. docs/benchmarks.md).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// A short smoke run: 1 s steps, a coarser search, 5 s of overload.
+    #[arg(long)]
+    pub quick: bool,
+    /// The sluice binary. Default: build it with `cargo build --release -p sluice` and use
+    /// the one beside this binary.
+    #[arg(long)]
+    pub sluice: Option<PathBuf>,
+    /// Event data sizes in bytes for S1.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024,8192")]
+    pub sizes: Vec<usize>,
+    /// Scenarios to run (baseline is run with S1 and for the half-load comparison).
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s5,s6,s7")]
+    pub only: Vec<String>,
+    /// Load generator connections (each one request at a time).
+    #[arg(long, default_value_t = 256)]
+    pub connections: usize,
+    /// Seconds per rate-search step (default 3, quick 1).
+    #[arg(long)]
+    pub step_secs: Option<f64>,
+    /// Seconds of the half-load latency comparison (default 10, quick 3).
+    #[arg(long)]
+    pub half_secs: Option<f64>,
+    /// Seconds of S5 overload (default 30, quick 5).
+    #[arg(long)]
+    pub overload_secs: Option<f64>,
+    /// S5 rate when S1 was not run in this invocation (events/s).
+    #[arg(long)]
+    pub overload_rate: Option<u64>,
+    /// Seconds at 10 000 events/s for S6 (default 10, quick 3).
+    #[arg(long)]
+    pub rss_secs: Option<f64>,
+    /// Cold starts measured in S7 (default 7, quick 3).
+    #[arg(long)]
+    pub cold_starts: Option<usize>,
+    /// p99 end-to-end latency a sustained rate must keep, in milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub p99_ms: f64,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, default_value_t = 1)]
+    pub load_threads: usize,
+    /// Worker threads of the sink's runtime.
+    #[arg(long, default_value_t = 1)]
+    pub sink_threads: usize,
+    /// Niceness to run at (the sluice child inherits it), so that other work on a shared
+    /// machine disturbs the measurement less; needs root for negative values. The report
+    /// says what was in force.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    pub nice: i32,
+    /// Instead of the scenarios: one step at this rate straight to the sink, then one through
+    /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf).
+    #[arg(long)]
+    pub probe: Option<u64>,
+    /// Run S3: a Kafka broker on a tansu server the bench starts (needs `sluice run` to
+    /// support `eventing.knative.dev/broker.class: Kafka`).
+    #[arg(long)]
+    pub kafka: bool,
+    /// Run S4: a NATS JetStream broker on a nats-server the bench starts (needs `sluice run`
+    /// to support `NatsJetStreamBroker`).
+    #[arg(long)]
+    pub nats: bool,
+}
+
+impl Args {
+    pub fn step_secs(&self) -> f64 {
+        self.step_secs.unwrap_or(if self.quick { 1.0 } else { 3.0 })
+    }
+    pub fn half_secs(&self) -> f64 {
+        self.half_secs
+            .unwrap_or(if self.quick { 3.0 } else { 10.0 })
+    }
+    pub fn overload_secs(&self) -> f64 {
+        self.overload_secs
+            .unwrap_or(if self.quick { 5.0 } else { 30.0 })
+    }
+    pub fn rss_secs(&self) -> f64 {
+        self.rss_secs.unwrap_or(if self.quick { 3.0 } else { 10.0 })
+    }
+    pub fn cold_starts(&self) -> usize {
+        self.cold_starts.unwrap_or(if self.quick { 3 } else { 7 })
+    }
+    pub fn runs(&self, scenario: &str) -> bool {
+        self.only.iter().any(|s| s.eq_ignore_ascii_case(scenario))
+    }
+    /// The command line, for the report.
+    pub fn command_line() -> String {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        format!("cargo run --release -p sluice-bench -- {}", args.join(" "))
+    }
+}
+
+/// Finds (building it if needed) the sluice binary.
+fn sluice_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.sluice {
+        return Ok(p.clone());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("sluice-bench: cargo build --release -p sluice");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "sluice"])
+        .status()?;
+    anyhow::ensure!(status.success(), "building sluice failed");
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .map(|d| d.join("sluice"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found; pass --sluice PATH",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn runtime(name: &str, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    proc::init_clock();
+    // Before any thread is started: threads and child processes inherit the niceness.
+    proc::renice(args.nice);
+    let bin = sluice_binary(&args)?;
+    // Three runtimes, so the report can say how much CPU each part used: the load
+    // generator's, the sink's (thread names "bench-load" and "bench-sink") and this one,
+    // which only orchestrates.
+    let load_rt = runtime("bench-load", args.load_threads)?;
+    let sink_rt = runtime("bench-sink", args.sink_threads)?;
+    let main_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sink = sink_rt.block_on(sink::Sink::start())?;
+    let results = main_rt.block_on(scenarios::run_all(
+        &args,
+        &bin,
+        load_rt.handle().clone(),
+        &sink,
+    ))?;
+    let md = report::render(&args, &results);
+    if let Some(path) = &args.report {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, &md)?;
+        eprintln!("sluice-bench: report written to {}", path.display());
+    } else {
+        println!("{md}");
+    }
+    load_rt.shutdown_background();
+    sink_rt.shutdown_background();
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The shared clock, and what `/proc` says about CPU time, memory and the machine.
+
+use std::sync::OnceLock;
+use tokio::time::Instant;
+
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// Starts the shared clock. Every timestamp the load generator puts in `ce-benchts` and every
+/// arrival time the sink takes is nanoseconds since this instant (monotonic; both sides run
+/// in this process, so they share it).
+pub fn init_clock() {
+    ORIGIN.get_or_init(Instant::now);
+}
+
+/// The shared clock's origin.
+pub fn origin() -> Instant {
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since the origin.
+pub fn now_ns() -> u64 {
+    origin().elapsed().as_nanos() as u64
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// utime + stime from a `/proc/.../stat` line, in clock ticks.
+pub fn parse_stat_cpu(stat: &str) -> Option<(String, u64)> {
+    // "pid (comm) state ppid ..." — comm may hold spaces and parentheses, so split at the
+    // last ')'.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// CPU seconds used so far by a whole process.
+pub fn process_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| parse_stat_cpu(&s))
+        .map_or(0.0, |(_, t)| t as f64 / clock_ticks_per_second() as f64)
+}
+
+/// CPU seconds used so far by the threads of this process whose name starts with `prefix`.
+pub fn threads_cpu(prefix: &str) -> f64 {
+    let mut ticks = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for entry in dir.flatten() {
+            if let Some((comm, t)) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| parse_stat_cpu(&s))
+            {
+                if comm.starts_with(prefix) {
+                    ticks += t;
+                }
+            }
+        }
+    }
+    ticks as f64 / clock_ticks_per_second() as f64
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Sets this process's niceness (best effort: without the privilege it stays as it was).
+pub fn renice(nice: i32) {
+    // SAFETY: setpriority only changes the scheduling priority of the calling thread/process.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+    }
+}
+
+/// The niceness in force.
+pub fn nice() -> i32 {
+    // SAFETY: getpriority only reads the priority; -1 is a valid answer, so errno is ignored.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+/// The machine, for the report.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_mib: u64,
+    pub kernel: String,
+    pub nice: i32,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".into(), |(_, m)| m.trim().to_string());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_mib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            memory_mib,
+            kernel,
+            nice: nice(),
+        }
+    }
+}
+
+/// The 1-minute load average (other work on the machine skews every figure).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_line_with_spaces_in_the_name() {
+        let line = "4242 (bench load) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 1 0";
+        assert_eq!(parse_stat_cpu(line), Some(("bench load".into(), 325)));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+}

@@ -84,6 +84,12 @@ pub struct Args {
     /// says what was in force.
     #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
     pub nice: i32,
+    /// Real-time FIFO priority (1-89) for the sluice child (inherited from the bench's main
+    /// thread), so that other work on a shared machine cannot preempt it; the load
+    /// generator and sink threads run 10 above it. 0 keeps the normal scheduler (and only
+    /// `--nice`). Needs root; the report says what was in force.
+    #[arg(long, default_value_t = 10)]
+    pub fifo: i32,
     /// Instead of the scenarios: one step at this rate straight to the sink, then one through
     /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf).
     #[arg(long)]
@@ -150,10 +156,18 @@ fn sluice_binary(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn runtime(name: &str, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// A runtime for one of the bench's instruments. With `fifo` > 0 its threads run at that
+/// real-time priority, above Sluice's, so the generator keeps its schedule and the sink
+/// timestamps arrivals when they happen rather than when Sluice lets go of a core.
+fn runtime(name: &str, threads: usize, fifo: i32) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name(name)
+        .on_thread_start(move || {
+            if fifo > 0 {
+                proc::set_fifo(fifo);
+            }
+        })
         .enable_all()
         .build()
 }
@@ -163,12 +177,16 @@ fn main() -> anyhow::Result<()> {
     proc::init_clock();
     // Before any thread is started: threads and child processes inherit the niceness.
     proc::renice(args.nice);
+    if args.fifo > 0 {
+        proc::set_fifo(args.fifo);
+    }
     let bin = sluice_binary(&args)?;
     // Three runtimes, so the report can say how much CPU each part used: the load
     // generator's, the sink's (thread names "bench-load" and "bench-sink") and this one,
     // which only orchestrates.
-    let load_rt = runtime("bench-load", args.load_threads)?;
-    let sink_rt = runtime("bench-sink", args.sink_threads)?;
+    let instruments = if args.fifo > 0 { args.fifo + 10 } else { 0 };
+    let load_rt = runtime("bench-load", args.load_threads, instruments)?;
+    let sink_rt = runtime("bench-sink", args.sink_threads, instruments)?;
     let main_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -96,6 +96,33 @@ pub fn renice(nice: i32) {
     }
 }
 
+/// Switches this thread (and so the threads and processes it starts) to SCHED_FIFO at
+/// `priority` (best effort).
+pub fn set_fifo(priority: i32) {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: param is a valid sched_param for the duration of the call.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
+    }
+}
+
+/// The scheduling policy in force, for the report.
+pub fn scheduler() -> String {
+    // SAFETY: sched_getscheduler and sched_getparam only read this thread's settings.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        let mut param = libc::sched_param { sched_priority: 0 };
+        libc::sched_getparam(0, &mut param);
+        match policy {
+            libc::SCHED_FIFO => format!("SCHED_FIFO, priority {}", param.sched_priority),
+            libc::SCHED_RR => format!("SCHED_RR, priority {}", param.sched_priority),
+            _ => format!("normal (nice {})", nice()),
+        }
+    }
+}
+
 /// The niceness in force.
 pub fn nice() -> i32 {
     // SAFETY: getpriority only reads the priority; -1 is a valid answer, so errno is ignored.
@@ -109,7 +136,7 @@ pub struct Machine {
     pub cpu_model: String,
     pub memory_mib: u64,
     pub kernel: String,
-    pub nice: i32,
+    pub scheduler: String,
 }
 
 impl Machine {
@@ -135,7 +162,7 @@ impl Machine {
             cpu_model,
             memory_mib,
             kernel,
-            nice: nice(),
+            scheduler: scheduler(),
         }
     }
 }

@@ -11,6 +11,12 @@ mod send;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the data path allocates a little per event on every
+/// worker thread, and glibc's arena locks and consolidation showed up as a fifth of the CPU
+/// in profiles (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

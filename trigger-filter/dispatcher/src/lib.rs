@@ -59,6 +59,31 @@ impl ChannelFactory for MemoryOnly {
     }
 }
 
+/// Stands in for a broker whose channel could not be created.
+struct Unavailable(String);
+
+#[async_trait]
+impl Channel for Unavailable {
+    async fn publish(&self, _: sluice_core::Envelope) -> Result<(), ChannelError> {
+        Err(ChannelError::Unavailable(self.0.clone()))
+    }
+
+    async fn subscribe(
+        &self,
+        _: SubscriptionSpec,
+    ) -> Result<Box<dyn sluice_channels::Subscription>, ChannelError> {
+        Err(ChannelError::Unavailable(self.0.clone()))
+    }
+
+    async fn remove_subscription(&self, _: &str) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        Health::NotReady(self.0.clone())
+    }
+}
+
 struct RunningBroker {
     config: ChannelConfig,
     channel: Arc<dyn Channel>,
@@ -224,7 +249,7 @@ impl Dataplane {
             }
         }
 
-        let entries = self
+        let mut entries: HashMap<Key, BrokerEntry> = self
             .brokers
             .iter()
             .map(|(k, b)| {
@@ -234,6 +259,12 @@ impl Dataplane {
                 )
             })
             .collect();
+        // A broker whose channel could not be created still exists: its ingress answers 503
+        // with the reason (not 404) until the channel comes up.
+        for (k, (_, reason)) in &self.failed {
+            let channel: Arc<dyn Channel> = Arc::new(Unavailable(reason.clone()));
+            entries.insert(k.clone(), BrokerEntry::new(k, channel, &self.metrics));
+        }
         self.ingress.set_brokers(entries);
     }
 

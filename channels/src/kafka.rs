@@ -13,7 +13,8 @@
 //!
 //! **Publishing.** `publish` returns once the delivery report says the record is stored with
 //! `acks=all`; the producer is idempotent (`enable.idempotence=true`, so librdkafka's retries
-//! never duplicate or reorder a record). A publish that cannot complete within
+//! never duplicate or reorder a record). tansu supports the idempotent producer
+//! (`InitProducerId`), so there is no fallback; the conformance suite runs on it. A publish that cannot complete within
 //! [`KafkaSettings::publish_timeout`] (cluster unreachable, topic missing) fails with
 //! [`ChannelError::Unavailable`]; librdkafka's own queue being full is [`ChannelError::Full`].
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread

@@ -41,8 +41,9 @@ spec:
 }
 
 fn trigger_yaml(sink: &str) -> String {
+    // At most 10 deliveries in flight, so a crash catches many events undelivered.
     format!(
-        "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t, namespace: default}}\nspec:\n  broker: default\n  subscriber:\n    uri: {sink}\n"
+        "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  namespace: default\n  annotations: {{sluice.dev/concurrency: \"10\"}}\nspec:\n  broker: default\n  subscriber:\n    uri: {sink}\n"
     )
 }
 
@@ -89,7 +90,8 @@ async fn crash_and_restart(name: &str, yaml_for_sink: impl Fn(&str) -> String) {
     std::fs::write(dir.join("resources.yaml"), yaml_for_sink(&sink.url())).unwrap();
     let s = Sluice::start_in(dir.clone(), &[]).await;
     produce(&s, N).await;
-    sink.wait_for(20, Duration::from_secs(30)).await;
+    // Past the first offset commit (Kafka commits every 500 ms), well before the end.
+    sink.wait_for(120, Duration::from_secs(30)).await;
     let before = ids(&sink).len();
     s.kill().await;
     assert!(

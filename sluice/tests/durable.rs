@@ -47,6 +47,17 @@ fn trigger_yaml(sink: &str) -> String {
     )
 }
 
+fn nats_broker(url: &str) -> String {
+    broker_yaml("NatsJetStreamBroker", &format!("  url: \"{url}\""))
+}
+
+fn kafka_broker(bootstrap_servers: &str) -> String {
+    broker_yaml(
+        "Kafka",
+        &format!("  bootstrap.servers: \"{bootstrap_servers}\"\n  default.topic.partitions: \"3\""),
+    )
+}
+
 /// Ids received by the sink, with how often each arrived.
 fn ids(sink: &Sink) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -119,11 +130,7 @@ async fn nats_broker_survives_sigkill() {
     let nats = sluice_tests::start_nats().await;
     let url = nats.url();
     crash_and_restart("crash-nats", |sink| {
-        format!(
-            "{}{}",
-            broker_yaml("NatsJetStreamBroker", &format!("  url: \"{url}\"")),
-            trigger_yaml(sink)
-        )
+        format!("{}{}", nats_broker(&url), trigger_yaml(sink))
     })
     .await;
 }
@@ -133,14 +140,7 @@ async fn kafka_broker_survives_sigkill() {
     let kafka = sluice_tests::start_kafka().await;
     let bs = kafka.bootstrap_servers();
     crash_and_restart("crash-kafka", |sink| {
-        format!(
-            "{}{}",
-            broker_yaml(
-                "Kafka",
-                &format!("  bootstrap.servers: \"{bs}\"\n  default.topic.partitions: \"3\"")
-            ),
-            trigger_yaml(sink)
-        )
+        format!("{}{}", kafka_broker(&bs), trigger_yaml(sink))
     })
     .await;
 }
@@ -198,11 +198,7 @@ async fn nats_broker_rides_out_a_sink_outage() {
     let nats = sluice_tests::start_nats().await;
     let url = nats.url();
     sink_outage("outage-nats", |sink| {
-        format!(
-            "{}{}",
-            broker_yaml("NatsJetStreamBroker", &format!("  url: \"{url}\"")),
-            trigger_yaml(sink)
-        )
+        format!("{}{}", nats_broker(&url), trigger_yaml(sink))
     })
     .await;
 }
@@ -212,14 +208,7 @@ async fn kafka_broker_rides_out_a_sink_outage() {
     let kafka = sluice_tests::start_kafka().await;
     let bs = kafka.bootstrap_servers();
     sink_outage("outage-kafka", |sink| {
-        format!(
-            "{}{}",
-            broker_yaml(
-                "Kafka",
-                &format!("  bootstrap.servers: \"{bs}\"\n  default.topic.partitions: \"3\"")
-            ),
-            trigger_yaml(sink)
-        )
+        format!("{}{}", kafka_broker(&bs), trigger_yaml(sink))
     })
     .await;
 }
@@ -235,11 +224,7 @@ async fn unreachable_server_means_not_ready_then_recovers() {
     let dir = test_dir("unreachable");
     std::fs::write(
         dir.join("resources.yaml"),
-        format!(
-            "{}{}",
-            broker_yaml("NatsJetStreamBroker", &format!("  url: \"{url}\"")),
-            trigger_yaml(&sink.url())
-        ),
+        format!("{}{}", nats_broker(&url), trigger_yaml(&sink.url())),
     )
     .unwrap();
     let s = start_unready(dir).await;

@@ -18,7 +18,6 @@ mod dispatch;
 
 use async_trait::async_trait;
 use sluice_broker::{BrokerEntry, Ingress};
-use sluice_channels::memory::MemoryChannel;
 use sluice_channels::{Channel, ChannelError, Health, SubscriptionSpec};
 use sluice_core::metrics::Metrics;
 use sluice_core::topology::{ChannelConfig, Key, Topology, Trigger};
@@ -36,27 +35,6 @@ pub trait ChannelFactory: Send + Sync {
         broker: &Key,
         config: &ChannelConfig,
     ) -> Result<Arc<dyn Channel>, ChannelError>;
-}
-
-/// The factory for builds with only the in-memory channel.
-#[derive(Debug, Default)]
-pub struct MemoryOnly;
-
-#[async_trait]
-impl ChannelFactory for MemoryOnly {
-    async fn create(
-        &self,
-        broker: &Key,
-        config: &ChannelConfig,
-    ) -> Result<Arc<dyn Channel>, ChannelError> {
-        match config {
-            ChannelConfig::Memory { capacity } => Ok(Arc::new(MemoryChannel::new(*capacity))),
-            other => Err(ChannelError::Config(format!(
-                "broker {broker}: class {} is not compiled into this build of sluice",
-                other.class_name()
-            ))),
-        }
-    }
 }
 
 /// Stands in for a broker whose channel could not be created.

@@ -13,7 +13,8 @@
 //!
 //! **Publishing.** `publish` returns once the delivery report says the record is stored with
 //! `acks=all`; the producer is idempotent (`enable.idempotence=true`, so librdkafka's retries
-//! never duplicate or reorder a record). A publish that cannot complete within
+//! never duplicate or reorder a record). tansu supports the idempotent producer
+//! (`InitProducerId`), so there is no fallback; the conformance suite runs on it. A publish that cannot complete within
 //! [`KafkaSettings::publish_timeout`] (cluster unreachable, topic missing) fails with
 //! [`ChannelError::Unavailable`]; librdkafka's own queue being full is [`ChannelError::Full`].
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread
@@ -101,7 +102,9 @@ pub struct KafkaSettings {
     pub commit_interval: Duration,
     /// Messages a subscription buffers ahead of `next()` before it pauses fetching.
     pub max_buffered: usize,
-    /// Extra librdkafka properties for every client (security settings, tuning).
+    /// Extra librdkafka properties for every client (security settings, tuning). They cannot
+    /// change what the guarantees rest on: `acks`, `enable.idempotence`, `message.timeout.ms`
+    /// (see `publish_timeout`), `group.id` and the auto-commit settings are always Sluice's.
     pub client_properties: Vec<(String, String)>,
 }
 
@@ -139,12 +142,18 @@ impl KafkaSettings {
         )
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// A client configuration: Sluice's defaults, then `tunables` (defaults of one kind of
+    /// client), then [`client_properties`](Self::client_properties). Callers set the
+    /// properties the channel's guarantees rest on afterwards, so those cannot be overridden.
+    fn client_config(&self, tunables: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers)
             // Reconnect quickly once the cluster is back, rather than backing off to 10 s.
             .set("reconnect.backoff.max.ms", "1000")
             .set("log_level", "4");
+        for (k, v) in tunables {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.client_properties {
             c.set(k, v);
         }
@@ -229,19 +238,20 @@ impl KafkaChannel {
         let health = Arc::new(Mutex::new(Health::Ready));
         let timeout_ms = settings.publish_timeout.as_millis().max(1).to_string();
         let producer: FutureProducer<HealthContext> = settings
-            .client_config()
+            .client_config(&[
+                ("linger.ms", "1"),
+                // Fail records for a missing topic fast instead of waiting 30 s for it.
+                ("topic.metadata.propagation.max.ms", "1000"),
+            ])
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)
-            // Fail records for a missing topic fast instead of waiting 30 s for it to appear.
-            .set("topic.metadata.propagation.max.ms", "1000")
-            .set("linger.ms", "1")
             .create_with_context(HealthContext {
                 health: health.clone(),
             })
             .map_err(|e| ChannelError::Config(format!("kafka producer: {e}")))?;
         let admin: AdminClient<DefaultClientContext> = settings
-            .client_config()
+            .client_config(&[])
             .create()
             .map_err(|e| ChannelError::Config(format!("kafka admin client: {e}")))?;
         let inner = Arc::new(Inner {
@@ -407,12 +417,16 @@ impl Channel for KafkaChannel {
             topic: settings.topic.clone(),
         });
         let consumer: StreamConsumer<SubContext> = settings
-            .client_config()
+            .client_config(&[
+                // librdkafka prefetches up to 64 MiB per consumer by default; one consumer per
+                // trigger makes that too much.
+                ("queued.max.messages.kbytes", "8192"),
+                // Only when a committed offset is no longer in the log (retention deleted it).
+                ("auto.offset.reset", "earliest"),
+            ])
             .set("group.id", group_id(&spec.id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // Only when a committed offset is no longer in the log (retention deleted it).
-            .set("auto.offset.reset", "earliest")
             .create_with_context(SubContext {
                 shared: Arc::downgrade(&shared),
             })
@@ -629,7 +643,7 @@ struct TimeReader {
 impl TimeReader {
     fn new(settings: &KafkaSettings) -> Result<Self, ChannelError> {
         let consumer = settings
-            .client_config()
+            .client_config(&[])
             // librdkafka wants a group even for assigned partitions; this one never commits.
             .set("group.id", "sluice-time-reader")
             .set("enable.auto.commit", "false")

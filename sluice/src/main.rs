@@ -2,6 +2,7 @@
 //! principle 1). Each subcommand lives in its own module.
 
 mod admin;
+mod channels;
 mod cli;
 mod display;
 mod get;

@@ -125,7 +125,7 @@ fn tokio_util_shutdown() -> tokio_util::sync::CancellationToken {
 
 /// The channel kinds compiled into this binary.
 pub fn channel_factory() -> Box<dyn sluice_dispatcher::ChannelFactory> {
-    Box::new(sluice_dispatcher::MemoryOnly)
+    Box::new(crate::channels::Factory)
 }
 
 fn describe(t: &Topology) -> Vec<serde_json::Value> {

@@ -170,6 +170,22 @@ impl Sluice {
     }
 
     pub async fn start_in(dir: PathBuf, extra: &[&str]) -> Sluice {
+        let s = Self::spawn(dir, extra);
+        let client = client();
+        let url = format!("http://{}/readyz", s.admin);
+        eventually(Duration::from_secs(30), "sluice /readyz", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client.get(&url).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        })
+        .await;
+        s
+    }
+
+    /// Starts `sluice run -f <dir>` without waiting for it.
+    pub fn spawn(dir: PathBuf, extra: &[&str]) -> Sluice {
         let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(binary())
@@ -192,23 +208,12 @@ impl Sluice {
             .kill_on_drop(true)
             .spawn()
             .expect("starting sluice");
-        let s = Sluice {
+        Sluice {
             ingress,
             admin,
             dir,
             child,
-        };
-        let client = client();
-        let url = format!("http://{admin}/readyz");
-        eventually(Duration::from_secs(20), "sluice /readyz", || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let r = client.get(&url).send().await.ok()?;
-                (r.status() == 200).then_some(())
-            }
-        })
-        .await;
-        s
+        }
     }
 
     pub fn broker_url(&self, ns: &str, name: &str) -> String {

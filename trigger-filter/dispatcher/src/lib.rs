@@ -18,7 +18,6 @@ mod dispatch;
 
 use async_trait::async_trait;
 use sluice_broker::{BrokerEntry, Ingress};
-use sluice_channels::memory::MemoryChannel;
 use sluice_channels::{Channel, ChannelError, Health, SubscriptionSpec};
 use sluice_core::metrics::Metrics;
 use sluice_core::topology::{ChannelConfig, Key, Topology, Trigger};
@@ -38,24 +37,28 @@ pub trait ChannelFactory: Send + Sync {
     ) -> Result<Arc<dyn Channel>, ChannelError>;
 }
 
-/// The factory for builds with only the in-memory channel.
-#[derive(Debug, Default)]
-pub struct MemoryOnly;
+/// Stands in for a broker whose channel could not be created.
+struct Unavailable(String);
 
 #[async_trait]
-impl ChannelFactory for MemoryOnly {
-    async fn create(
+impl Channel for Unavailable {
+    async fn publish(&self, _: sluice_core::Envelope) -> Result<(), ChannelError> {
+        Err(ChannelError::Unavailable(self.0.clone()))
+    }
+
+    async fn subscribe(
         &self,
-        broker: &Key,
-        config: &ChannelConfig,
-    ) -> Result<Arc<dyn Channel>, ChannelError> {
-        match config {
-            ChannelConfig::Memory { capacity } => Ok(Arc::new(MemoryChannel::new(*capacity))),
-            other => Err(ChannelError::Config(format!(
-                "broker {broker}: class {} is not compiled into this build of sluice",
-                other.class_name()
-            ))),
-        }
+        _: SubscriptionSpec,
+    ) -> Result<Box<dyn sluice_channels::Subscription>, ChannelError> {
+        Err(ChannelError::Unavailable(self.0.clone()))
+    }
+
+    async fn remove_subscription(&self, _: &str) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        Health::NotReady(self.0.clone())
     }
 }
 
@@ -224,7 +227,7 @@ impl Dataplane {
             }
         }
 
-        let entries = self
+        let mut entries: HashMap<Key, BrokerEntry> = self
             .brokers
             .iter()
             .map(|(k, b)| {
@@ -234,6 +237,12 @@ impl Dataplane {
                 )
             })
             .collect();
+        // A broker whose channel could not be created still exists: its ingress answers 503
+        // with the reason (not 404) until the channel comes up.
+        for (k, (_, reason)) in &self.failed {
+            let channel: Arc<dyn Channel> = Arc::new(Unavailable(reason.clone()));
+            entries.insert(k.clone(), BrokerEntry::new(k, channel, &self.metrics));
+        }
         self.ingress.set_brokers(entries);
     }
 

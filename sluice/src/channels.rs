@@ -1,0 +1,49 @@
+//! Which channel kinds this build of `sluice` can run (features `kafka` and `nats`, both on by
+//! default), and how a broker's [`ChannelConfig`] becomes one.
+
+use async_trait::async_trait;
+use sluice_channels::memory::MemoryChannel;
+use sluice_channels::{Channel, ChannelError};
+use sluice_core::topology::{ChannelConfig, Key};
+use std::sync::Arc;
+
+pub struct Factory;
+
+#[async_trait]
+impl sluice_dispatcher::ChannelFactory for Factory {
+    async fn create(
+        &self,
+        broker: &Key,
+        config: &ChannelConfig,
+    ) -> Result<Arc<dyn Channel>, ChannelError> {
+        match config {
+            ChannelConfig::Memory { capacity } => Ok(Arc::new(MemoryChannel::new(*capacity))),
+            #[cfg(feature = "kafka")]
+            ChannelConfig::Kafka {
+                bootstrap_servers,
+                partitions,
+                replication_factor,
+            } => {
+                use sluice_channels::kafka::{KafkaChannel, KafkaSettings};
+                let settings = KafkaSettings::for_broker(
+                    broker,
+                    bootstrap_servers.as_str(),
+                    *partitions,
+                    *replication_factor,
+                );
+                Ok(Arc::new(KafkaChannel::connect(settings).await?))
+            }
+            #[cfg(feature = "nats")]
+            ChannelConfig::Nats { url } => {
+                use sluice_channels::nats::{NatsChannel, NatsSettings};
+                let settings = NatsSettings::for_broker(url.as_str(), broker);
+                Ok(Arc::new(NatsChannel::connect(settings).await?))
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(ChannelError::Config(format!(
+                "broker {broker}: class {} is not compiled into this build of sluice (build with --features kafka,nats)",
+                other.class_name()
+            ))),
+        }
+    }
+}

@@ -19,6 +19,10 @@ pub mod policy;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use policy::{after_failure, classify, dead_letter_event, parse_retry_after, Class, Next};
 use sluice_core::delivery::{DeliveryPolicy, Format};
 use sluice_core::{http as codec, Envelope, Event};
@@ -81,10 +85,18 @@ pub struct Request<'a> {
     pub namespace: Option<&'a str>,
 }
 
+/// The pooled HTTP/1.1 client (plain HTTP; no TLS yet).
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
 /// Sends events over a pooled HTTP client. Clone freely: clones share the pool.
+///
+/// The client is hyper's directly rather than reqwest: per event, reqwest re-parsed the URL
+/// (with IDNA processing), built a second header map, armed its own timer and read the body
+/// chunk by chunk, which together were a visible share of the data plane's CPU in the
+/// benchmarks (docs/benchmarks.md).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl Default for Sender {
@@ -93,17 +105,28 @@ impl Default for Sender {
     }
 }
 
+/// Why an attempt got no classifiable answer.
+enum AttemptError {
+    /// No response: connect, write or read of the head failed.
+    Send(hyper_util::client::legacy::Error),
+    /// No response within the attempt's timeout.
+    Timeout,
+    /// The response head came, the body could not be read.
+    Body { status: u16, reason: String },
+    /// The URL cannot be sent over plain HTTP.
+    Url(String),
+}
+
 impl Sender {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .expect("building an HTTP client without TLS cannot fail");
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Sender { client }
     }
 
@@ -139,33 +162,68 @@ impl Sender {
                 headers.insert(n, v);
             }
         }
-        let result = self
-            .client
-            .post(url.clone())
-            .headers(headers)
-            .body(body)
-            .timeout(timeout)
-            .send()
-            .await;
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => return Outcome::Failed(transport_failure(&e, timeout)),
-        };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = match read_body(response).await {
-            Ok(b) => b,
-            Err(reason) => {
-                return Outcome::Failed(Failure {
-                    status: Some(status),
-                    body: Bytes::new(),
-                    retryable: true,
-                    retry_after: None,
-                    reason,
+        match self.send(url, headers, body, timeout).await {
+            Ok((status, headers, body)) => interpret(status, &headers, body),
+            Err(AttemptError::Body { status, reason }) => Outcome::Failed(Failure {
+                status: Some(status),
+                body: Bytes::new(),
+                retryable: true,
+                retry_after: None,
+                reason,
+            }),
+            Err(e) => Outcome::Failed(transport_failure(e, timeout)),
+        }
+    }
+
+    /// POSTs and reads the whole answer (at most [`MAX_RESPONSE_BODY`] bytes) within
+    /// `timeout`.
+    async fn send(
+        &self,
+        url: &Url,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(u16, HeaderMap, Bytes), AttemptError> {
+        let uri: http::Uri = url
+            .as_str()
+            .parse()
+            .map_err(|e| AttemptError::Url(format!("{url} is not a valid request URI: {e}")))?;
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let response = tokio::time::timeout_at(deadline, self.client.request(req))
+            .await
+            .map_err(|_| AttemptError::Timeout)?
+            .map_err(AttemptError::Send)?;
+        let (parts, body) = response.into_parts();
+        let status = parts.status.as_u16();
+        let body = match tokio::time::timeout_at(
+            deadline,
+            Limited::new(body, MAX_RESPONSE_BODY).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => {
+                let reason = if e.is::<LengthLimitError>() {
+                    format!("response body larger than {MAX_RESPONSE_BODY} bytes")
+                } else {
+                    format!("reading the response body failed: {}", error_chain(&*e))
+                };
+                return Err(AttemptError::Body { status, reason });
+            }
+            Err(_) => {
+                return Err(AttemptError::Body {
+                    status,
+                    reason: format!(
+                        "reading the response body failed: not finished within the {timeout:?} timeout"
+                    ),
                 })
             }
         };
-        interpret(status, &headers, body)
+        Ok((status, parts.headers, body))
     }
 
     /// Delivers with retries, then dead-letters (or drops). Waits with tokio time.
@@ -255,31 +313,15 @@ impl Sender {
     }
 }
 
-async fn read_body(mut response: reqwest::Response) -> Result<Bytes, String> {
-    let mut buf = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > MAX_RESPONSE_BODY {
-                    return Err(format!(
-                        "response body larger than {MAX_RESPONSE_BODY} bytes"
-                    ));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(Bytes::from(buf)),
-            Err(e) => return Err(format!("reading the response body failed: {e}")),
+fn transport_failure(e: AttemptError, timeout: Duration) -> Failure {
+    let reason = match e {
+        AttemptError::Timeout => format!("no answer within the {timeout:?} timeout"),
+        AttemptError::Send(e) if e.is_connect() => {
+            format!("could not connect: {}", error_chain(&e))
         }
-    }
-}
-
-fn transport_failure(e: &reqwest::Error, timeout: Duration) -> Failure {
-    let reason = if e.is_timeout() {
-        format!("no answer within the {timeout:?} timeout")
-    } else if e.is_connect() {
-        format!("could not connect: {}", error_chain(e))
-    } else {
-        format!("request failed: {}", error_chain(e))
+        AttemptError::Send(e) => format!("request failed: {}", error_chain(&e)),
+        AttemptError::Url(reason) => format!("request failed: {reason}"),
+        AttemptError::Body { reason, .. } => reason,
     };
     Failure {
         status: None,

@@ -13,10 +13,11 @@
 //!                                            sink: latency = arrival − ce-benchts
 //! ```
 //!
-//! Modules: [`load`] (the generator), [`sink`], [`search`] (the rate search), [`stats`]
+//! Modules: [`load`] (the generator), [`durable`] (raw Kafka / NATS clients), [`sink`], [`search`] (the rate search), [`stats`]
 //! (accounting and formatting), [`sluice`] (the child process and its resources), [`proc`]
 //! (`/proc` readings and the shared clock), [`scenarios`], [`report`].
 
+mod durable;
 mod load;
 mod proc;
 mod report;
@@ -94,14 +95,10 @@ pub struct Args {
     /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf).
     #[arg(long)]
     pub probe: Option<u64>,
-    /// Run S3: a Kafka broker on a tansu server the bench starts (needs `sluice run` to
-    /// support `eventing.knative.dev/broker.class: Kafka`).
-    #[arg(long)]
-    pub kafka: bool,
-    /// Run S4: a NATS JetStream broker on a nats-server the bench starts (needs `sluice run`
-    /// to support `NatsJetStreamBroker`).
-    #[arg(long)]
-    pub nats: bool,
+    /// p99 end-to-end latency a sustained rate must keep on the durable brokers (S3, S4 and
+    /// their raw-client baselines), in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    pub durable_p99_ms: f64,
 }
 
 impl Args {
@@ -195,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         &args,
         &bin,
         load_rt.handle().clone(),
+        sink_rt.handle().clone(),
         &sink,
     ))?;
     let md = report::render(&args, &results);

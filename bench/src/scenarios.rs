@@ -189,11 +189,12 @@ pub struct Bench<'a> {
     pub args: &'a Args,
     pub bin: &'a Path,
     pub load_rt: Handle,
+    pub sink_rt: Handle,
     pub sink: &'a Sink,
     steps: AtomicU32,
 }
 
-/// Where to send.
+/// Where to send over HTTP.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
@@ -201,20 +202,47 @@ pub struct Target {
     pub pid: Option<u32>,
 }
 
+/// What a step drives: HTTP (to Sluice or straight to the sink), or a raw client.
+#[derive(Clone)]
+pub enum Driver {
+    Http(Target),
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<crate::durable::kafka::KafkaRaw>),
+    #[cfg(feature = "nats")]
+    Nats(Arc<crate::durable::nats::NatsRaw>),
+}
+
+impl Driver {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Driver::Http(t) => t.pid,
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
 impl Bench<'_> {
     fn next_step(&self) -> u32 {
         self.steps.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn p99_limit_us(&self) -> u64 {
-        (self.args.p99_ms * 1000.0) as u64
+    fn p99_limit_us(&self, durable: bool) -> u64 {
+        let ms = if durable {
+            self.args.durable_p99_ms
+        } else {
+            self.args.p99_ms
+        };
+        (ms * 1000.0) as u64
     }
 
     /// Runs one step at `rate` for `secs` against `target`, expecting `fanout` deliveries per
     /// event, then waits up to `drain` for them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn step(
         &self,
-        target: &Target,
+        driver: &Driver,
+        durable: bool,
         fanout: usize,
         size: usize,
         rate: u64,
@@ -222,9 +250,15 @@ impl Bench<'_> {
         drain: Duration,
     ) -> StepResult {
         let id = self.next_step();
+        let (addr, path) = match driver {
+            Driver::Http(t) => (t.addr, t.path.clone()),
+            #[allow(unreachable_patterns)]
+            _ => (self.sink.addr, String::new()),
+        };
+        let pid = driver.pid();
         let l = Load {
-            addr: target.addr,
-            path: target.path.clone(),
+            addr,
+            path,
             ty: sluice::MATCH_TYPE.into(),
             size,
             rate,
@@ -239,14 +273,20 @@ impl Bench<'_> {
             proc::threads_cpu("bench-load"),
             proc::threads_cpu("bench-sink"),
         );
-        let sluice0 = target.pid.map(proc::process_cpu);
+        let sluice0 = pid.map(proc::process_cpu);
         let mut rss_max: Option<u64> = None;
         let sample = |rss_max: &mut Option<u64>| {
-            if let Some((rss, _)) = target.pid.and_then(proc::memory_kib) {
+            if let Some((rss, _)) = pid.and_then(proc::memory_kib) {
                 *rss_max = Some(rss_max.map_or(rss, |m| m.max(rss)));
             }
         };
-        let mut handle = self.load_rt.spawn(load::run(l));
+        let mut handle = match driver {
+            Driver::Http(_) => self.load_rt.spawn(load::run(l)),
+            #[cfg(feature = "kafka")]
+            Driver::Kafka(k) => self.load_rt.spawn(k.clone().run(l)),
+            #[cfg(feature = "nats")]
+            Driver::Nats(n) => self.load_rt.spawn(n.clone().run(l)),
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let result: LoadResult = loop {
             tokio::select! {
@@ -274,12 +314,11 @@ impl Bench<'_> {
         let wall = t0.elapsed().as_secs_f64();
         let cpu_load = (proc::threads_cpu("bench-load") - load0) / wall;
         let cpu_sink = (proc::threads_cpu("bench-sink") - sink0) / wall;
-        let cpu_sluice = target
-            .pid
+        let cpu_sluice = pid
             .zip(sluice0)
             .map(|(pid, c0)| (proc::process_cpu(pid) - c0) / wall);
         sample(&mut rss_max);
-        let hwm = target.pid.and_then(proc::memory_kib).map(|(_, h)| h);
+        let hwm = pid.and_then(proc::memory_kib).map(|(_, h)| h);
         self.sink.end();
         let acc = account(&result.status, &step.delivery_counts(), fanout);
         let e2e = Latency::of(&step.latency.lock().unwrap_or_else(|e| e.into_inner()));
@@ -302,7 +341,7 @@ impl Bench<'_> {
             rss_max_kib: rss_max,
             hwm_kib: hwm,
             drained,
-            p99_limit_us: self.p99_limit_us(),
+            p99_limit_us: self.p99_limit_us(durable),
         };
         eprintln!("  {}", r.line());
         self.settle().await;
@@ -325,7 +364,8 @@ impl Bench<'_> {
     pub async fn search(
         &self,
         label: &str,
-        target: &Target,
+        driver: &Driver,
+        durable: bool,
         fanout: usize,
         size: usize,
     ) -> SearchResult {
@@ -338,13 +378,22 @@ impl Bench<'_> {
         let mut s = RateSearch::new(START_RATE, MIN_RATE, MAX_RATE, precision, max_steps);
         // Warm up: connections, allocator, the sink's pool in sluice.
         let _ = self
-            .step(target, fanout, size, 1000, 0.5, Duration::from_secs(2))
+            .step(
+                driver,
+                durable,
+                fanout,
+                size,
+                1000,
+                0.5,
+                Duration::from_secs(2),
+            )
             .await;
         let mut steps = Vec::new();
         while let Some(rate) = s.next_rate() {
             let r = self
                 .step(
-                    target,
+                    driver,
+                    durable,
                     fanout,
                     size,
                     rate,
@@ -374,20 +423,20 @@ impl Bench<'_> {
         Sluice::start(self.bin, &yaml).await
     }
 
-    fn sluice_target(s: &Sluice) -> Target {
-        Target {
+    fn sluice_target(s: &Sluice) -> Driver {
+        Driver::Http(Target {
             addr: s.ingress,
             path: s.broker_path(),
             pid: Some(s.pid),
-        }
+        })
     }
 
-    fn direct_target(&self) -> Target {
-        Target {
+    fn direct_target(&self) -> Driver {
+        Driver::Http(Target {
             addr: self.sink.addr,
             path: "/t/0".into(),
             pid: None,
-        }
+        })
     }
 
     async fn s1(&self, size: usize) -> anyhow::Result<S1> {
@@ -395,22 +444,25 @@ impl Bench<'_> {
             .search(
                 &format!("baseline {size} B"),
                 &self.direct_target(),
+                false,
                 1,
                 size,
             )
             .await;
         let s = self.start_sluice(&Class::Memory, &match_all()).await?;
         let target = Self::sluice_target(&s);
-        let sluice = self.search(&format!("S1 {size} B"), &target, 1, size).await;
+        let sluice = self
+            .search(&format!("S1 {size} B"), &target, false, 1, size)
+            .await;
         let half = if sluice.rate() > 0 {
             let rate = (sluice.rate() / 2).max(1);
             eprintln!("S1 {size} B: half load, {rate}/s");
             let secs = self.args.half_secs();
             let drain = Duration::from_secs(5);
             let b = self
-                .step(&self.direct_target(), 1, size, rate, secs, drain)
+                .step(&self.direct_target(), false, 1, size, rate, secs, drain)
                 .await;
-            let t = self.step(&target, 1, size, rate, secs, drain).await;
+            let t = self.step(&target, false, 1, size, rate, secs, drain).await;
             Some(HalfLoad {
                 baseline: b,
                 sluice: t,
@@ -435,6 +487,7 @@ impl Bench<'_> {
             .search(
                 &format!("S2 100 triggers, {matching} matching"),
                 &Self::sluice_target(&s),
+                false,
                 matching,
                 DEFAULT_SIZE,
             )
@@ -451,6 +504,7 @@ impl Bench<'_> {
         let step = self
             .step(
                 &target,
+                false,
                 1,
                 DEFAULT_SIZE,
                 rate,
@@ -472,6 +526,7 @@ impl Bench<'_> {
         let loaded = self
             .step(
                 &Self::sluice_target(&s),
+                false,
                 1,
                 DEFAULT_SIZE,
                 RSS_RATE,
@@ -540,53 +595,98 @@ impl Bench<'_> {
     }
 
     async fn durable(&self, kafka: bool) -> Outcome<Durable> {
-        let (flag, name) = if kafka {
-            ("--kafka", "Kafka")
-        } else {
-            ("--nats", "NATS JetStream")
-        };
-        let wanted = if kafka {
-            self.args.kafka
-        } else {
-            self.args.nats
-        };
-        if !wanted {
-            return Outcome::NotRun(format!("not requested (pass {flag} to run it)"));
-        }
-        let raw = Outcome::NotRun(format!(
-            "the bench has no raw {name} client yet; it is added with the {name} broker in `sluice run`"
-        ));
         let label = if kafka { "S3 Kafka" } else { "S4 NATS" };
-        // Keep the server alive for the whole scenario.
-        let (class, _server): (Class, Box<dyn std::any::Any>) = if kafka {
-            let k = sluice_tests::start_kafka().await;
-            (
-                Class::Kafka {
-                    bootstrap_servers: k.bootstrap_servers(),
-                },
-                Box::new(k),
-            )
+        // The servers panic with install instructions when their binary is missing; a
+        // spawned task turns that into an error.
+        let (class, server): (Class, Box<dyn std::any::Any>) = if kafka {
+            match tokio::spawn(sluice_tests::start_kafka()).await {
+                Ok(k) => (
+                    Class::Kafka {
+                        bootstrap_servers: k.bootstrap_servers(),
+                    },
+                    Box::new(k),
+                ),
+                Err(e) => return Outcome::NotRun(format!("cannot start tansu: {e}")),
+            }
         } else {
-            let n = sluice_tests::start_nats().await;
-            (Class::Nats { url: n.url() }, Box::new(n))
-        };
-        let sluice = match self.start_sluice(&class, &match_all()).await {
-            Ok(s) => s,
-            Err(e) => {
-                return Outcome::Ran(Durable {
-                    raw,
-                    sluice: Outcome::NotRun(format!("{e:#}")),
-                })
+            match tokio::spawn(sluice_tests::start_nats()).await {
+                Ok(n) => (Class::Nats { url: n.url() }, Box::new(n)),
+                Err(e) => return Outcome::NotRun(format!("cannot start nats-server: {e}")),
             }
         };
-        let r = self
-            .search(label, &Self::sluice_target(&sluice), 1, DEFAULT_SIZE)
-            .await;
-        sluice.stop().await;
-        Outcome::Ran(Durable {
-            raw,
-            sluice: Outcome::Ran(r),
-        })
+        let raw = self.raw_search(label, &class).await;
+        let sluice = match self.start_sluice(&class, &match_all()).await {
+            Ok(s) => {
+                let r = self
+                    .search(
+                        &format!("{label} via Sluice"),
+                        &Self::sluice_target(&s),
+                        true,
+                        1,
+                        DEFAULT_SIZE,
+                    )
+                    .await;
+                s.stop().await;
+                Outcome::Ran(r)
+            }
+            Err(e) => Outcome::NotRun(format!("{e:#}")),
+        };
+        drop(server);
+        Outcome::Ran(Durable { raw, sluice })
+    }
+
+    /// The raw-client search on the same server.
+    async fn raw_search(&self, label: &str, class: &Class) -> Outcome<SearchResult> {
+        let recorder = self.sink.recorder();
+        let driver = match class {
+            #[cfg(feature = "kafka")]
+            Class::Kafka { bootstrap_servers } => {
+                let bs = bootstrap_servers.clone();
+                match self
+                    .sink_rt
+                    .spawn(
+                        async move { crate::durable::kafka::KafkaRaw::start(&bs, recorder).await },
+                    )
+                    .await
+                {
+                    Ok(Ok(k)) => Driver::Kafka(Arc::new(k)),
+                    Ok(Err(e)) => return Outcome::NotRun(format!("raw Kafka client: {e:#}")),
+                    Err(e) => return Outcome::NotRun(format!("raw Kafka client: {e}")),
+                }
+            }
+            #[cfg(feature = "nats")]
+            Class::Nats { url } => {
+                let url = url.clone();
+                match self
+                    .sink_rt
+                    .spawn(
+                        async move { crate::durable::nats::NatsRaw::start(&url, recorder).await },
+                    )
+                    .await
+                {
+                    Ok(Ok(n)) => Driver::Nats(Arc::new(n)),
+                    Ok(Err(e)) => return Outcome::NotRun(format!("raw NATS client: {e:#}")),
+                    Err(e) => return Outcome::NotRun(format!("raw NATS client: {e}")),
+                }
+            }
+            _ => {
+                let _ = recorder;
+                return Outcome::NotRun(
+                    "this build of sluice-bench has no client for it (features `kafka`, `nats`)"
+                        .into(),
+                );
+            }
+        };
+        Outcome::Ran(
+            self.search(
+                &format!("{label} raw client"),
+                &driver,
+                true,
+                1,
+                DEFAULT_SIZE,
+            )
+            .await,
+        )
     }
 }
 
@@ -612,6 +712,7 @@ pub async fn run_all(
     args: &Args,
     bin: &Path,
     load_rt: Handle,
+    sink_rt: Handle,
     sink: &Sink,
 ) -> anyhow::Result<Results> {
     let t0 = Instant::now();
@@ -619,6 +720,7 @@ pub async fn run_all(
         args,
         bin,
         load_rt,
+        sink_rt,
         sink,
         steps: AtomicU32::new(0),
     };
@@ -631,10 +733,11 @@ pub async fn run_all(
         let secs = args.step_secs();
         let drain = Duration::from_secs(5);
         eprintln!("probe: direct");
-        b.step(&b.direct_target(), 1, size, rate, secs, drain).await;
+        b.step(&b.direct_target(), false, 1, size, rate, secs, drain)
+            .await;
         let s = b.start_sluice(&Class::Memory, &match_all()).await?;
         eprintln!("probe: sluice pid {}", s.pid);
-        b.step(&Bench::sluice_target(&s), 1, size, rate, secs, drain)
+        b.step(&Bench::sluice_target(&s), false, 1, size, rate, secs, drain)
             .await;
         s.stop().await;
         std::process::exit(0);

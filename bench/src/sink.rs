@@ -136,6 +136,34 @@ impl Sink {
     pub fn stray(&self) -> u64 {
         self.shared.stray.load(Ordering::Relaxed)
     }
+
+    /// A handle for other receivers (the raw Kafka/NATS consumers) to record arrivals into
+    /// the current step.
+    pub fn recorder(&self) -> Recorder {
+        Recorder(self.shared.clone())
+    }
+}
+
+/// Records arrivals into the sink's current step.
+#[derive(Clone)]
+pub struct Recorder(Arc<Shared>);
+
+impl Recorder {
+    /// An arrival of event `id` (`s<step>-<seq>`) at subscriber `k` at `now`, scheduled at
+    /// `benchts`.
+    pub fn record(&self, id: &[u8], k: usize, benchts: u64, now: u64) {
+        self.record_parsed(parse_id(id), k, benchts, now);
+    }
+
+    fn record_parsed(&self, id: Option<(u32, u64)>, k: usize, benchts: u64, now: u64) {
+        let current = self.0.current.load();
+        match (id, current.as_ref()) {
+            (Some((step, seq)), Some(cur)) if cur.id == step => cur.record(seq, k, benchts, now),
+            _ => {
+                self.0.stray.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 async fn handle(
@@ -155,9 +183,8 @@ async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     // Read the whole body, as a real subscriber would.
     let _ = req.into_body().collect().await?;
-    let current = shared.current.load();
-    match (id, ts, current.as_ref()) {
-        (Some((step, seq)), Some(ts), Some(cur)) if cur.id == step => cur.record(seq, k, ts, now),
+    match (id, ts) {
+        (Some(id), Some(ts)) => Recorder(shared).record_parsed(Some(id), k, ts, now),
         _ => {
             shared.stray.fetch_add(1, Ordering::Relaxed);
         }

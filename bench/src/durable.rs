@@ -145,14 +145,21 @@ pub mod kafka {
     impl KafkaRaw {
         /// Creates the topic, starts the consumer (on the current runtime) at the end of
         /// every partition, and the producer.
-        pub async fn start(bootstrap: &str, recorder: Recorder) -> anyhow::Result<KafkaRaw> {
+        pub async fn start(
+            bootstrap: &str,
+            fetch_wait_ms: Option<u32>,
+            recorder: Recorder,
+        ) -> anyhow::Result<KafkaRaw> {
             let admin: AdminClient<DefaultClientContext> = config(bootstrap).create()?;
             let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1));
             let _ = admin.create_topics([&topic], &AdminOptions::new()).await?;
-            let consumer: StreamConsumer = config(bootstrap)
-                .set("group.id", "sluice-bench-raw")
-                .set("enable.auto.commit", "false")
-                .create()?;
+            let mut cc = config(bootstrap);
+            cc.set("group.id", "sluice-bench-raw")
+                .set("enable.auto.commit", "false");
+            if let Some(ms) = fetch_wait_ms {
+                cc.set("fetch.wait.max.ms", ms.to_string());
+            }
+            let consumer: StreamConsumer = cc.create()?;
             let consumer = Arc::new(consumer);
             // Start exactly at the current end of each partition, so no event of a step is
             // skipped by an offset reset racing the first records.

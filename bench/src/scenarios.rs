@@ -227,13 +227,13 @@ impl Bench<'_> {
         self.steps.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn p99_limit_us(&self, durable: bool) -> u64 {
-        let ms = if durable {
-            self.args.durable_p99_ms
-        } else {
-            self.args.p99_ms
-        };
-        (ms * 1000.0) as u64
+    /// The p99 bound of the broker class a driver exercises.
+    fn p99_ms(&self, class: &Class) -> f64 {
+        match class {
+            Class::Memory => self.args.p99_ms,
+            Class::Kafka { .. } => self.args.kafka_p99_ms,
+            Class::Nats { .. } => self.args.nats_p99_ms,
+        }
     }
 
     /// Runs one step at `rate` for `secs` against `target`, expecting `fanout` deliveries per
@@ -242,7 +242,7 @@ impl Bench<'_> {
     pub async fn step(
         &self,
         driver: &Driver,
-        durable: bool,
+        p99_ms: f64,
         fanout: usize,
         size: usize,
         rate: u64,
@@ -341,7 +341,7 @@ impl Bench<'_> {
             rss_max_kib: rss_max,
             hwm_kib: hwm,
             drained,
-            p99_limit_us: self.p99_limit_us(durable),
+            p99_limit_us: (p99_ms * 1000.0) as u64,
         };
         eprintln!("  {}", r.line());
         self.settle().await;
@@ -365,7 +365,7 @@ impl Bench<'_> {
         &self,
         label: &str,
         driver: &Driver,
-        durable: bool,
+        p99_ms: f64,
         fanout: usize,
         size: usize,
     ) -> SearchResult {
@@ -380,7 +380,7 @@ impl Bench<'_> {
         let _ = self
             .step(
                 driver,
-                durable,
+                p99_ms,
                 fanout,
                 size,
                 1000,
@@ -393,7 +393,7 @@ impl Bench<'_> {
             let r = self
                 .step(
                     driver,
-                    durable,
+                    p99_ms,
                     fanout,
                     size,
                     rate,
@@ -444,7 +444,7 @@ impl Bench<'_> {
             .search(
                 &format!("baseline {size} B"),
                 &self.direct_target(),
-                false,
+                self.args.p99_ms,
                 1,
                 size,
             )
@@ -452,7 +452,7 @@ impl Bench<'_> {
         let s = self.start_sluice(&Class::Memory, &match_all()).await?;
         let target = Self::sluice_target(&s);
         let sluice = self
-            .search(&format!("S1 {size} B"), &target, false, 1, size)
+            .search(&format!("S1 {size} B"), &target, self.args.p99_ms, 1, size)
             .await;
         let half = if sluice.rate() > 0 {
             let rate = (sluice.rate() / 2).max(1);
@@ -460,9 +460,19 @@ impl Bench<'_> {
             let secs = self.args.half_secs();
             let drain = Duration::from_secs(5);
             let b = self
-                .step(&self.direct_target(), false, 1, size, rate, secs, drain)
+                .step(
+                    &self.direct_target(),
+                    self.args.p99_ms,
+                    1,
+                    size,
+                    rate,
+                    secs,
+                    drain,
+                )
                 .await;
-            let t = self.step(&target, false, 1, size, rate, secs, drain).await;
+            let t = self
+                .step(&target, self.args.p99_ms, 1, size, rate, secs, drain)
+                .await;
             Some(HalfLoad {
                 baseline: b,
                 sluice: t,
@@ -487,7 +497,7 @@ impl Bench<'_> {
             .search(
                 &format!("S2 100 triggers, {matching} matching"),
                 &Self::sluice_target(&s),
-                false,
+                self.args.p99_ms,
                 matching,
                 DEFAULT_SIZE,
             )
@@ -504,7 +514,7 @@ impl Bench<'_> {
         let step = self
             .step(
                 &target,
-                false,
+                self.args.p99_ms,
                 1,
                 DEFAULT_SIZE,
                 rate,
@@ -526,7 +536,7 @@ impl Bench<'_> {
         let loaded = self
             .step(
                 &Self::sluice_target(&s),
-                false,
+                self.args.p99_ms,
                 1,
                 DEFAULT_SIZE,
                 RSS_RATE,
@@ -621,7 +631,7 @@ impl Bench<'_> {
                     .search(
                         &format!("{label} via Sluice"),
                         &Self::sluice_target(&s),
-                        true,
+                        self.p99_ms(&class),
                         1,
                         DEFAULT_SIZE,
                     )
@@ -642,11 +652,12 @@ impl Bench<'_> {
             #[cfg(feature = "kafka")]
             Class::Kafka { bootstrap_servers } => {
                 let bs = bootstrap_servers.clone();
+                let fetch_wait = self.args.raw_kafka_fetch_wait_ms;
                 match self
                     .sink_rt
-                    .spawn(
-                        async move { crate::durable::kafka::KafkaRaw::start(&bs, recorder).await },
-                    )
+                    .spawn(async move {
+                        crate::durable::kafka::KafkaRaw::start(&bs, fetch_wait, recorder).await
+                    })
                     .await
                 {
                     Ok(Ok(k)) => Driver::Kafka(Arc::new(k)),
@@ -681,7 +692,7 @@ impl Bench<'_> {
             self.search(
                 &format!("{label} raw client"),
                 &driver,
-                true,
+                self.p99_ms(class),
                 1,
                 DEFAULT_SIZE,
             )
@@ -733,12 +744,20 @@ pub async fn run_all(
         let secs = args.step_secs();
         let drain = Duration::from_secs(5);
         eprintln!("probe: direct");
-        b.step(&b.direct_target(), false, 1, size, rate, secs, drain)
+        b.step(&b.direct_target(), args.p99_ms, 1, size, rate, secs, drain)
             .await;
         let s = b.start_sluice(&Class::Memory, &match_all()).await?;
         eprintln!("probe: sluice pid {}", s.pid);
-        b.step(&Bench::sluice_target(&s), false, 1, size, rate, secs, drain)
-            .await;
+        b.step(
+            &Bench::sluice_target(&s),
+            args.p99_ms,
+            1,
+            size,
+            rate,
+            secs,
+            drain,
+        )
+        .await;
         s.stop().await;
         std::process::exit(0);
     }

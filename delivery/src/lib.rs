@@ -218,8 +218,8 @@ impl Sender {
                 return Err(AttemptError::Body {
                     status,
                     reason: format!(
-                        "reading the response body failed: not finished within the {timeout:?} timeout"
-                    ),
+                    "reading the response body failed: not finished within the {timeout:?} timeout"
+                ),
                 })
             }
         };

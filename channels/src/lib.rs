@@ -130,12 +130,22 @@ impl std::fmt::Debug for Message {
     }
 }
 
+/// Which events a subscriber will act on (see [`Subscription::set_interest`]).
+pub type Interest = Arc<dyn Fn(&Envelope) -> bool + Send + Sync>;
+
 /// A per-subscriber stream of messages.
 #[async_trait]
 pub trait Subscription: Send + 'static {
     /// The next message; `None` once the subscription is closed (trigger removed, channel
     /// shut down). Errors are transient (server unreachable): the caller logs and calls again.
     async fn next(&mut self) -> Option<Result<Message, ChannelError>>;
+
+    /// Tells the channel which events this subscriber will act on, so that a channel which
+    /// fans out in this process (the in-memory one) need not queue, hand out and wake the
+    /// subscriber for the others. A hint only: the subscriber still checks every message it
+    /// gets, and channels that store one log for all subscribers ignore it (the default).
+    /// It lasts while this subscription object lives.
+    fn set_interest(&mut self, _interest: Interest) {}
 }
 
 /// Where a broker keeps its events.

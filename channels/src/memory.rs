@@ -5,8 +5,13 @@
 //! full the publish is refused as a whole with [`ChannelError::Full`] — the producer gets a 503
 //! and retries — rather than dropping an event that would then be acknowledged and lost.
 //! Events live only in memory: a crash loses them (use Kafka or NATS for durability).
+//!
+//! A subscriber may declare its interest ([`Subscription::set_interest`], the trigger's
+//! filter): `publish` then queues the event only for the subscriptions that want it, so a
+//! broker with many triggers wakes only the dispatchers whose filter matches, and a full
+//! queue refuses only the events its trigger would have delivered.
 
-use crate::{Acker, Channel, ChannelError, Message, Subscription, SubscriptionSpec};
+use crate::{Acker, Channel, ChannelError, Interest, Message, Subscription, SubscriptionSpec};
 use async_trait::async_trait;
 use sluice_core::Envelope;
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +37,23 @@ struct Queue {
 struct QueueState {
     items: VecDeque<(Arc<Envelope>, u32)>,
     closed: bool,
+    interest: InterestSlot,
+}
+
+/// The subscriber's interest, if it declared one (none: every event).
+#[derive(Default)]
+struct InterestSlot(Option<Interest>);
+
+impl InterestSlot {
+    fn wants(&self, envelope: &Envelope) -> bool {
+        self.0.as_ref().is_none_or(|f| f(envelope))
+    }
+}
+
+impl std::fmt::Debug for InterestSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 impl Queue {
@@ -73,10 +95,11 @@ impl Channel for MemoryChannel {
     async fn publish(&self, envelope: Envelope) -> Result<(), ChannelError> {
         let envelope = Arc::new(envelope);
         let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
-        // Lock every queue first so the event goes to all of them or to none.
+        // Lock every queue that wants the event first, so it goes to all of them or to none.
         let mut guards: Vec<_> = queues
             .iter()
             .map(|(id, q)| (id, q, q.inner.lock().unwrap_or_else(|e| e.into_inner())))
+            .filter(|(_, _, g)| g.interest.wants(&envelope))
             .collect();
         if let Some((id, _, _)) = guards.iter().find(|(_, q, g)| g.items.len() >= q.capacity) {
             return Err(ChannelError::Full(format!(
@@ -135,8 +158,30 @@ struct MemorySubscription {
     queue: Arc<Queue>,
 }
 
+impl MemorySubscription {
+    fn set(&self, interest: Option<Interest>) {
+        self.queue
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interest = InterestSlot(interest);
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        // The next consumer of this queue (a restarted dispatcher) may want other events:
+        // queue everything until it says otherwise.
+        self.set(None);
+    }
+}
+
 #[async_trait]
 impl Subscription for MemorySubscription {
+    fn set_interest(&mut self, interest: Interest) {
+        self.set(Some(interest));
+    }
+
     async fn next(&mut self) -> Option<Result<Message, ChannelError>> {
         loop {
             let notified = self.queue.notify.notified();
@@ -263,6 +308,34 @@ mod tests {
         let m = s.next().await.unwrap().unwrap();
         assert_eq!(m.delivery_count, 3);
         m.ack();
+    }
+
+    #[tokio::test]
+    async fn interest_skips_unwanted_events_and_their_full_queues() {
+        let ch = MemoryChannel::new(1);
+        let mut picky = ch.subscribe(spec("picky")).await.unwrap();
+        let mut all = ch.subscribe(spec("all")).await.unwrap();
+        picky.set_interest(Arc::new(|e: &Envelope| e.event.id().starts_with('x')));
+        ch.publish(env("x1")).await.unwrap();
+        // picky's queue is full, but it does not want "a": only "all" must take it...
+        assert_eq!(ch.backlog("picky"), 1);
+        all.next().await.unwrap().unwrap().ack();
+        ch.publish(env("a")).await.unwrap();
+        assert_eq!(ch.backlog("picky"), 1);
+        assert_eq!(ch.backlog("all"), 1);
+        // ...while an event it wants is refused as a whole.
+        all.next().await.unwrap().unwrap().ack();
+        assert!(matches!(
+            ch.publish(env("x2")).await,
+            Err(ChannelError::Full(_))
+        ));
+        let m = picky.next().await.unwrap().unwrap();
+        assert_eq!(m.envelope.event.id(), "x1");
+        m.ack();
+        // Dropping the subscription forgets its interest.
+        drop(picky);
+        ch.publish(env("b")).await.unwrap();
+        assert_eq!(ch.backlog("picky"), 1);
     }
 
     #[tokio::test]

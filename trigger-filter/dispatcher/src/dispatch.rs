@@ -93,6 +93,17 @@ impl Worker {
     /// Runs the dispatcher until the subscription closes or `cancel` fires. In-flight
     /// deliveries finish on their own; their messages are acked or nacked as usual.
     pub(crate) async fn run(self, mut sub: Box<dyn Subscription>, cancel: CancellationToken) {
+        // Let an in-process channel skip queueing (and waking us for) events the filter
+        // rejects; those are counted as filtered out where they are skipped. Messages that
+        // still arrive are filtered below as before.
+        let (trigger, filtered_out) = (self.trigger.clone(), self.counters.filtered_out.clone());
+        sub.set_interest(Arc::new(move |env: &Envelope| {
+            let wanted = trigger.filter.matches(&env.event);
+            if !wanted {
+                filtered_out.inc();
+            }
+            wanted
+        }));
         let limit = Arc::new(Semaphore::new(self.trigger.concurrency.max(1)));
         let mut lanes: HashMap<u32, mpsc::Sender<Message>> = HashMap::new();
         loop {

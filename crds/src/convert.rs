@@ -586,6 +586,13 @@ fn ping_source(ctx: &mut Ctx, r: &Loaded, p: &crate::sources::PingSource) -> Opt
                 _ => "spec.schedule",
             };
             ctx.error(r, field, e.to_string());
+            // A bad `timezone` field hides the pattern's own problems: check it alone too,
+            // so the user sees everything in one pass.
+            if field == "spec.timezone" {
+                if let Err(e) = sluice_schedule::Schedule::parse(&schedule_text, None) {
+                    ctx.error(r, "spec.schedule", e.to_string());
+                }
+            }
             None
         }
     };

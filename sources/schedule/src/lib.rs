@@ -99,6 +99,13 @@ impl Schedule {
             // robfig/cron: below a second becomes a second, fractions of a second are dropped.
             Kind::Every(Duration::from_secs(d.as_secs().max(1)))
         } else {
+            let fields = pattern.split_whitespace().count();
+            if !pattern.starts_with('@') && fields != 5 && fields != 6 {
+                return Err(ScheduleError::Pattern {
+                    schedule: schedule.trim().to_string(),
+                    reason: format!("it has {fields} fields"),
+                });
+            }
             let normalized = if pattern.eq_ignore_ascii_case("@midnight") {
                 "@daily"
             } else {
@@ -482,7 +489,8 @@ mod tests {
             ("", None, "empty"),
             ("   ", None, "empty"),
             ("* * * *", None, "not a valid cron schedule"),
-            ("* * * * * * *", None, "5 or 6 fields"),
+            ("* * * * * * *", None, "it has 7 fields"),
+            ("* * * *", None, "it has 4 fields"),
             ("61 * * * *", None, "not a valid cron schedule"),
             ("* 25 * * *", None, "not a valid cron schedule"),
             ("* * * * MOO", None, "not a valid cron schedule"),

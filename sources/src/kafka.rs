@@ -59,6 +59,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one request to the cluster (metadata, offsets, watermarks) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a source marked not ready checks whether the cluster is back.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How often finished offsets are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// Records a partition may have waiting for its worker before fetching from it pauses.
@@ -245,12 +247,27 @@ impl Session {
         } else {
             UNORDERED_CONCURRENCY
         };
+        let mut health_tick = tokio::time::interval(HEALTH_INTERVAL);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_was_error = false;
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = commit_tick.tick() => commit(&consumer, &shared, CommitMode::Async),
+                _ = health_tick.tick() => {
+                    // Errors mark the source not ready; an idle topic brings no message to
+                    // say the cluster is back, so ask it (off the async threads).
+                    let not_ready = matches!(*health.lock().unwrap_or_else(|e| e.into_inner()), Health::NotReady(_));
+                    if not_ready {
+                        let (c, h, topic) = (consumer.clone(), health.clone(), spec.topics[0].clone());
+                        tokio::task::spawn_blocking(move || {
+                            if c.fetch_metadata(Some(&topic), REQUEST_TIMEOUT).is_ok() {
+                                set_health(&h, Health::Ready);
+                            }
+                        });
+                    }
+                }
                 Some(tp) = resume_rx.recv() => {
                     if let Some(w) = workers.get_mut(&tp) {
                         if w.paused && w.queued.load(Ordering::SeqCst) <= MAX_QUEUED / 2 {

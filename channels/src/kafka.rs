@@ -34,7 +34,9 @@
 //! finished), so a commit never passes an event still being delivered, however out of order
 //! the dispatcher finishes them. Commits are batched every [`KafkaSettings::commit_interval`]
 //! and made once more when the subscription closes. A crash redelivers at most what was in
-//! flight or finished since the last commit (at-least-once).
+//! flight or finished since the last commit (at-least-once): with deliveries finishing at
+//! rate r, those in flight plus up to `r × commit_interval` finished ones.
+//! [`KafkaChannel::committed_offsets`] reads what the cluster holds as committed.
 //!
 //! **Starting position.** The first time a group is seen (no committed offset on any
 //! partition) the subscription resolves its [`StartFrom`] to concrete offsets — the high
@@ -74,7 +76,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use sluice_core::topology::{Key, StartFrom};
 use sluice_core::Envelope;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -269,6 +271,65 @@ impl KafkaChannel {
     /// The settings this channel was built with.
     pub fn settings(&self) -> &KafkaSettings {
         &self.inner.settings
+    }
+
+    /// A reader of what the cluster holds as committed for subscription `subscription_id`
+    /// (its consumer group): what a restarted subscription would resume from. For tools and
+    /// tests that watch a trigger's durable progress. Its client never joins the group.
+    pub fn committed_offsets(
+        &self,
+        subscription_id: &str,
+    ) -> Result<CommittedOffsets, ChannelError> {
+        let consumer = self
+            .inner
+            .settings
+            .client_config(&[])
+            .set("group.id", group_id(subscription_id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| ChannelError::Config(format!("kafka consumer: {e}")))?;
+        Ok(CommittedOffsets {
+            consumer: Arc::new(consumer),
+            topic: self.inner.settings.topic.clone(),
+        })
+    }
+}
+
+/// Reads a subscription's committed offsets; see [`KafkaChannel::committed_offsets`]. Keeps
+/// its client (and its connection to the group's coordinator) between reads.
+pub struct CommittedOffsets {
+    consumer: Arc<BaseConsumer>,
+    topic: String,
+}
+
+impl CommittedOffsets {
+    /// The committed offset of every partition of the topic that has one.
+    pub async fn read(&self) -> Result<BTreeMap<i32, i64>, ChannelError> {
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let md = consumer
+                .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+                .map_err(|e| unavailable("reading topic metadata", e))?;
+            let mut query = TopicPartitionList::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    query.add_partition(&topic, p.id());
+                }
+            }
+            let committed = consumer
+                .committed_offsets(query, REQUEST_TIMEOUT)
+                .map_err(|e| unavailable("reading committed offsets", e))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| unavailable("reading committed offsets", e))?
     }
 }
 
@@ -840,6 +901,7 @@ impl ConsumerContext for SubContext {
             tracing::debug!(error = %e, "kafka offset commit failed; will retry");
             return;
         }
+        tracing::trace!(?offsets, "kafka offsets committed");
         let mut t = shared.lock();
         for e in offsets.elements() {
             if let (Offset::Offset(o), Ok(())) = (e.offset(), e.error()) {
@@ -943,6 +1005,7 @@ fn commit(consumer: &StreamConsumer<SubContext>, shared: &Shared, mode: CommitMo
     if points.is_empty() {
         return;
     }
+    tracing::trace!(?points, ?mode, "committing kafka offsets");
     let mut tpl = TopicPartitionList::new();
     for (p, o) in &points {
         // Cannot fail: the offset is a plain Offset::Offset.

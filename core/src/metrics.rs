@@ -38,6 +38,24 @@ pub struct DropLabels {
     pub reason: String,
 }
 
+/// Labels of a source's counters: `kind` is `PingSource` or `KafkaSource`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub namespace: String,
+    pub source: String,
+    pub kind: String,
+}
+
+impl SourceLabels {
+    pub fn new(namespace: &str, source: &str, kind: &str) -> Self {
+        SourceLabels {
+            namespace: namespace.into(),
+            source: source.into(),
+            kind: kind.into(),
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~65 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -57,6 +75,10 @@ pub struct Metrics {
     pub filtered_out: Family<TriggerLabels, Counter>,
     pub replies: Family<TriggerLabels, Counter>,
     pub delivery_latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
+    pub source_produced: Family<SourceLabels, Counter>,
+    pub source_delivered: Family<SourceLabels, Counter>,
+    pub source_dead_lettered: Family<SourceLabels, Counter>,
+    pub source_failed: Family<SourceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +100,10 @@ impl Metrics {
             filtered_out: Family::default(),
             replies: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
+            source_produced: Family::default(),
+            source_delivered: Family::default(),
+            source_dead_lettered: Family::default(),
+            source_failed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,6 +150,26 @@ impl Metrics {
             "delivery_latency_seconds",
             "Time from broker arrival to the subscriber's final answer",
             m.delivery_latency.clone(),
+        );
+        registry.register(
+            "source_events_produced",
+            "Events a source created (a Ping tick, a Kafka record)",
+            m.source_produced.clone(),
+        );
+        registry.register(
+            "source_events_delivered",
+            "Source events the sink accepted",
+            m.source_delivered.clone(),
+        );
+        registry.register(
+            "source_events_dead_lettered",
+            "Source events sent to the dead-letter sink after the last failed attempt",
+            m.source_dead_lettered.clone(),
+        );
+        registry.register(
+            "source_events_failed",
+            "Source events that reached neither the sink nor a dead-letter sink (dropped, or a Ping tick skipped because too many deliveries were in flight)",
+            m.source_failed.clone(),
         );
         Metrics { registry, ..m }
     }

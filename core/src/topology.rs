@@ -3,12 +3,18 @@
 //! Built from resources (YAML files in embedded mode, reflectors in Kubernetes mode) by
 //! `sluice-crds`, validated there once, and published through a `tokio::sync::watch` channel.
 //! Ingress, dispatchers and sources only ever read these structs.
+//!
+//! Sources ([`PingSource`], [`KafkaSource`]) are here as plain validated values too: a
+//! schedule is already compiled ([`TickSchedule`]), data already base64-decoded, the sink
+//! already resolved to a URL.
 
 use crate::delivery::DeliveryPolicy;
 use crate::event::Event;
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 use url::Url;
 
 /// A namespaced name.
@@ -118,12 +124,78 @@ impl Trigger {
     pub const DEFAULT_CONCURRENCY: usize = 100;
 }
 
-/// Everything that runs. Cheap to clone (brokers and triggers are shared).
+/// A compiled PingSource schedule. Implemented by `sluice-schedule` (cron patterns, time
+/// zones); parsed once at load time so the scheduler never meets an invalid pattern.
+pub trait TickSchedule: Send + Sync + fmt::Debug {
+    /// The first tick strictly after `after`, or `None` when the schedule never fires again.
+    fn next_after(&self, after: SystemTime) -> Option<SystemTime>;
+}
+
+/// A PingSource (`sources.knative.dev/v1`): one event per tick of its schedule.
+#[derive(Debug, Clone)]
+pub struct PingSource {
+    pub key: Key,
+    pub schedule: Arc<dyn TickSchedule>,
+    /// The schedule as written, for display (`CRON_TZ=` prefix included if it had one).
+    pub schedule_text: String,
+    /// The IANA time zone the schedule is read in (`UTC` unless `timezone` or `CRON_TZ=` says
+    /// otherwise).
+    pub timezone: String,
+    /// `contentType`: the event's `datacontenttype`, absent when not set.
+    pub content_type: Option<String>,
+    /// `data`, or the decoded `dataBase64`; `None` when neither is set.
+    pub data: Option<Bytes>,
+    /// The data came from `dataBase64`: opaque bytes (structured mode writes `data_base64`).
+    pub data_binary: bool,
+    /// `ceOverrides.extensions`, names already validated.
+    pub extensions: BTreeMap<String, String>,
+    pub sink: Url,
+    /// Knative's PingSource has no `spec.delivery`: this is the default policy.
+    pub delivery: DeliveryPolicy,
+    /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// Where a KafkaSource whose consumer group has no committed offset starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialOffset {
+    #[default]
+    Latest,
+    Earliest,
+}
+
+/// A KafkaSource (`sources.knative.dev/v1`): records of Kafka topics turned into events.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    pub key: Key,
+    /// `host:port` entries, at least one.
+    pub bootstrap_servers: Vec<String>,
+    /// At least one topic, no duplicates.
+    pub topics: Vec<String>,
+    /// The consumer group whose committed offsets record progress.
+    pub consumer_group: String,
+    pub initial_offset: InitialOffset,
+    /// `ordering: ordered` (the default): one event in flight per partition, in offset order.
+    pub ordered: bool,
+    /// `consumers`: accepted for compatibility (Knative's number of consumer replicas).
+    pub consumers: u32,
+    /// `ceOverrides.extensions`, names already validated.
+    pub extensions: BTreeMap<String, String>,
+    pub sink: Url,
+    /// `spec.delivery`, or the default policy.
+    pub delivery: DeliveryPolicy,
+    /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// Everything that runs. Cheap to clone (brokers, triggers and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     pub brokers: BTreeMap<Key, Arc<Broker>>,
     /// Triggers by their own key.
     pub triggers: BTreeMap<Key, Arc<Trigger>>,
+    pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
+    pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
 }
 
 impl Topology {

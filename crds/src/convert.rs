@@ -9,7 +9,10 @@ use crate::load::{LoadError, Loaded, Resource, DEFAULT_NAMESPACE};
 use crate::types::{DeliverySpec, Destination, KReference};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Format};
-use sluice_core::topology::{Broker, ChannelConfig, Key, StartFrom, Topology, Trigger};
+use sluice_core::topology::{
+    Broker, ChannelConfig, InitialOffset, KafkaSource, Key, PingSource, StartFrom, Topology,
+    Trigger,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use url::Url;
@@ -94,7 +97,7 @@ pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<
             Resource::ConfigMap(cm) => {
                 ctx.config_maps.insert(key, cm);
             }
-            Resource::Trigger(_) => {}
+            Resource::Trigger(_) | Resource::PingSource(_) | Resource::KafkaSource(_) => {}
         }
     }
 
@@ -115,6 +118,25 @@ pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<
                     .triggers
                     .insert(trigger.key.clone(), Arc::new(trigger));
             }
+        }
+    }
+    for r in resources {
+        match &r.resource {
+            Resource::PingSource(p) => {
+                if let Some(source) = ping_source(&mut ctx, r, p) {
+                    topology
+                        .ping_sources
+                        .insert(source.key.clone(), Arc::new(source));
+                }
+            }
+            Resource::KafkaSource(k) => {
+                if let Some(source) = kafka_source(&mut ctx, r, k) {
+                    topology
+                        .kafka_sources
+                        .insert(source.key.clone(), Arc::new(source));
+                }
+            }
+            _ => {}
         }
     }
     if ctx.errors.is_empty() {
@@ -504,4 +526,272 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
             None
         }
     }
+}
+
+/// The default PingSource schedule (Knative's): every minute.
+pub const DEFAULT_PING_SCHEDULE: &str = "* * * * *";
+
+fn fingerprint_of(spec: &impl serde::Serialize, resolved: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(spec).unwrap_or_default().hash(&mut h);
+    resolved.hash(&mut h);
+    h.finish()
+}
+
+/// `ceOverrides.extensions`: names must be legal CloudEvents extension names and must not
+/// replace the attributes the source itself sets.
+fn ce_overrides(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    o: Option<&crate::sources::CloudEventOverrides>,
+) -> BTreeMap<String, String> {
+    let Some(o) = o else {
+        return BTreeMap::new();
+    };
+    for name in o.extensions.keys() {
+        let field = format!("spec.ceOverrides.extensions.{name}");
+        if !sluice_core::event::is_valid_attribute_name(name) {
+            ctx.error(r, &field, format!("`{name}` is not a valid extension name: use only lower-case letters a-z and digits 0-9"));
+        } else if sluice_core::event::is_context_attribute(name) {
+            ctx.error(r, &field, format!("`{name}` is a CloudEvents context attribute, which the source sets itself; ceOverrides only adds extensions"));
+        }
+    }
+    o.extensions.clone()
+}
+
+fn ping_source(ctx: &mut Ctx, r: &Loaded, p: &crate::sources::PingSource) -> Option<PingSource> {
+    use base64::Engine as _;
+    let before = ctx.errors.len();
+    let spec = &p.spec;
+    let schedule_text = spec
+        .schedule
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or(DEFAULT_PING_SCHEDULE)
+        .trim()
+        .to_string();
+    let schedule = match sluice_schedule::Schedule::parse(&schedule_text, spec.timezone.as_deref())
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            use sluice_schedule::ScheduleError as E;
+            let from_field = spec
+                .timezone
+                .as_deref()
+                .is_some_and(|t| matches!(&e, E::UnknownTimezone(n) if n == t.trim()));
+            let field = match &e {
+                E::ConflictingTimezones { .. } => "spec.timezone",
+                E::UnknownTimezone(_) if from_field => "spec.timezone",
+                _ => "spec.schedule",
+            };
+            ctx.error(r, field, e.to_string());
+            // A bad `timezone` field hides the pattern's own problems: check it alone too,
+            // so the user sees everything in one pass.
+            if field == "spec.timezone" {
+                if let Err(e) = sluice_schedule::Schedule::parse(&schedule_text, None) {
+                    ctx.error(r, "spec.schedule", e.to_string());
+                }
+            }
+            None
+        }
+    };
+    let (data, data_binary) = match (&spec.data, &spec.data_base64) {
+        (Some(_), Some(_)) => {
+            ctx.error(
+                r,
+                "spec.dataBase64",
+                "set either `data` (text) or `dataBase64` (base64-encoded bytes), not both",
+            );
+            (None, false)
+        }
+        (Some(d), None) => (Some(bytes::Bytes::from(d.clone())), false),
+        (None, Some(b64)) => {
+            // Block scalars in YAML often wrap long base64 over several lines.
+            let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+                Ok(bytes) => (Some(bytes::Bytes::from(bytes)), true),
+                Err(e) => {
+                    ctx.error(
+                        r,
+                        "spec.dataBase64",
+                        format!("is not valid base64 ({e}); use the standard alphabet with `=` padding, e.g. `aGVsbG8=`"),
+                    );
+                    (None, false)
+                }
+            }
+        }
+        (None, None) => (None, false),
+    };
+    let content_type = spec
+        .content_type
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string);
+    let extensions = ce_overrides(ctx, r, spec.ce_overrides.as_ref());
+    let sink = resolve(ctx, r, &spec.sink, "spec.sink");
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let (schedule, sink) = (schedule?, sink?);
+    let delivery = DeliveryPolicy::default();
+    let timezone = schedule.timezone().name().to_string();
+    let fingerprint = fingerprint_of(spec, &format!("{sink} {timezone} {delivery:?}"));
+    Some(PingSource {
+        key: Key::new(&r.namespace, &r.name),
+        schedule: Arc::new(schedule),
+        schedule_text,
+        timezone,
+        content_type,
+        data,
+        data_binary,
+        extensions,
+        sink,
+        delivery,
+        fingerprint,
+    })
+}
+
+/// The consumer group of a KafkaSource that does not name one. Knative derives it from the
+/// object's UID, which embedded mode does not have; the namespace and name are as stable.
+pub fn default_consumer_group(namespace: &str, name: &str) -> String {
+    format!("knative-kafka-source-{namespace}-{name}")
+}
+
+/// Kafka's rule for topic names: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn kafka_source(ctx: &mut Ctx, r: &Loaded, k: &crate::sources::KafkaSource) -> Option<KafkaSource> {
+    let before = ctx.errors.len();
+    let spec = &k.spec;
+    let mut bootstrap_servers = Vec::new();
+    if spec.bootstrap_servers.is_empty() {
+        ctx.error(
+            r,
+            "spec.bootstrapServers",
+            "is required: list the `host:port` of one or more brokers of the Kafka cluster",
+        );
+    }
+    for (i, entry) in spec.bootstrap_servers.iter().enumerate() {
+        // Knative accepts comma-separated lists inside one entry as well.
+        for server in entry.split(',').map(str::trim) {
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                && !server.contains(char::is_whitespace);
+            if ok {
+                bootstrap_servers.push(server.to_string());
+            } else {
+                ctx.error(
+                    r,
+                    &format!("spec.bootstrapServers[{i}]"),
+                    format!("`{server}` is not `host:port` (e.g. `my-cluster-kafka-bootstrap.kafka:9092`)"),
+                );
+            }
+        }
+    }
+    if spec.topics.is_empty() {
+        ctx.error(
+            r,
+            "spec.topics",
+            "is required: list at least one topic to read",
+        );
+    }
+    let mut topics: Vec<String> = Vec::new();
+    for (i, t) in spec.topics.iter().enumerate() {
+        let field = format!("spec.topics[{i}]");
+        if !valid_topic(t) {
+            ctx.error(r, &field, format!("`{t}` is not a Kafka topic name: 1 to 249 characters among a-z, A-Z, 0-9, `.`, `_` and `-`"));
+        } else if topics.contains(t) {
+            ctx.error(r, &field, format!("topic `{t}` is listed twice"));
+        } else {
+            topics.push(t.clone());
+        }
+    }
+    let consumer_group = match spec.consumer_group.as_deref().map(str::trim) {
+        None | Some("") => default_consumer_group(&r.namespace, &r.name),
+        Some(g) => g.to_string(),
+    };
+    let initial_offset = match spec.initial_offset.as_deref() {
+        None | Some("latest") => InitialOffset::Latest,
+        Some("earliest") => InitialOffset::Earliest,
+        Some(other) => {
+            ctx.error(
+                r,
+                "spec.initialOffset",
+                format!("`{other}` is not an initial offset; use `earliest` or `latest`"),
+            );
+            InitialOffset::Latest
+        }
+    };
+    let ordered = match spec.ordering.as_deref() {
+        None | Some("ordered") => true,
+        Some("unordered") => false,
+        Some(other) => {
+            ctx.error(
+                r,
+                "spec.ordering",
+                format!("`{other}` is not an ordering; use `ordered` (one event at a time per partition) or `unordered`"),
+            );
+            true
+        }
+    };
+    let consumers = match spec.consumers {
+        None => 1,
+        Some(n) if n >= 1 => n as u32,
+        Some(n) => {
+            ctx.error(
+                r,
+                "spec.consumers",
+                format!("{n} is not a positive number of consumers"),
+            );
+            1
+        }
+    };
+    if spec
+        .net
+        .as_ref()
+        .is_some_and(|n| !n.is_null() && n.as_object().is_none_or(|o| !o.is_empty()))
+    {
+        ctx.error(
+            r,
+            "spec.net",
+            "TLS and SASL settings are not supported yet; remove `net` and reach the cluster over plaintext",
+        );
+    }
+    let delivery = match &spec.delivery {
+        Some(d) => delivery_policy(ctx, r, d, "spec.delivery"),
+        None => Some(DeliveryPolicy::default()),
+    };
+    let extensions = ce_overrides(ctx, r, spec.ce_overrides.as_ref());
+    let sink = resolve(ctx, r, &spec.sink, "spec.sink");
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let (sink, delivery) = (sink?, delivery?);
+    let fingerprint = fingerprint_of(
+        spec,
+        &format!("{sink} {delivery:?} {consumer_group} {bootstrap_servers:?}"),
+    );
+    Some(KafkaSource {
+        key: Key::new(&r.namespace, &r.name),
+        bootstrap_servers,
+        topics,
+        consumer_group,
+        initial_offset,
+        ordered,
+        consumers,
+        extensions,
+        sink,
+        delivery,
+        fingerprint,
+    })
 }

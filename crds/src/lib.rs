@@ -1,7 +1,7 @@
 //! # sluice-crds
 //!
-//! The resources users write — Knative's Broker and Trigger, and v1 ConfigMap for broker
-//! settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
+//! The resources users write — Knative's Broker and Trigger, the PingSource and KafkaSource
+//! sources, and v1 ConfigMap for broker settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
 //! the one path from resources to Sluice's [`Topology`](sluice_core::topology::Topology):
 //!
 //! ```text
@@ -15,6 +15,7 @@
 pub mod convert;
 pub mod duration;
 pub mod load;
+pub mod sources;
 pub mod types;
 
 pub use convert::{build, Defaults};
@@ -23,7 +24,12 @@ pub use load::{parse_yaml, LoadError, Loaded, Resource};
 /// The CustomResourceDefinitions Sluice serves, as multi-document YAML (`sluice crdgen`).
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
-    let crds = [types::Broker::crd(), types::Trigger::crd()];
+    let crds = [
+        types::Broker::crd(),
+        types::Trigger::crd(),
+        sources::PingSource::crd(),
+        sources::KafkaSource::crd(),
+    ];
     crds.iter()
         .map(|c| serde_yaml::to_string(c).expect("CRDs serialize"))
         .collect::<Vec<_>>()

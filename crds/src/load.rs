@@ -3,6 +3,7 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
+use crate::sources::{KafkaSource, PingSource};
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::de::DeserializeOwned;
@@ -18,6 +19,8 @@ pub enum Resource {
     Broker(Box<Broker>),
     Trigger(Box<Trigger>),
     ConfigMap(Box<ConfigMap>),
+    PingSource(Box<PingSource>),
+    KafkaSource(Box<KafkaSource>),
 }
 
 impl Resource {
@@ -26,6 +29,8 @@ impl Resource {
             Resource::Broker(_) => "Broker",
             Resource::Trigger(_) => "Trigger",
             Resource::ConfigMap(_) => "ConfigMap",
+            Resource::PingSource(_) => "PingSource",
+            Resource::KafkaSource(_) => "KafkaSource",
         }
     }
 }
@@ -91,7 +96,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
 /// Parses every document of a YAML file. `file` names it in errors.
 pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
@@ -181,6 +186,13 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
             Resource::Trigger(Box::new(typed(value, &origin, &describe)?))
         }
         ("v1", "ConfigMap") => Resource::ConfigMap(Box::new(typed(value, &origin, &describe)?)),
+        ("sources.knative.dev/v1", "PingSource") => {
+            Resource::PingSource(Box::new(typed(value, &origin, &describe)?))
+        }
+        // Knative serves KafkaSource as v1beta1; the spec is the same.
+        ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
+            Resource::KafkaSource(Box::new(typed(value, &origin, &describe)?))
+        }
         _ => {
             return Err(err(
                 Some(describe),

@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use sluice_channels::Health;
 use sluice_core::metrics::Metrics;
 use sluice_dispatcher::Dataplane;
+use sluice_sources::Sources;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -16,6 +17,7 @@ use tokio::sync::Mutex;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub dataplane: Arc<Mutex<Dataplane>>,
+    pub sources: Arc<Mutex<Sources>>,
     /// Resources loaded and the ingress listening.
     pub started: AtomicBool,
     /// Trigger keys and subscribers of the running topology, for /topology.
@@ -83,5 +85,29 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let (_, brokers) = brokers_json(&*s.dataplane.lock().await);
     let triggers = s.topology.lock().await.clone();
-    Json(serde_json::json!({ "brokers": brokers, "triggers": triggers }))
+    let sources = sources_json(&*s.sources.lock().await);
+    Json(serde_json::json!({ "brokers": brokers, "triggers": triggers, "sources": sources }))
+}
+
+/// Sources are not part of `/readyz`: a KafkaSource whose cluster is down does not stop the
+/// brokers from taking events. Their state shows here and in `sluice get`.
+fn sources_json(sources: &Sources) -> Vec<serde_json::Value> {
+    sources
+        .status()
+        .into_iter()
+        .map(|s| {
+            let (ready, reason) = match &s.health {
+                sluice_sources::Health::Ready => (true, None),
+                sluice_sources::Health::NotReady(r) => (false, Some(r.clone())),
+            };
+            serde_json::json!({
+                "kind": s.kind.as_str(),
+                "namespace": s.key.namespace,
+                "name": s.key.name,
+                "sink": s.sink.as_str(),
+                "ready": ready,
+                "reason": reason,
+            })
+        })
+        .collect()
 }

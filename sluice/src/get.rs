@@ -1,4 +1,4 @@
-//! `sluice get`: the brokers and triggers of a running `sluice run`, read from its admin API.
+//! `sluice get`: the brokers, triggers and sources of a running `sluice run`, read from its admin API.
 
 use crate::cli::GetArgs;
 use anyhow::Context as _;
@@ -52,6 +52,29 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             t["broker"].as_str().unwrap_or(""),
             t["subscriber"].as_str().unwrap_or(""),
         );
+    }
+    let sources = v["sources"].as_array().cloned().unwrap_or_default();
+    if !sources.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:<24} {:<12} {:<6} {:<40} REASON",
+            "NAMESPACE", "SOURCE", "KIND", "READY", "SINK"
+        );
+        for s in &sources {
+            println!(
+                "{:<20} {:<24} {:<12} {:<6} {:<40} {}",
+                s["namespace"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or(""),
+                s["kind"].as_str().unwrap_or(""),
+                if s["ready"].as_bool() == Some(true) {
+                    "True"
+                } else {
+                    "False"
+                },
+                s["sink"].as_str().unwrap_or(""),
+                s["reason"].as_str().unwrap_or(""),
+            );
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use sluice_core::metrics::Metrics;
 use sluice_core::topology::Topology;
 use sluice_crds::Defaults;
 use sluice_dispatcher::Dataplane;
+use sluice_sources::Sources;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,10 +43,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     dataplane.apply(&topology).await;
     let dataplane = Arc::new(Mutex::new(dataplane));
+    // Sources start once the brokers they may send to are there.
+    let mut sources = Sources::new(metrics.clone());
+    sources.apply(&topology).await;
+    let sources = Arc::new(Mutex::new(sources));
 
     let state = Arc::new(AdminState {
         metrics,
         dataplane: dataplane.clone(),
+        sources: sources.clone(),
         started: Default::default(),
         topology: Mutex::new(describe(&topology)),
     });
@@ -90,6 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin = %args.admin,
         brokers = topology.brokers.len(),
         triggers = topology.triggers.len(),
+        sources = topology.ping_sources.len() + topology.kafka_sources.len(),
         "sluice is running; POST events to http://{}/<namespace>/<broker>", args.ingress
     );
 
@@ -105,12 +112,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.files.clone(),
         defaults,
         dataplane.clone(),
+        sources.clone(),
         state.clone(),
         topology,
     ));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    // Sources first: they may be sending to the ingress (and a KafkaSource commits its offsets).
+    sources.lock().await.shutdown().await;
     shutdown.cancel();
     reloader.abort();
     let _ = ingress_task.await;
@@ -186,6 +196,7 @@ async fn reload_loop(
     files: Vec<PathBuf>,
     defaults: Defaults,
     dataplane: Arc<Mutex<Dataplane>>,
+    sources: Arc<Mutex<Sources>>,
     state: Arc<AdminState>,
     mut current: Topology,
 ) {
@@ -202,8 +213,9 @@ async fn reload_loop(
                 match load::topology(&files, &defaults) {
                     Ok(t) => {
                         dataplane.lock().await.apply(&t).await;
+                        sources.lock().await.apply(&t).await;
                         *state.topology.lock().await = describe(&t);
-                        tracing::info!(brokers = t.brokers.len(), triggers = t.triggers.len(), "resources reloaded");
+                        tracing::info!(brokers = t.brokers.len(), triggers = t.triggers.len(), sources = t.ping_sources.len() + t.kafka_sources.len(), "resources reloaded");
                         current = t;
                     }
                     Err(p) => {

@@ -197,7 +197,12 @@ impl Sluice {
             .arg("--admin")
             .arg(admin.to_string())
             .args(extra)
-            .env("SLUICE_LOG", "info,sluice_delivery=debug")
+            // SLUICE_LOG (e.g. `debug,sluice_channels=trace`) overrides the server's log
+            // filter while debugging a test; see SLUICE_TEST_LOGS below.
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info,sluice_delivery=debug".into()),
+            )
             .stdout(Stdio::null())
             // SLUICE_TEST_LOGS=1 shows the server's logs while debugging a test.
             .stderr(if std::env::var_os("SLUICE_TEST_LOGS").is_some() {

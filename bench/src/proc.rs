@@ -72,6 +72,35 @@ pub fn threads_cpu(prefix: &str) -> f64 {
     ticks as f64 / clock_ticks_per_second() as f64
 }
 
+/// Machine-wide CPU time from the first line of `/proc/stat`: (all ticks, stolen ticks).
+/// Steal is time the hypervisor ran something else while this VM wanted the CPU.
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_cpu_line(stat.lines().next().unwrap_or_default())
+}
+
+/// (sum of all fields, steal) of a `/proc/stat` `cpu` line.
+pub fn parse_cpu_line(line: &str) -> (u64, u64) {
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    // already counted in user.
+    let total = v.iter().take(8).sum();
+    (total, v.get(7).copied().unwrap_or(0))
+}
+
+/// Percentage of machine CPU time stolen between two [`cpu_ticks`] readings.
+pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.0.saturating_sub(before.0);
+    if total == 0 {
+        return 0.0;
+    }
+    after.1.saturating_sub(before.1) as f64 * 100.0 / total as f64
+}
+
 /// `VmRSS` and `VmHWM` of a process, in KiB.
 pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -180,6 +209,15 @@ pub fn loadavg() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_from_proc_stat() {
+        let a = parse_cpu_line("cpu  100 0 50 800 0 0 10 40 0 0");
+        assert_eq!(a, (1000, 40));
+        let b = parse_cpu_line("cpu  150 0 60 900 0 0 10 80 0 0");
+        assert_eq!(steal_percent(a, b), 40.0 * 100.0 / 200.0);
+        assert_eq!(steal_percent(a, a), 0.0);
+    }
 
     #[test]
     fn stat_line_with_spaces_in_the_name() {

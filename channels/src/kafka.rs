@@ -76,7 +76,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use sluice_core::topology::{Key, StartFrom};
 use sluice_core::Envelope;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -797,56 +797,8 @@ impl TimeReader {
     }
 }
 
-/// Per-partition bookkeeping of offsets handed out and not finished.
-#[derive(Debug, Default)]
-struct Tracker {
-    partitions: HashMap<i32, PartState>,
-}
-
-#[derive(Debug)]
-struct PartState {
-    unfinished: BTreeSet<i64>,
-    /// One past the highest offset received.
-    next: i64,
-    /// The last offset the cluster confirmed as committed.
-    committed: i64,
-}
-
-impl Tracker {
-    fn received(&mut self, partition: i32, offset: i64) {
-        let st = self.partitions.entry(partition).or_insert(PartState {
-            unfinished: BTreeSet::new(),
-            next: offset,
-            committed: -1,
-        });
-        st.unfinished.insert(offset);
-        st.next = st.next.max(offset + 1);
-    }
-
-    fn finished(&mut self, partition: i32, offset: i64) {
-        if let Some(st) = self.partitions.get_mut(&partition) {
-            st.unfinished.remove(&offset);
-        }
-    }
-
-    fn confirmed(&mut self, partition: i32, offset: i64) {
-        if let Some(st) = self.partitions.get_mut(&partition) {
-            st.committed = st.committed.max(offset);
-        }
-    }
-
-    /// Offsets to commit: per partition, the lowest unfinished offset, or the next one when
-    /// everything received is finished; only where that moved past the last commit.
-    fn commit_points(&self) -> Vec<(i32, i64)> {
-        self.partitions
-            .iter()
-            .filter_map(|(p, st)| {
-                let point = st.unfinished.first().copied().unwrap_or(st.next);
-                (point > st.committed).then_some((*p, point))
-            })
-            .collect()
-    }
-}
+/// Offsets handed out and not finished, per partition (see `sluice_core::offsets`).
+type Tracker = sluice_core::offsets::OffsetTracker<i32>;
 
 /// What the pump, the ackers and `next()` share.
 struct Shared {

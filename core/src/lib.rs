@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod offsets;
 pub mod topology;
 
 pub use envelope::Envelope;

@@ -49,7 +49,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_core::topology::{InitialOffset, KafkaSource};
 use sluice_core::Envelope;
 use sluice_delivery::{Delivered, Request};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -522,58 +522,8 @@ fn commit(consumer: &StreamConsumer<SourceContext>, shared: &Shared, mode: Commi
 }
 
 /// Per partition: the offsets read and not yet finished.
-#[derive(Debug, Default)]
-struct Tracker {
-    partitions: HashMap<Tp, PartState>,
-}
-
-#[derive(Debug)]
-struct PartState {
-    unfinished: BTreeSet<i64>,
-    /// One past the highest offset read.
-    next: i64,
-    /// The last commit the cluster confirmed (-1: none yet).
-    committed: i64,
-}
-
-impl Tracker {
-    fn received(&mut self, tp: Tp, offset: i64) {
-        let st = self.partitions.entry(tp).or_insert(PartState {
-            unfinished: BTreeSet::new(),
-            next: offset,
-            committed: -1,
-        });
-        st.unfinished.insert(offset);
-        st.next = st.next.max(offset + 1);
-    }
-
-    fn finished(&mut self, tp: Tp, offset: i64) {
-        if let Some(st) = self.partitions.get_mut(&tp) {
-            st.unfinished.remove(&offset);
-        }
-    }
-
-    fn confirmed(&mut self, tp: Tp, offset: i64) {
-        if let Some(st) = self.partitions.get_mut(&tp) {
-            st.committed = st.committed.max(offset);
-        }
-    }
-
-    /// Per partition, the lowest unfinished offset, or the next one when everything read is
-    /// finished; only where that moved past the last confirmed commit.
-    fn commit_points(&self) -> Vec<(Tp, i64)> {
-        let mut points: Vec<_> = self
-            .partitions
-            .iter()
-            .filter_map(|(tp, st)| {
-                let point = st.unfinished.first().copied().unwrap_or(st.next);
-                (point > st.committed).then_some((*tp, point))
-            })
-            .collect();
-        points.sort();
-        points
-    }
-}
+/// Offsets handed out and not finished, per partition (see `sluice_core::offsets`).
+type Tracker = sluice_core::offsets::OffsetTracker<Tp>;
 
 #[cfg(test)]
 mod tests {

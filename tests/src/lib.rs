@@ -42,6 +42,25 @@ use tokio::time::Instant;
 /// How long a server may take to become ready before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`. Tests wait with
+/// this instead of sleeping: it returns as soon as the condition holds.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound once and released, so another process could in theory
 /// take it first; good enough for tests on one machine).
 pub fn free_port() -> u16 {

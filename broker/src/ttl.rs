@@ -4,8 +4,7 @@
 
 use sluice_core::{AttrValue, Event};
 
-/// The TTL extension's name.
-pub const TTL_ATTRIBUTE: &str = "knativebrokerttl";
+pub use sluice_core::event::TTL_ATTRIBUTE;
 /// The TTL given to events that arrive without one.
 pub const DEFAULT_TTL: i64 = 255;
 

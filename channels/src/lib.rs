@@ -144,8 +144,12 @@ pub trait Subscription: Send + 'static {
     /// fans out in this process (the in-memory one) need not queue, hand out and wake the
     /// subscriber for the others. A hint only: the subscriber still checks every message it
     /// gets, and channels that store one log for all subscribers ignore it (the default).
-    /// It lasts while this subscription object lives.
-    fn set_interest(&mut self, _interest: Interest) {}
+    /// It lasts while this subscription object lives. Returns true when the channel applies
+    /// it itself, so every message this subscription hands out is already known to be
+    /// wanted and the subscriber need not evaluate its filter a second time.
+    fn set_interest(&mut self, _interest: Interest) -> bool {
+        false
+    }
 }
 
 /// Where a broker keeps its events.
@@ -153,6 +157,29 @@ pub trait Subscription: Send + 'static {
 pub trait Channel: Send + Sync + 'static {
     /// Stores one event; returns once it is stored (durably, for durable channels).
     async fn publish(&self, envelope: Envelope) -> Result<(), ChannelError>;
+
+    /// Stores the events of one batched request. The in-memory channel takes all of them or
+    /// none (SEMANTICS.md §2: a batch is accepted or rejected whole). The default publishes
+    /// them in order and stops at the first failure: a durable channel has then stored a
+    /// prefix, which the producer's retry duplicates (at-least-once, never lost).
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), ChannelError> {
+        for e in envelopes {
+            self.publish(e).await?;
+        }
+        Ok(())
+    }
+
+    /// Events held only by this process that are not finished yet (queued, waiting for a
+    /// retry, or being delivered), when the channel can tell. Shutdown and reload wait for
+    /// this to reach zero before letting go of an in-memory channel. `None` for durable
+    /// channels: what they hold survives the process.
+    fn pending(&self) -> Option<usize> {
+        None
+    }
+
+    /// Lets go of the channel: flushes and commits what is finished. Called once, after
+    /// every subscription's worker has stopped.
+    async fn close(&self) {}
 
     /// Opens the subscription `spec.id`, creating it at `spec.start_from` the first time and
     /// resuming it afterwards. At most one consumer per id at a time.

@@ -15,15 +15,56 @@ use crate::{Acker, Channel, ChannelError, Interest, Message, Subscription, Subsc
 use async_trait::async_trait;
 use sluice_core::Envelope;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// Default bound on the bytes of events one in-memory channel holds: 256 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 /// An in-memory channel. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct MemoryChannel {
     capacity: usize,
+    max_bytes: usize,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    held: Arc<Held>,
+}
+
+/// What the channel holds: events not yet finished by every subscription that took them,
+/// counted once however many queues share them.
+#[derive(Debug, Default)]
+struct Held {
+    events: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// One stored event. The last queue or in-flight message to let go of it gives its bytes
+/// back to the channel.
+#[derive(Debug)]
+struct Item {
+    envelope: Arc<Envelope>,
+    size: usize,
+    held: Arc<Held>,
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        self.held.events.fetch_sub(1, Ordering::AcqRel);
+        self.held.bytes.fetch_sub(self.size, Ordering::AcqRel);
+    }
+}
+
+/// Roughly what an event costs in memory: its data, attributes and pass-through headers.
+fn size_of(e: &Envelope) -> usize {
+    let attrs: usize = e
+        .event
+        .attributes()
+        .map(|(n, v)| n.len() + v.to_string_form().len() + 32)
+        .sum();
+    let headers: usize = e.headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+    e.event.data().map_or(0, |d| d.len()) + attrs + headers + 128
 }
 
 #[derive(Debug)]
@@ -35,7 +76,7 @@ struct Queue {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    items: VecDeque<(Arc<Envelope>, u32)>,
+    items: VecDeque<(Arc<Item>, u32)>,
     closed: bool,
     interest: InterestSlot,
 }
@@ -57,23 +98,31 @@ impl std::fmt::Debug for InterestSlot {
 }
 
 impl Queue {
-    fn push_front(&self, env: Arc<Envelope>, count: u32) {
+    fn push_front(&self, item: Arc<Item>, count: u32) {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if st.closed {
             return;
         }
-        st.items.push_front((env, count));
+        st.items.push_front((item, count));
         drop(st);
         self.notify.notify_one();
     }
 }
 
 impl MemoryChannel {
-    /// A channel whose every subscription queue holds at most `capacity` events.
+    /// A channel whose every subscription queue holds at most `capacity` events, holding at
+    /// most [`DEFAULT_MAX_BYTES`] of events in all.
     pub fn new(capacity: usize) -> Self {
+        Self::with_limits(capacity, DEFAULT_MAX_BYTES)
+    }
+
+    /// A channel bounded by events per subscription queue and by bytes in all.
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         MemoryChannel {
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             queues: RwLock::new(HashMap::new()),
+            held: Arc::default(),
         }
     }
 
@@ -88,29 +137,102 @@ impl MemoryChannel {
                 .len()
         })
     }
+
+    /// Bytes of events the channel holds now.
+    pub fn held_bytes(&self) -> usize {
+        self.held.bytes.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` of the byte budget, or says why not.
+    fn admit(&self, bytes: usize) -> Result<(), ChannelError> {
+        let before = self.held.bytes.fetch_add(bytes, Ordering::AcqRel);
+        // An event larger than the whole budget still fits in an empty channel, so a limit
+        // set below the body limit cannot make an event impossible to send.
+        if before > 0 && before + bytes > self.max_bytes {
+            self.held.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(ChannelError::Full(format!(
+                "the broker holds {before} bytes of undelivered events (limit {}, ConfigMap key `maxBytes`)",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl Channel for MemoryChannel {
     async fn publish(&self, envelope: Envelope) -> Result<(), ChannelError> {
-        let envelope = Arc::new(envelope);
+        self.publish_batch(vec![envelope]).await
+    }
+
+    /// All or nothing: every queue that wants one of the events must have room for all the
+    /// events it wants, and the channel for all their bytes, or nothing is queued.
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), ChannelError> {
+        let envelopes: Vec<Arc<Envelope>> = envelopes.into_iter().map(Arc::new).collect();
         let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
-        // Lock every queue that wants the event first, so it goes to all of them or to none.
+        // Lock every queue first, so the batch goes to all of them or to none.
         let mut guards: Vec<_> = queues
             .iter()
             .map(|(id, q)| (id, q, q.inner.lock().unwrap_or_else(|e| e.into_inner())))
-            .filter(|(_, _, g)| g.interest.wants(&envelope))
             .collect();
-        if let Some((id, _, _)) = guards.iter().find(|(_, q, g)| g.items.len() >= q.capacity) {
-            return Err(ChannelError::Full(format!(
-                "subscription {id} has {} events waiting",
-                self.capacity
-            )));
+        // Which events each queue wants; which events anyone wants.
+        let wants: Vec<Vec<bool>> = guards
+            .iter()
+            .map(|(_, _, g)| envelopes.iter().map(|e| g.interest.wants(e)).collect())
+            .collect();
+        for ((id, q, g), w) in guards.iter().zip(&wants) {
+            let n = w.iter().filter(|x| **x).count();
+            if n > 0 && g.items.len() + n > q.capacity {
+                return Err(ChannelError::Full(format!(
+                    "subscription {id} has {} of {} events waiting",
+                    g.items.len(),
+                    q.capacity
+                )));
+            }
         }
-        for (_, _, g) in guards.iter_mut() {
-            g.items.push_back((envelope.clone(), 1));
+        let wanted: Vec<bool> = (0..envelopes.len())
+            .map(|i| wants.iter().any(|w| w[i]))
+            .collect();
+        let sizes: Vec<usize> = envelopes.iter().map(|e| size_of(e)).collect();
+        let total: usize = sizes
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| **w)
+            .map(|(s, _)| s)
+            .sum();
+        if total > 0 {
+            self.admit(total)?;
         }
-        let notify: Vec<_> = guards.into_iter().map(|(_, q, _)| q).collect();
+        // Nobody wants an event: it is accepted and dropped (a broker without matching
+        // triggers), holding nothing.
+        let items: Vec<Option<Arc<Item>>> = envelopes
+            .into_iter()
+            .zip(sizes)
+            .zip(&wanted)
+            .map(|((envelope, size), w)| {
+                w.then(|| {
+                    self.held.events.fetch_add(1, Ordering::AcqRel);
+                    Arc::new(Item {
+                        envelope,
+                        size,
+                        held: self.held.clone(),
+                    })
+                })
+            })
+            .collect();
+        for ((_, _, g), w) in guards.iter_mut().zip(&wants) {
+            for (item, wanted) in items.iter().zip(w) {
+                if let (Some(item), true) = (item, wanted) {
+                    g.items.push_back((item.clone(), 1));
+                }
+            }
+        }
+        let notify: Vec<_> = guards
+            .into_iter()
+            .zip(&wants)
+            .filter(|(_, w)| w.iter().any(|x| *x))
+            .map(|((_, q, _), _)| q)
+            .collect();
         for q in notify {
             q.notify.notify_one();
         }
@@ -152,6 +274,10 @@ impl Channel for MemoryChannel {
         }
         Ok(())
     }
+
+    fn pending(&self) -> Option<usize> {
+        Some(self.held.events.load(Ordering::Acquire))
+    }
 }
 
 struct MemorySubscription {
@@ -178,8 +304,13 @@ impl Drop for MemorySubscription {
 
 #[async_trait]
 impl Subscription for MemorySubscription {
-    fn set_interest(&mut self, interest: Interest) {
-        self.set(Some(interest));
+    fn set_interest(&mut self, interest: Interest) -> bool {
+        // Events queued before the interest was declared were not filtered: drop the ones
+        // it does not want, so that everything handed out from now on is wanted.
+        let mut st = self.queue.inner.lock().unwrap_or_else(|e| e.into_inner());
+        st.items.retain(|(item, _)| interest(&item.envelope));
+        st.interest = InterestSlot(Some(interest));
+        true
     }
 
     async fn next(&mut self) -> Option<Result<Message, ChannelError>> {
@@ -190,16 +321,17 @@ impl Subscription for MemorySubscription {
                 if st.closed {
                     return None;
                 }
-                if let Some((env, count)) = st.items.pop_front() {
+                if let Some((item, count)) = st.items.pop_front() {
                     let more = !st.items.is_empty();
                     drop(st);
                     if more {
                         // Keep the permit alive for the next call.
                         self.queue.notify.notify_one();
                     }
+                    let env = item.envelope.clone();
                     let acker = MemoryAcker {
                         queue: Arc::downgrade(&self.queue),
-                        envelope: env.clone(),
+                        item,
                         count,
                     };
                     return Some(Ok(Message::new(env, 0, count, Box::new(acker))));
@@ -212,7 +344,7 @@ impl Subscription for MemorySubscription {
 
 struct MemoryAcker {
     queue: Weak<Queue>,
-    envelope: Arc<Envelope>,
+    item: Arc<Item>,
     count: u32,
 }
 
@@ -223,13 +355,13 @@ impl Acker for MemoryAcker {
         let Some(queue) = self.queue.upgrade() else {
             return;
         };
-        let (env, count) = (self.envelope, self.count + 1);
+        let (item, count) = (self.item, self.count + 1);
         if delay.is_zero() {
-            queue.push_front(env, count);
+            queue.push_front(item, count);
         } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 tokio::time::sleep(delay).await;
-                queue.push_front(env, count);
+                queue.push_front(item, count);
             });
         }
     }
@@ -336,6 +468,57 @@ mod tests {
         drop(picky);
         ch.publish(env("b")).await.unwrap();
         assert_eq!(ch.backlog("picky"), 1);
+    }
+
+    /// Issue 9 item 2: with room for 2, a batch of 3 was answered 503 while 2 of its events
+    /// were queued anyway (and duplicated by the producer's retry).
+    #[tokio::test]
+    async fn a_batch_is_queued_whole_or_not_at_all() {
+        let ch = MemoryChannel::new(2);
+        let mut s = ch.subscribe(spec("s")).await.unwrap();
+        let batch = |ids: &[&str]| ids.iter().map(|i| env(i)).collect::<Vec<_>>();
+        assert!(matches!(
+            ch.publish_batch(batch(&["1", "2", "3"])).await,
+            Err(ChannelError::Full(_))
+        ));
+        assert_eq!(ch.backlog("s"), 0);
+        assert_eq!(ch.pending(), Some(0));
+        ch.publish_batch(batch(&["1", "2"])).await.unwrap();
+        assert_eq!(ch.backlog("s"), 2);
+        assert_eq!(s.next().await.unwrap().unwrap().envelope.event.id(), "1");
+    }
+
+    /// Issue 9 item 8: queues were bounded in events only (10 000 × 4 MiB).
+    #[tokio::test]
+    async fn bytes_are_bounded_and_given_back_when_events_finish() {
+        let ch = MemoryChannel::with_limits(1000, 10_000);
+        let mut a = ch.subscribe(spec("a")).await.unwrap();
+        let _b = ch.subscribe(spec("b")).await.unwrap();
+        let big = |id: &str| {
+            let mut e = env(id);
+            e.event.set_data(vec![b'x'; 4000], true);
+            e
+        };
+        ch.publish(big("1")).await.unwrap();
+        ch.publish(big("2")).await.unwrap();
+        // Two subscriptions share each event: counted once.
+        assert!(ch.held_bytes() < 10_000, "{}", ch.held_bytes());
+        assert!(matches!(
+            ch.publish(big("3")).await,
+            Err(ChannelError::Full(m)) if m.contains("maxBytes")
+        ));
+        assert_eq!(ch.pending(), Some(2));
+        // Finished by `a` but still owed to `b`: still held.
+        a.next().await.unwrap().unwrap().ack();
+        assert_eq!(ch.pending(), Some(2));
+        ch.remove_subscription("b").await.unwrap();
+        assert_eq!(ch.pending(), Some(1));
+        let m = a.next().await.unwrap().unwrap();
+        assert_eq!(ch.pending(), Some(1), "in flight is still held");
+        m.ack();
+        assert_eq!(ch.pending(), Some(0));
+        assert_eq!(ch.held_bytes(), 0);
+        ch.publish(big("3")).await.unwrap();
     }
 
     #[tokio::test]

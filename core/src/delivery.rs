@@ -1,8 +1,65 @@
 //! The delivery policy: validated once from a Knative `DeliverySpec` (in `sluice-crds`) and
 //! read by the delivery loop for every attempt.
 
+use std::fmt;
 use std::time::Duration;
 use url::Url;
+
+/// A destination URL checked and parsed once, at load time: the delivery loop sends to
+/// [`Endpoint::uri`] without re-parsing it for every attempt.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    url: Url,
+    uri: http::Uri,
+}
+
+impl Endpoint {
+    /// Checks that Sluice can send to `url`. Only `http` for now: `https` needs TLS, which this
+    /// build does not have, so it is refused here rather than failing every delivery later.
+    pub fn new(url: Url) -> Result<Self, String> {
+        match url.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(format!(
+                    "{url}: https destinations are not supported yet (Sluice has no TLS client); use an http:// URL"
+                ))
+            }
+            other => return Err(format!("{url}: scheme `{other}` is not http")),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{url}: the URL has no host"));
+        }
+        let uri = url
+            .as_str()
+            .parse::<http::Uri>()
+            .map_err(|e| format!("{url}: not a valid request URI: {e}"))?;
+        Ok(Endpoint { url, uri })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.url.as_str(), f)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
 
 /// How waits between retries grow (SEMANTICS.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +93,7 @@ pub struct DeliveryPolicy {
     pub timeout: Duration,
     /// Upper bound on how long a `Retry-After` header may make us wait; `None` ignores it.
     pub retry_after_max: Option<Duration>,
-    pub dead_letter_sink: Option<Url>,
+    pub dead_letter_sink: Option<Endpoint>,
     pub format: Format,
 }
 
@@ -63,5 +120,20 @@ impl Default for DeliveryPolicy {
             dead_letter_sink: None,
             format: Format::Binary,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_once() {
+        let ok = Endpoint::new(Url::parse("http://127.0.0.1:8080/a?b=c").unwrap()).unwrap();
+        assert_eq!(ok.uri().path_and_query().unwrap().as_str(), "/a?b=c");
+        // Issue 9 item 5: https was accepted at load and then failed every delivery.
+        let e = Endpoint::new(Url::parse("https://example.com/").unwrap()).unwrap_err();
+        assert!(e.contains("https destinations are not supported yet"), "{e}");
+        assert!(Endpoint::new(Url::parse("ftp://example.com/").unwrap()).is_err());
     }
 }

@@ -82,6 +82,10 @@ impl From<String> for AttrValue {
 /// The attributes every event must carry (besides `specversion`).
 pub const REQUIRED: [&str; 3] = ["id", "source", "type"];
 
+/// The broker's loop guard (SEMANTICS.md §2): set by the ingress, read back for replies,
+/// never shown to subscribers.
+pub const TTL_ATTRIBUTE: &str = "knativebrokerttl";
+
 /// Attributes defined by the core spec (1.0 and 0.3); everything else is an extension.
 pub fn is_context_attribute(name: &str) -> bool {
     matches!(

@@ -108,9 +108,13 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, Error> {
         let value = decode_header_value(name.as_str(), value)?;
         event.set(attr.to_owned(), AttrValue::String(value.into_owned()));
     }
+    // Content-Type is an ordinary HTTP header, not a `ce-` one: it is taken verbatim, never
+    // percent-decoded (a `%` in a multipart boundary is data).
     if let Some(ct) = headers.get(CONTENT_TYPE) {
-        let ct = decode_header_value("content-type", ct)?;
-        event.set("datacontenttype", AttrValue::String(ct.into_owned()));
+        let ct = std::str::from_utf8(ct.as_bytes()).map_err(|_| Error::InvalidHeaderEncoding {
+            header: "content-type".to_string(),
+        })?;
+        event.set("datacontenttype", AttrValue::String(ct.to_owned()));
     }
     if !body.is_empty() {
         event.set_data(body, false);
@@ -183,13 +187,27 @@ pub fn percent_encode(s: &str) -> Cow<'_, str> {
 
 /// Writes a binary-mode event into `headers` and returns the body.
 pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
+    encode_binary_without(event, headers, None)
+}
+
+/// Like [`encode_binary`], leaving out the attribute `skip` (delivery leaves out the broker's
+/// TTL this way instead of copying the event to remove it).
+pub fn encode_binary_without(event: &Event, headers: &mut HeaderMap, skip: Option<&str>) -> Bytes {
     headers.insert(
         "ce-specversion",
         HeaderValue::from_static(event.spec_version().as_str()),
     );
     for (name, value) in event.attributes() {
+        if Some(name) == skip {
+            continue;
+        }
         if name == "datacontenttype" {
-            if let Ok(v) = HeaderValue::from_str(&percent_encode(&value.to_string_form())) {
+            // Verbatim: Content-Type is not a `ce-` header, and parameters such as
+            // `; charset=utf-8` or `boundary="a b"` must reach the subscriber as sent.
+            // Bytes outside visible ASCII (possible only from a structured event) go out
+            // as obs-text rather than being dropped.
+            let ct = value.to_string_form();
+            if let Ok(v) = HeaderValue::from_str(&ct).or_else(|_| HeaderValue::from_bytes(ct.as_bytes())) {
                 headers.insert(CONTENT_TYPE, v);
             }
             continue;
@@ -222,8 +240,13 @@ pub fn is_json_media_type(ct: &str) -> bool {
 
 /// Encodes an event in the JSON event format (structured mode).
 pub fn encode_structured(event: &Event) -> Vec<u8> {
+    encode_structured_without(event, None)
+}
+
+/// Like [`encode_structured`], leaving out the attribute `skip`.
+pub fn encode_structured_without(event: &Event, skip: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + event.data().map_or(0, |d| d.len()));
-    write_structured(event, &mut out);
+    write_structured(event, &mut out, skip);
     out
 }
 
@@ -235,7 +258,7 @@ pub fn encode_batch(events: &[Event]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        write_structured(e, &mut out);
+        write_structured(e, &mut out, None);
     }
     out.push(b']');
     out
@@ -246,10 +269,13 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn write_structured(event: &Event, out: &mut Vec<u8>) {
+fn write_structured(event: &Event, out: &mut Vec<u8>, skip: Option<&str>) {
     out.extend_from_slice(b"{\"specversion\":");
     write_json_str(out, event.spec_version().as_str());
     for (name, value) in event.attributes() {
+        if Some(name) == skip {
+            continue;
+        }
         out.push(b',');
         write_json_str(out, name);
         out.push(b':');
@@ -471,6 +497,50 @@ mod tests {
         for s in ["hello world", "€uro \"q\" 100%", "ünïcödé ✓", "%41", "a%zz"] {
             assert_eq!(percent_decode(percent_encode(s).as_bytes()).unwrap(), s);
         }
+    }
+
+    /// Issue 9 item 1: `application/json; charset=utf-8` arrived as
+    /// `application/json;%20charset=utf-8`, which Go's mime.ParseMediaType refuses.
+    #[test]
+    fn content_type_passes_through_verbatim_both_ways() {
+        for ct in [
+            "application/json; charset=utf-8",
+            "multipart/form-data; boundary=\"a b\"",
+            "text/plain; x=100%25",
+        ] {
+            let h = hm(&[
+                ("ce-specversion", b"1.0"),
+                ("ce-id", b"1"),
+                ("ce-source", b"s"),
+                ("ce-type", b"t"),
+                ("content-type", ct.as_bytes()),
+            ]);
+            let e = decode_binary(&h, Bytes::from_static(b"{}")).unwrap();
+            assert_eq!(e.datacontenttype(), Some(ct));
+            let mut out = HeaderMap::new();
+            encode_binary(&e, &mut out);
+            assert_eq!(out["content-type"], ct);
+        }
+        // From a structured event, where the value came as JSON text.
+        let e = decode_structured(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"application/json; charset=utf-8","data":{}}"#,
+        )
+        .unwrap();
+        let mut out = HeaderMap::new();
+        encode_binary(&e, &mut out);
+        assert_eq!(out["content-type"], "application/json; charset=utf-8");
+    }
+
+    #[test]
+    fn encoding_can_leave_out_one_attribute() {
+        let mut e = Event::new(SpecVersion::V10, "1", "s", "t");
+        e.set("knativebrokerttl", "254");
+        let mut out = HeaderMap::new();
+        encode_binary_without(&e, &mut out, Some("knativebrokerttl"));
+        assert!(out.get("ce-knativebrokerttl").is_none());
+        assert_eq!(out["ce-id"], "1");
+        let json = encode_structured_without(&e, Some("knativebrokerttl"));
+        assert!(!String::from_utf8(json).unwrap().contains("knativebrokerttl"));
     }
 
     #[test]

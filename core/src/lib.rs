@@ -10,6 +10,7 @@
 //! - [`delivery`]: the validated delivery policy (retries, backoff, timeouts, dead letter);
 //! - [`topology`]: the plain structs (brokers, triggers with compiled filters, destinations)
 //!   that embedded and Kubernetes modes both build and every runtime component reads;
+//! - [`status`]: per-object Ready/reason/message/observed generation, written by reconcilers;
 //! - [`metrics`]: the Prometheus registry shared by all components.
 //!
 //! Data flows edge → core → edge: the ingress decodes HTTP into an [`Envelope`], channels store
@@ -21,6 +22,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod offsets;
+pub mod status;
 pub mod topology;
 
 pub use envelope::Envelope;

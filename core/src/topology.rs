@@ -8,14 +8,13 @@
 //! schedule is already compiled ([`TickSchedule`]), data already base64-decoded, the sink
 //! already resolved to a URL.
 
-use crate::delivery::DeliveryPolicy;
+use crate::delivery::{DeliveryPolicy, Endpoint};
 use crate::event::Event;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
-use url::Url;
 
 /// A namespaced name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,7 +58,12 @@ impl EventFilter for MatchAll {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelConfig {
     /// `MTChannelBasedBroker` (the default): bounded in-process queues.
-    Memory { capacity: usize },
+    Memory {
+        /// Events per trigger queue.
+        capacity: usize,
+        /// Bytes of events the broker holds in all.
+        max_bytes: usize,
+    },
     /// `Kafka`: a topic per broker.
     Kafka {
         bootstrap_servers: String,
@@ -67,12 +71,26 @@ pub enum ChannelConfig {
         replication_factor: i16,
     },
     /// `NatsJetStreamBroker`: a stream per broker.
-    Nats { url: String },
+    Nats {
+        url: String,
+        /// Stream retention: events older than this are removed (JetStream `max_age`).
+        max_age: std::time::Duration,
+        /// Stream size bound; when reached, publishes are refused (503) rather than old
+        /// events discarded (JetStream `max_bytes`, discard policy `new`).
+        max_bytes: i64,
+    },
 }
 
 impl ChannelConfig {
     /// Default capacity of each in-memory trigger queue.
     pub const DEFAULT_MEMORY_CAPACITY: usize = 10_000;
+    /// Default bound on the bytes an in-memory broker holds: 256 MiB.
+    pub const DEFAULT_MEMORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+    /// Default NATS stream retention: 7 days (Kafka's default `retention.ms`).
+    pub const DEFAULT_NATS_MAX_AGE: std::time::Duration =
+        std::time::Duration::from_secs(7 * 24 * 3600);
+    /// Default NATS stream size bound: 1 GiB.
+    pub const DEFAULT_NATS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
     pub fn class_name(&self) -> &'static str {
         match self {
@@ -99,29 +117,118 @@ pub struct Broker {
     pub channel: ChannelConfig,
     /// The broker's own `spec.delivery`, already validated; triggers inherit it.
     pub delivery: Option<DeliveryPolicy>,
+    /// Changes whenever anything above changes.
+    pub fingerprint: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct Trigger {
+/// The kinds of objects Sluice runs and reports a status for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Broker,
+    Trigger,
+    PingSource,
+    KafkaSource,
+    ConfigMap,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Broker => "Broker",
+            Kind::Trigger => "Trigger",
+            Kind::PingSource => "PingSource",
+            Kind::KafkaSource => "KafkaSource",
+            Kind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+/// One object: its kind and namespaced name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: Kind,
     pub key: Key,
-    pub broker: Key,
-    pub subscriber: Url,
-    pub filter: Arc<dyn EventFilter>,
+}
+
+impl ObjectRef {
+    pub fn new(kind: Kind, key: Key) -> Self {
+        ObjectRef { kind, key }
+    }
+
+    pub fn broker(key: Key) -> Self {
+        ObjectRef::new(Kind::Broker, key)
+    }
+
+    pub fn trigger(key: Key) -> Self {
+        ObjectRef::new(Kind::Trigger, key)
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.key)
+    }
+}
+
+/// Where the events a subscriber answers with (replies) go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// Published into a broker, with the same durability as a producer's event and the TTL
+    /// one lower (a Trigger's replies go to its own broker).
+    Broker(Key),
+    /// Sent to a URL under the subscription's delivery policy.
+    Endpoint(Endpoint),
+    /// Dropped (counted).
+    Discard,
+}
+
+/// The one thing the dispatcher runs: events of a channel, filtered, delivered to a
+/// subscriber, its replies routed, under a delivery policy. A Trigger compiles to one; a
+/// Channel's Subscription, a Sequence step or a Parallel branch compile to the same shape.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The object this subscription was compiled from (its status is reported there).
+    pub owner: ObjectRef,
+    /// The channel it reads (for a Trigger: its broker).
+    pub channel: ObjectRef,
+    /// `None`: every event.
+    pub filter: Option<Arc<dyn EventFilter>>,
+    pub subscriber: Endpoint,
+    pub reply: ReplyTo,
     /// Effective policy: the trigger's `delivery`, else the broker's, else the default.
     pub delivery: DeliveryPolicy,
     /// Per-partition order (`kafka.eventing.knative.dev/delivery.order: ordered`).
     pub ordered: bool,
-    /// Deliveries in flight at once for this trigger.
+    /// Deliveries in flight at once for this subscription (ordered ones too, across lanes).
     pub concurrency: usize,
     pub start_from: StartFrom,
-    /// Changes whenever anything above changes: a running dispatcher whose trigger has the
+    /// Changes whenever anything above changes: a running worker whose subscription has the
     /// same fingerprint after a reload is left alone.
     pub fingerprint: u64,
 }
 
-impl Trigger {
-    /// Default number of concurrent deliveries per unordered trigger.
+impl Subscription {
+    /// Default number of concurrent deliveries per unordered subscription.
     pub const DEFAULT_CONCURRENCY: usize = 100;
+
+    /// Whether the event passes the filter.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(event))
+    }
+
+    /// The stable id of this subscription in its channel (it names Kafka consumer groups
+    /// and NATS durable consumers, so it never changes for an existing Trigger).
+    pub fn channel_id(&self) -> String {
+        match self.owner.kind {
+            Kind::Trigger => format!("{}/{}", self.owner.key.namespace, self.owner.key.name),
+            other => format!(
+                "{}:{}/{}",
+                other.as_str().to_ascii_lowercase(),
+                self.owner.key.namespace,
+                self.owner.key.name
+            ),
+        }
+    }
 }
 
 /// A compiled PingSource schedule. Implemented by `sluice-schedule` (cron patterns, time
@@ -149,7 +256,7 @@ pub struct PingSource {
     pub data_binary: bool,
     /// `ceOverrides.extensions`, names already validated.
     pub extensions: BTreeMap<String, String>,
-    pub sink: Url,
+    pub sink: Endpoint,
     /// Knative's PingSource has no `spec.delivery`: this is the default policy.
     pub delivery: DeliveryPolicy,
     /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
@@ -181,26 +288,46 @@ pub struct KafkaSource {
     pub consumers: u32,
     /// `ceOverrides.extensions`, names already validated.
     pub extensions: BTreeMap<String, String>,
-    pub sink: Url,
+    pub sink: Endpoint,
     /// `spec.delivery`, or the default policy.
     pub delivery: DeliveryPolicy,
     /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
     pub fingerprint: u64,
 }
 
-/// Everything that runs. Cheap to clone (brokers, triggers and sources are shared).
+/// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     pub brokers: BTreeMap<Key, Arc<Broker>>,
-    /// Triggers by their own key.
-    pub triggers: BTreeMap<Key, Arc<Trigger>>,
+    /// Subscriptions by the object they were compiled from (Triggers today).
+    pub subscriptions: BTreeMap<ObjectRef, Arc<Subscription>>,
     pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
 }
 
 impl Topology {
-    /// The triggers subscribed to a broker.
-    pub fn triggers_of<'a>(&'a self, broker: &'a Key) -> impl Iterator<Item = &'a Arc<Trigger>> {
-        self.triggers.values().filter(move |t| &t.broker == broker)
+    /// The subscriptions reading a channel.
+    pub fn subscriptions_of<'a>(
+        &'a self,
+        channel: &'a ObjectRef,
+    ) -> impl Iterator<Item = &'a Arc<Subscription>> {
+        self.subscriptions
+            .values()
+            .filter(move |s| &s.channel == channel)
+    }
+
+    /// A Trigger's subscription.
+    pub fn trigger(&self, key: &Key) -> Option<&Arc<Subscription>> {
+        self.subscriptions.get(&ObjectRef::trigger(key.clone()))
+    }
+
+    /// Every object, for status reporting.
+    pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
+        let brokers = self.brokers.keys().cloned().map(ObjectRef::broker);
+        let subs = self.subscriptions.keys().cloned();
+        let pings = (self.ping_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::PingSource, k));
+        let kafkas =
+            (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
+        brokers.chain(subs).chain(pings).chain(kafkas)
     }
 }

@@ -8,10 +8,10 @@ use crate::duration;
 use crate::load::{LoadError, Loaded, Resource, DEFAULT_NAMESPACE};
 use crate::types::{DeliverySpec, Destination, KReference};
 use k8s_openapi::api::core::v1::ConfigMap;
-use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Format};
+use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Endpoint, Format};
 use sluice_core::topology::{
-    Broker, ChannelConfig, InitialOffset, KafkaSource, Key, PingSource, StartFrom, Topology,
-    Trigger,
+    Broker, ChannelConfig, InitialOffset, KafkaSource, Key, ObjectRef, PingSource, ReplyTo,
+    StartFrom, Subscription, Topology,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub struct Defaults {
     pub nats_url: Option<String>,
     /// Capacity of each in-memory trigger queue.
     pub memory_capacity: usize,
+    /// Bytes an in-memory broker holds at most.
+    pub memory_max_bytes: usize,
 }
 
 impl Defaults {
@@ -50,6 +52,7 @@ impl Defaults {
             kafka_bootstrap_servers: None,
             nats_url: None,
             memory_capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY,
+            memory_max_bytes: ChannelConfig::DEFAULT_MEMORY_MAX_BYTES,
         }
     }
 }
@@ -68,12 +71,26 @@ impl Ctx<'_> {
             resource: Some(r.describe()),
             field: (!field.is_empty()).then(|| field.to_string()),
             message: message.into(),
+            object: Some(r.object()),
         });
     }
 }
 
-/// Validates the resources and builds the topology, or returns every problem found.
+/// Validates the resources and builds the topology, or returns every problem found (start-up
+/// is strict: nothing runs until every resource is valid).
 pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<LoadError>> {
+    let (topology, errors) = build_lenient(resources, defaults);
+    if errors.is_empty() {
+        Ok(topology)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Validates the resources and builds the topology of the valid ones, with every problem
+/// found. An object with a problem is left out (its [`LoadError::object`] says which), so one
+/// bad edit never stops the others from being applied on a reload.
+pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Vec<LoadError>) {
     let mut ctx = Ctx {
         defaults,
         brokers: HashSet::new(),
@@ -113,10 +130,10 @@ pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<
     }
     for r in resources {
         if let Resource::Trigger(t) = &r.resource {
-            if let Some(trigger) = trigger(&mut ctx, r, t, &topology) {
+            if let Some(sub) = trigger(&mut ctx, r, t, &topology) {
                 topology
-                    .triggers
-                    .insert(trigger.key.clone(), Arc::new(trigger));
+                    .subscriptions
+                    .insert(sub.owner.clone(), Arc::new(sub));
             }
         }
     }
@@ -139,11 +156,7 @@ pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<
             _ => {}
         }
     }
-    if ctx.errors.is_empty() {
-        Ok(topology)
-    } else {
-        Err(ctx.errors)
-    }
+    (topology, ctx.errors)
 }
 
 fn annotation<'a>(
@@ -192,7 +205,17 @@ fn broker(ctx: &mut Ctx, r: &Loaded, b: &crate::types::Broker) -> Option<Broker>
                 },
                 None => ctx.defaults.memory_capacity,
             };
-            ChannelConfig::Memory { capacity }
+            let max_bytes = parse_key::<usize>(
+                ctx,
+                r,
+                &config,
+                "maxBytes",
+                ctx.defaults.memory_max_bytes,
+            )?;
+            ChannelConfig::Memory {
+                capacity,
+                max_bytes,
+            }
         }
         CLASS_KAFKA => {
             let Some(bootstrap_servers) = config
@@ -221,7 +244,32 @@ fn broker(ctx: &mut Ctx, r: &Loaded, b: &crate::types::Broker) -> Option<Broker>
                 ctx.error(r, "spec.config", "a NATS JetStream broker needs a server URL: set `url` in the ConfigMap that spec.config names, or start sluice with --nats-url");
                 return None;
             };
-            ChannelConfig::Nats { url }
+            let max_age = match config.get("maxAge") {
+                None => ChannelConfig::DEFAULT_NATS_MAX_AGE,
+                Some(v) => match duration::parse(v) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => {
+                        ctx.error(r, "spec.config", "ConfigMap key `maxAge` must be longer than zero (an ISO 8601 duration such as P7D)");
+                        return None;
+                    }
+                    Err(e) => {
+                        ctx.error(r, "spec.config", format!("ConfigMap key `maxAge`: {e}"));
+                        return None;
+                    }
+                },
+            };
+            let max_bytes = parse_key::<i64>(
+                ctx,
+                r,
+                &config,
+                "maxBytes",
+                ChannelConfig::DEFAULT_NATS_MAX_BYTES,
+            )?;
+            ChannelConfig::Nats {
+                url,
+                max_age,
+                max_bytes,
+            }
         }
         other => {
             ctx.error(
@@ -236,10 +284,12 @@ fn broker(ctx: &mut Ctx, r: &Loaded, b: &crate::types::Broker) -> Option<Broker>
         Some(spec) => Some(delivery_policy(ctx, r, spec, "spec.delivery")?),
         None => None,
     };
+    let fingerprint = fingerprint_of(&b.spec, &format!("{class} {channel:?} {delivery:?}"));
     Some(Broker {
         key,
         channel,
         delivery,
+        fingerprint,
     })
 }
 
@@ -271,7 +321,7 @@ fn trigger(
     r: &Loaded,
     t: &crate::types::Trigger,
     topology: &Topology,
-) -> Option<Trigger> {
+) -> Option<Subscription> {
     let key = Key::new(&r.namespace, &r.name);
     let errors_before = ctx.errors.len();
     if t.spec.broker.is_empty() {
@@ -339,7 +389,7 @@ fn trigger(
         },
     };
     let concurrency = match annotation(&t.metadata, CONCURRENCY) {
-        None => Trigger::DEFAULT_CONCURRENCY,
+        None => Subscription::DEFAULT_CONCURRENCY,
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => n,
             _ => {
@@ -365,12 +415,13 @@ fn trigger(
         format!("{subscriber} {delivery:?} {ordered} {concurrency} {start_from:?}").hash(&mut h);
         h.finish()
     };
-    Some(Trigger {
+    Some(Subscription {
         fingerprint,
-        key,
-        broker: broker_key,
+        owner: ObjectRef::trigger(key),
+        channel: ObjectRef::broker(broker_key.clone()),
         subscriber,
-        filter: Arc::new(filter?),
+        filter: Some(Arc::new(filter?)),
+        reply: ReplyTo::Broker(broker_key),
         delivery,
         ordered,
         concurrency,
@@ -440,7 +491,23 @@ fn delivery_policy(
     (ctx.errors.len() == before).then_some(p)
 }
 
-fn resolve(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Url> {
+fn resolve(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Endpoint> {
+    let url = resolve_url(ctx, r, dest, path)?;
+    match Endpoint::new(url) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let field = if dest.uri.is_some() {
+                format!("{path}.uri")
+            } else {
+                path.to_string()
+            };
+            ctx.error(r, &field, e);
+            None
+        }
+    }
+}
+
+fn resolve_url(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Url> {
     match (&dest.reference, &dest.uri) {
         (None, None) => {
             ctx.error(r, path, "set `uri` (an absolute URL such as http://localhost:8081/) or `ref` (a Broker or Service)");

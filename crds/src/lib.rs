@@ -18,8 +18,8 @@ pub mod load;
 pub mod sources;
 pub mod types;
 
-pub use convert::{build, Defaults};
-pub use load::{parse_yaml, LoadError, Loaded, Resource};
+pub use convert::{build, build_lenient, Defaults};
+pub use load::{parse_yaml, parse_yaml_lenient, LoadError, Loaded, Resource};
 
 /// The CustomResourceDefinitions Sluice serves, as multi-document YAML (`sluice crdgen`).
 pub fn crds_yaml() -> String {

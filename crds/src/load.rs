@@ -8,6 +8,7 @@ use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use sluice_core::topology::{Key, Kind, ObjectRef};
 use std::fmt;
 
 /// The namespace of resources that do not name one.
@@ -46,6 +47,18 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The object this resource is.
+    pub fn object(&self) -> ObjectRef {
+        let kind = match &self.resource {
+            Resource::Broker(_) => Kind::Broker,
+            Resource::Trigger(_) => Kind::Trigger,
+            Resource::ConfigMap(_) => Kind::ConfigMap,
+            Resource::PingSource(_) => Kind::PingSource,
+            Resource::KafkaSource(_) => Kind::KafkaSource,
+        };
+        ObjectRef::new(kind, Key::new(&self.namespace, &self.name))
+    }
+
     /// `Kind namespace/name`, for messages.
     pub fn describe(&self) -> String {
         format!("{} {}/{}", self.resource.kind(), self.namespace, self.name)
@@ -61,6 +74,9 @@ pub struct LoadError {
     /// Dotted field path when known.
     pub field: Option<String>,
     pub message: String,
+    /// The object the problem belongs to, when it is one object's problem (a reload applies
+    /// everything else and reports this object as not ready).
+    pub object: Option<ObjectRef>,
 }
 
 impl fmt::Display for LoadError {
@@ -109,11 +125,46 @@ pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
             resource: None,
             field: None,
             message: format!("invalid YAML: {e}"),
+            object: None,
         })?;
         values.push(value);
     }
+    let (out, mut errors) = parse_documents(values, file);
+    match errors.is_empty() {
+        true => Ok(out),
+        false => Err(errors.remove(0)),
+    }
+}
+
+/// Parses every document of a YAML file, keeping the documents that are valid resources
+/// beside the errors of the others. A file that is not YAML at all is one error with no
+/// object: nothing in it can be trusted.
+pub fn parse_yaml_lenient(text: &str, file: &str) -> (Vec<Loaded>, Vec<LoadError>) {
+    let mut values = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                return (
+                    Vec::new(),
+                    vec![LoadError {
+                        origin: format!("{file} (document {})", i + 1),
+                        resource: None,
+                        field: None,
+                        message: format!("invalid YAML: {e}"),
+                        object: None,
+                    }],
+                )
+            }
+        }
+    }
+    parse_documents(values, file)
+}
+
+fn parse_documents(values: Vec<serde_yaml::Value>, file: &str) -> (Vec<Loaded>, Vec<LoadError>) {
     let many = values.len() > 1;
     let mut out = Vec::new();
+    let mut errors = Vec::new();
     for (i, value) in values.into_iter().enumerate() {
         let origin = if many {
             format!("{file} (document {})", i + 1)
@@ -123,9 +174,12 @@ pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
-        out.push(parse_resource(value, origin)?);
+        match parse_resource(value, origin) {
+            Ok(l) => out.push(l),
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(out)
+    (out, errors)
 }
 
 fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded, LoadError> {
@@ -134,6 +188,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         resource,
         field,
         message,
+        object: None,
     };
     let header: Header = serde_yaml::from_value(value.clone()).map_err(|e| {
         err(
@@ -178,20 +233,29 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
             top.insert("spec".into(), serde_yaml::Mapping::new().into());
         }
     }
+    let object = match kind.as_str() {
+        "Broker" => Some(Kind::Broker),
+        "Trigger" => Some(Kind::Trigger),
+        "PingSource" => Some(Kind::PingSource),
+        "KafkaSource" => Some(Kind::KafkaSource),
+        "ConfigMap" => Some(Kind::ConfigMap),
+        _ => None,
+    }
+    .map(|k| ObjectRef::new(k, Key::new(&namespace, &name)));
     let resource = match (api_version.as_str(), kind.as_str()) {
         ("eventing.knative.dev/v1", "Broker") => {
-            Resource::Broker(Box::new(typed(value, &origin, &describe)?))
+            Resource::Broker(Box::new(typed(value, &origin, &describe, &object)?))
         }
         ("eventing.knative.dev/v1", "Trigger") => {
-            Resource::Trigger(Box::new(typed(value, &origin, &describe)?))
+            Resource::Trigger(Box::new(typed(value, &origin, &describe, &object)?))
         }
-        ("v1", "ConfigMap") => Resource::ConfigMap(Box::new(typed(value, &origin, &describe)?)),
+        ("v1", "ConfigMap") => Resource::ConfigMap(Box::new(typed(value, &origin, &describe, &object)?)),
         ("sources.knative.dev/v1", "PingSource") => {
-            Resource::PingSource(Box::new(typed(value, &origin, &describe)?))
+            Resource::PingSource(Box::new(typed(value, &origin, &describe, &object)?))
         }
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
-            Resource::KafkaSource(Box::new(typed(value, &origin, &describe)?))
+            Resource::KafkaSource(Box::new(typed(value, &origin, &describe, &object)?))
         }
         _ => {
             return Err(err(
@@ -213,6 +277,7 @@ fn typed<T: DeserializeOwned>(
     value: serde_yaml::Value,
     origin: &str,
     describe: &str,
+    object: &Option<ObjectRef>,
 ) -> Result<T, LoadError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -221,6 +286,7 @@ fn typed<T: DeserializeOwned>(
             resource: Some(describe.to_string()),
             field: (path != ".").then_some(path),
             message: e.into_inner().to_string(),
+            object: object.clone(),
         }
     })
 }

@@ -3,7 +3,7 @@
 use sluice_core::delivery::{BackoffPolicy, Format};
 use sluice_core::topology::{ChannelConfig, Key, StartFrom};
 use sluice_core::{Event, SpecVersion};
-use sluice_crds::{build, parse_yaml, Defaults};
+use sluice_crds::{build, build_lenient, parse_yaml, parse_yaml_lenient, Defaults};
 use std::time::Duration;
 
 fn defaults() -> Defaults {
@@ -75,10 +75,11 @@ spec:
     assert_eq!(
         b.channel,
         ChannelConfig::Memory {
-            capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY
+            capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY,
+            max_bytes: ChannelConfig::DEFAULT_MEMORY_MAX_BYTES,
         }
     );
-    let inherits = &t.triggers[&Key::new("default", "inherits")];
+    let inherits = t.trigger(&Key::new("default", "inherits")).unwrap();
     assert_eq!(
         inherits.subscriber.as_str(),
         "http://display.default.svc.cluster.local/"
@@ -88,11 +89,11 @@ spec:
     assert_eq!(inherits.delivery.backoff_delay, Duration::from_millis(500));
     assert!(!inherits.ordered);
     let mut e = Event::new(SpecVersion::V10, "1", "s", "com.example.a");
-    assert!(inherits.filter.matches(&e));
+    assert!(inherits.wants(&e));
     e.set("type", "com.example.b");
-    assert!(!inherits.filter.matches(&e));
+    assert!(!inherits.wants(&e));
 
-    let replaces = &t.triggers[&Key::new("default", "replaces")];
+    let replaces = t.trigger(&Key::new("default", "replaces")).unwrap();
     assert_eq!(
         replaces.subscriber.as_str(),
         "http://127.0.0.1:8080/default/extra"
@@ -131,13 +132,11 @@ spec:
   subscriber: {uri: "http://localhost:8081/"}
 "#;
     let t = build_str(yaml).unwrap();
-    let tr = &t.triggers[&Key::new("ns", "t")];
+    let tr = t.trigger(&Key::new("ns", "t")).unwrap();
     assert_eq!(tr.delivery.retry, 10);
     assert_eq!(tr.delivery.backoff_policy, BackoffPolicy::Exponential);
     assert_eq!(tr.delivery.backoff_delay, Duration::from_millis(200));
-    assert!(tr
-        .filter
-        .matches(&Event::new(SpecVersion::V10, "1", "s", "t")));
+    assert!(tr.wants(&Event::new(SpecVersion::V10, "1", "s", "t")));
 }
 
 #[test]
@@ -183,7 +182,9 @@ spec:
     assert_eq!(
         t.brokers[&Key::new("default", "n")].channel,
         ChannelConfig::Nats {
-            url: "nats://127.0.0.1:4222".into()
+            url: "nats://127.0.0.1:4222".into(),
+            max_age: ChannelConfig::DEFAULT_NATS_MAX_AGE,
+            max_bytes: ChannelConfig::DEFAULT_NATS_MAX_BYTES,
         }
     );
 }
@@ -272,4 +273,39 @@ fn crds_are_generated_for_every_kind() {
     let yaml = sluice_crds::crds_yaml();
     assert!(yaml.contains("name: brokers.eventing.knative.dev"));
     assert!(yaml.contains("name: triggers.eventing.knative.dev"));
+}
+
+/// Issue 9 item 5: an https subscriber was accepted and then failed every delivery.
+#[test]
+fn https_destinations_are_refused_at_load_until_tls_exists() {
+    let yaml = format!(
+        "{BROKER}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: default\n  subscriber: {{uri: \"https://example.com/\"}}\n"
+    );
+    let errs = build_str(&yaml).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("Trigger default/t: field `spec.subscriber.uri`")
+            && errs[0].contains("https destinations are not supported yet"),
+        "{errs:?}"
+    );
+}
+
+/// On reload, one bad object is reported on its own and the others are built.
+#[test]
+fn lenient_build_keeps_the_valid_objects_and_names_the_bad_one() {
+    let yaml = format!(
+        "{BROKER}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: good}}\nspec:\n  broker: default\n  subscriber: {{uri: \"http://localhost:1/\"}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: bad}}\nspec:\n  broker: default\n  filters: [{{cesql: \"type =\"}}]\n  subscriber: {{uri: \"http://localhost:1/\"}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: typo}}\nspec:\n  brokr: default\n"
+    );
+    let (loaded, parse_errors) = parse_yaml_lenient(&yaml, "f.yaml");
+    assert_eq!(parse_errors.len(), 1, "{parse_errors:?}");
+    let typo = parse_errors[0].object.as_ref().unwrap();
+    assert_eq!(typo.key, Key::new("default", "typo"));
+    let (t, errors) = build_lenient(&loaded, &defaults());
+    assert!(t.trigger(&Key::new("default", "good")).is_some());
+    assert!(t.trigger(&Key::new("default", "bad")).is_none());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].object.as_ref().unwrap().key,
+        Key::new("default", "bad")
+    );
 }

@@ -33,8 +33,11 @@ use sluice_core::metrics::{BrokerLabels, Metrics, RejectLabels};
 use sluice_core::topology::Key;
 use sluice_core::{Envelope, Event};
 use std::collections::HashMap;
+use futures::StreamExt as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Default largest request body: 4 MiB.
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
@@ -88,6 +91,8 @@ pub enum IngestError {
     },
     #[error("broker {broker} is not ready: {reason}")]
     NotReady { broker: Key, reason: String },
+    #[error("sluice is shutting down and takes no new events; retry (another replica, or this one once restarted)")]
+    ShuttingDown,
 }
 
 impl IngestError {
@@ -101,9 +106,9 @@ impl IngestError {
             | IngestError::Body(_) => StatusCode::BAD_REQUEST,
             IngestError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::Channel { .. } | IngestError::NotReady { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IngestError::Channel { .. }
+            | IngestError::NotReady { .. }
+            | IngestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -121,6 +126,7 @@ impl IngestError {
                 ..
             } => "full",
             IngestError::Channel { .. } | IngestError::NotReady { .. } => "unavailable",
+            IngestError::ShuttingDown => "shutting_down",
         }
     }
 
@@ -132,6 +138,7 @@ impl IngestError {
                 ..
             } => Some(1),
             IngestError::Channel { .. } | IngestError::NotReady { .. } => Some(5),
+            IngestError::ShuttingDown => Some(1),
             _ => None,
         }
     }
@@ -169,6 +176,8 @@ pub struct Ingress {
     brokers: ArcSwap<HashMap<Key, BrokerEntry>>,
     metrics: Arc<Metrics>,
     max_body: usize,
+    /// Shutting down: producers get 503 while queued events drain (replies are still taken).
+    closing: AtomicBool,
 }
 
 impl Ingress {
@@ -177,7 +186,19 @@ impl Ingress {
             brokers: ArcSwap::from_pointee(HashMap::new()),
             metrics,
             max_body,
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Stops taking producers' events: from now on they are answered 503 with
+    /// `Retry-After`, so a load balancer or the producer's retry sends them to another
+    /// replica, while replies of the deliveries still draining are published as usual.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Replaces the set of brokers served.
@@ -218,16 +239,23 @@ impl Ingress {
             prepared.push(event);
         }
         let n = prepared.len() as u64;
-        for event in prepared {
+        let result = if prepared.len() == 1 {
+            let event = prepared.pop().expect("one event");
             entry
                 .channel
-                .publish(Envelope::with_headers(event, headers.clone()))
+                .publish(Envelope::with_headers(event, headers))
                 .await
-                .map_err(|source| IngestError::Channel {
-                    broker: key.clone(),
-                    source,
-                })?;
-        }
+        } else {
+            let envelopes = prepared
+                .into_iter()
+                .map(|e| Envelope::with_headers(e, headers.clone()))
+                .collect();
+            entry.channel.publish_batch(envelopes).await
+        };
+        result.map_err(|source| IngestError::Channel {
+            broker: key.clone(),
+            source,
+        })?;
         entry.accepted.inc_by(n);
         Ok(())
     }
@@ -266,10 +294,17 @@ impl Ingress {
         if !self.brokers.load().contains_key(key) {
             return Err(IngestError::UnknownBroker(key.clone()));
         }
+        if self.is_closing() {
+            return Err(IngestError::ShuttingDown);
+        }
         let (parts, body) = req.into_parts();
         let too_large = IngestError::TooLarge {
             limit: self.max_body,
         };
+        let expects_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if let Some(len) = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -277,20 +312,28 @@ impl Ingress {
             .and_then(|v| v.parse::<usize>().ok())
         {
             if len > self.max_body {
+                // A client that waits for `100 Continue` never sends the body: answer now.
+                // Any other client is writing the body already; closing on it would reset
+                // the connection before it reads the 413 (a broken pipe instead of the
+                // explanation), so read and discard it first, within bounds.
+                if !expects_continue {
+                    discard(body, len.min(DISCARD_MAX_BYTES)).await;
+                }
                 return Err(too_large);
             }
         }
-        let body: Bytes = axum::body::to_bytes(body, self.max_body)
-            .await
-            .map_err(|e| {
-                if is_length_limit(&e) {
-                    IngestError::TooLarge {
-                        limit: self.max_body,
-                    }
-                } else {
-                    IngestError::Body(e.to_string())
-                }
-            })?;
+        let mut body = body.into_data_stream();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+            if buf.len() + chunk.len() > self.max_body {
+                // No Content-Length (chunked): the same courtesy as above.
+                discard_stream(body, DISCARD_MAX_BYTES).await;
+                return Err(too_large);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let body: Bytes = buf.freeze();
         let events = sluice_core::http::decode(&parts.headers, body)?;
         let headers = sluice_core::envelope::passthrough_headers(&parts.headers);
         self.publish(key, events, headers).await?;
@@ -298,15 +341,27 @@ impl Ingress {
     }
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = cur {
-        if err.to_string().contains("length limit") {
-            return true;
+/// The most of an oversized body read (and thrown away) so its sender sees the 413; beyond
+/// this the connection is closed without reading further.
+const DISCARD_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The longest spent reading an oversized body to throw it away.
+const DISCARD_MAX_TIME: Duration = Duration::from_secs(10);
+
+async fn discard(body: Body, max: usize) {
+    discard_stream(body.into_data_stream(), max).await
+}
+
+async fn discard_stream(mut body: axum::body::BodyDataStream, max: usize) {
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DISCARD_MAX_TIME, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read >= max {
+                break;
+            }
         }
-        cur = err.source();
-    }
-    false
+    })
+    .await;
 }
 
 /// `/<ns>/<name>` → the broker key; `/` → 404; anything else → 400.
@@ -337,7 +392,15 @@ async fn route(State(ingress): State<Arc<Ingress>>, req: Request) -> Response {
         Ok(status) => status.into_response(),
         Err(e) => {
             tracing::debug!(error = %e, status = e.status().as_u16(), "event refused");
-            e.into_response()
+            let close = matches!(e, IngestError::TooLarge { .. });
+            let mut resp = e.into_response();
+            if close {
+                // The rest of an oversized body may still be on its way: do not try to
+                // read another request after it.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     }
 }
@@ -350,13 +413,86 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
         .with_state(ingress)
 }
 
+/// Connection limits of the ingress server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A client must send a request's whole head within this time, counted from the moment
+    /// the server starts waiting for it (so an idle keep-alive connection is closed after
+    /// it too).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// Serves the ingress on a bound listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ingress: Arc<Ingress>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ingress))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, ingress, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with explicit limits. Slow or idle clients are cut off after
+/// `header_read_timeout` instead of holding a connection (and its memory) forever; at most
+/// `max_connections` are open at once. On shutdown the listener closes and connections
+/// finish the request they are serving.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    ingress: Arc<Ingress>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let service = TowerToHyperService::new(router(ingress));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "ingress connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Requests in progress finish; idle connections are closed.
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -24,10 +24,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use policy::{after_failure, classify, dead_letter_event, parse_retry_after, Class, Next};
-use sluice_core::delivery::{DeliveryPolicy, Format};
+use sluice_core::delivery::{DeliveryPolicy, Endpoint, Format};
+use sluice_core::event::TTL_ATTRIBUTE;
 use sluice_core::{http as codec, Envelope, Event};
 use std::time::Duration;
-use url::Url;
+use tokio_util::sync::CancellationToken;
 
 /// Largest response body read back (a reply event, or error data for a dead letter).
 pub const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
@@ -78,7 +79,7 @@ pub struct Report {
 /// One outbound request: where, what, and under which rules.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    pub url: &'a Url,
+    pub url: &'a Endpoint,
     pub envelope: &'a Envelope,
     pub policy: &'a DeliveryPolicy,
     /// Sent as `Kn-Namespace` (the trigger's namespace).
@@ -113,8 +114,6 @@ enum AttemptError {
     Timeout,
     /// The response head came, the body could not be read.
     Body { status: u16, reason: String },
-    /// The URL cannot be sent over plain HTTP.
-    Url(String),
 }
 
 impl Sender {
@@ -130,24 +129,26 @@ impl Sender {
         Sender { client }
     }
 
-    /// One attempt: POST the event and classify the answer.
+    /// One attempt: POST the event and classify the answer. The broker's TTL attribute is
+    /// left out of what is sent (subscribers never see it; SEMANTICS.md §4).
     pub async fn attempt(
         &self,
-        url: &Url,
+        url: &Endpoint,
         envelope: &Envelope,
         format: Format,
         namespace: Option<&str>,
         timeout: Duration,
     ) -> Outcome {
         let mut headers = HeaderMap::with_capacity(16);
+        let skip = Some(TTL_ATTRIBUTE);
         let body = match format {
-            Format::Binary => codec::encode_binary(&envelope.event, &mut headers),
+            Format::Binary => codec::encode_binary_without(&envelope.event, &mut headers, skip),
             Format::Json => {
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static(codec::STRUCTURED_CONTENT_TYPE),
                 );
-                Bytes::from(codec::encode_structured(&envelope.event))
+                Bytes::from(codec::encode_structured_without(&envelope.event, skip))
             }
         };
         headers.insert("prefer", HeaderValue::from_static("reply"));
@@ -179,18 +180,14 @@ impl Sender {
     /// `timeout`.
     async fn send(
         &self,
-        url: &Url,
+        url: &Endpoint,
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
     ) -> Result<(u16, HeaderMap, Bytes), AttemptError> {
-        let uri: http::Uri = url
-            .as_str()
-            .parse()
-            .map_err(|e| AttemptError::Url(format!("{url} is not a valid request URI: {e}")))?;
         let mut req = http::Request::new(Full::new(body));
         *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = url.uri().clone();
         *req.headers_mut() = headers;
         let deadline = tokio::time::Instant::now() + timeout;
         let response = tokio::time::timeout_at(deadline, self.client.request(req))
@@ -234,6 +231,22 @@ impl Sender {
     /// Like [`Sender::deliver`], but the first attempt made counts as attempt number
     /// `first_attempt` (a redelivered message continues its schedule).
     pub async fn deliver_from(&self, req: Request<'_>, first_attempt: u32) -> Report {
+        let never = CancellationToken::new();
+        match self.deliver_until(req, first_attempt, &never).await {
+            Some(report) => report,
+            None => unreachable!("a token nobody holds is never cancelled"),
+        }
+    }
+
+    /// Like [`Sender::deliver_from`], but gives up waiting as soon as `stop` fires (the
+    /// subscription was deleted or changed, or the drain period of a shutdown is over):
+    /// `None` then, and the caller hands the event back to its channel.
+    pub async fn deliver_until(
+        &self,
+        req: Request<'_>,
+        first_attempt: u32,
+        stop: &CancellationToken,
+    ) -> Option<Report> {
         let (result, attempts) = self
             .send_with_retries(
                 req.url,
@@ -241,20 +254,35 @@ impl Sender {
                 req.policy,
                 req.namespace,
                 first_attempt,
+                stop,
             )
-            .await;
+            .await?;
         let result = match result {
             Ok(reply) => Delivered::Ok { reply },
-            Err(last) => self.dead_letter(req, last).await,
+            Err(last) => self.dead_letter_until(req, last, stop).await?,
         };
-        Report { result, attempts }
+        Some(Report { result, attempts })
     }
 
     /// After the last failed attempt: sends the original event, with the `knativeerror*`
     /// extensions, to the policy's dead-letter sink under the same retry policy.
     pub async fn dead_letter(&self, req: Request<'_>, last: Failure) -> Delivered {
+        let never = CancellationToken::new();
+        match self.dead_letter_until(req, last, &never).await {
+            Some(d) => d,
+            None => unreachable!("a token nobody holds is never cancelled"),
+        }
+    }
+
+    /// [`Sender::dead_letter`] that stops waiting when `stop` fires (`None`).
+    pub async fn dead_letter_until(
+        &self,
+        req: Request<'_>,
+        last: Failure,
+        stop: &CancellationToken,
+    ) -> Option<Delivered> {
         let Some(dls) = &req.policy.dead_letter_sink else {
-            return Delivered::Dropped { last };
+            return Some(Delivered::Dropped { last });
         };
         let event = dead_letter_event(
             &req.envelope.event,
@@ -263,33 +291,37 @@ impl Sender {
             &last.body,
         );
         let envelope = Envelope::with_headers(event, req.envelope.headers.clone());
-        match self
-            .send_with_retries(dls, &envelope, req.policy, req.namespace, 1)
-            .await
-            .0
-        {
+        let (result, _) = self
+            .send_with_retries(dls, &envelope, req.policy, req.namespace, 1, stop)
+            .await?;
+        Some(match result {
             Ok(_) => Delivered::DeadLettered { last },
             Err(dead_letter) => Delivered::DeadLetterFailed { last, dead_letter },
-        }
+        })
     }
 
+    /// Attempts until success, a terminal failure or the last retry; `None` when `stop`
+    /// fired first (during an attempt or a wait).
     async fn send_with_retries(
         &self,
-        url: &Url,
+        url: &Endpoint,
         envelope: &Envelope,
         policy: &DeliveryPolicy,
         namespace: Option<&str>,
         first_attempt: u32,
-    ) -> (Result<Option<Event>, Failure>, u32) {
+        stop: &CancellationToken,
+    ) -> Option<(Result<Option<Event>, Failure>, u32)> {
         let mut attempt = first_attempt.max(1);
         let mut made = 0;
         loop {
             made += 1;
-            let outcome = self
-                .attempt(url, envelope, policy.format, namespace, policy.timeout)
-                .await;
+            let outcome = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return None,
+                o = self.attempt(url, envelope, policy.format, namespace, policy.timeout) => o,
+            };
             let failure = match outcome {
-                Outcome::Accepted { reply } => return (Ok(reply), made),
+                Outcome::Accepted { reply } => return Some((Ok(reply), made)),
                 Outcome::Failed(f) => f,
             };
             match after_failure(
@@ -301,12 +333,15 @@ impl Sender {
             ) {
                 Next::Retry(wait) => {
                     tracing::debug!(url = %url, attempt, status = ?failure.status, wait_ms = wait.as_millis() as u64, reason = %failure.reason, "delivery attempt failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                     attempt += 1;
                 }
                 Next::GiveUp => {
                     tracing::debug!(url = %url, attempt, status = ?failure.status, reason = %failure.reason, "delivery failed; giving up");
-                    return (Err(failure), made);
+                    return Some((Err(failure), made));
                 }
             }
         }
@@ -320,7 +355,6 @@ fn transport_failure(e: AttemptError, timeout: Duration) -> Failure {
             format!("could not connect: {}", error_chain(&e))
         }
         AttemptError::Send(e) => format!("request failed: {}", error_chain(&e)),
-        AttemptError::Url(reason) => format!("request failed: {reason}"),
         AttemptError::Body { reason, .. } => reason,
     };
     Failure {
@@ -346,9 +380,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Turns a status, headers and body into an [`Outcome`] (SEMANTICS.md §4): 202 is success
 /// whatever the body; another 2xx is success if the body is empty, success with a reply if
 /// it is a CloudEvent, and a retryable failure otherwise.
+///
+/// An empty body is success even when the Content-Type says `application/cloudevents+json`
+/// (frameworks set a default Content-Type on every answer); only a binary-mode reply, whose
+/// event lives in `ce-` headers, can be an event with no body.
 pub fn interpret(status: u16, headers: &HeaderMap, body: Bytes) -> Outcome {
     match classify(status) {
         Class::Success if status == 202 => Outcome::Accepted { reply: None },
+        Class::Success if body.is_empty() && !headers.contains_key("ce-specversion") => {
+            Outcome::Accepted { reply: None }
+        }
         Class::Success if codec::looks_like_event(headers) => {
             match codec::decode(headers, body.clone()) {
                 Ok(mut events) if events.len() == 1 => Outcome::Accepted {
@@ -454,6 +495,17 @@ mod tests {
                 assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
             }
             o => panic!("{o:?}"),
+        }
+        // Issue 9 item 6: an empty 200 labelled as a structured event was retried and
+        // dropped; an empty body is success whatever the Content-Type.
+        for ct in [
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+        ] {
+            assert!(matches!(
+                interpret(200, &hm(&[("content-type", ct)]), b(b"")),
+                Outcome::Accepted { reply: None }
+            ));
         }
         match interpret(400, &none, b(b"bad")) {
             Outcome::Failed(f) => assert!(!f.retryable && f.status == Some(400)),

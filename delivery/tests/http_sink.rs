@@ -11,7 +11,12 @@ use sluice_core::{Envelope, Event, SpecVersion};
 use sluice_delivery::{Delivered, Request, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use sluice_core::delivery::Endpoint;
 use url::Url;
+
+fn endpoint(s: &str) -> Endpoint {
+    Endpoint::new(Url::parse(s).unwrap()).unwrap()
+}
 
 #[derive(Default)]
 struct Sink {
@@ -38,7 +43,7 @@ async fn handle(State(s): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> 
     (StatusCode::from_u16(status).unwrap(), body)
 }
 
-async fn start(script: Vec<u16>, delay: Option<Duration>) -> (Url, Arc<Sink>) {
+async fn start(script: Vec<u16>, delay: Option<Duration>) -> (Endpoint, Arc<Sink>) {
     let sink = Arc::new(Sink {
         script: Mutex::new(script),
         delay,
@@ -50,10 +55,10 @@ async fn start(script: Vec<u16>, delay: Option<Duration>) -> (Url, Arc<Sink>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/").parse().unwrap(), sink)
+    (endpoint(&format!("http://{addr}/")), sink)
 }
 
-fn policy(retry: u32, dls: Option<Url>) -> DeliveryPolicy {
+fn policy(retry: u32, dls: Option<Endpoint>) -> DeliveryPolicy {
     DeliveryPolicy {
         retry,
         backoff_policy: BackoffPolicy::Linear,
@@ -174,9 +179,7 @@ async fn timeout_and_unreachable_sinks_are_retryable_and_dead_lettered_without_a
 
     // Nothing listens on this port (bound, then closed).
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gone: Url = format!("http://{}/", l.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let gone = endpoint(&format!("http://{}/", l.local_addr().unwrap()));
     drop(l);
     let report = Sender::new()
         .deliver(Request {

@@ -70,6 +70,11 @@ pub struct NatsSettings {
     pub max_ack_pending: i64,
     /// Messages a subscription fetches ahead of `next()`.
     pub max_buffered: usize,
+    /// Stream retention: older events are removed.
+    pub max_age: Duration,
+    /// Stream size bound. When it is reached publishes are refused (discard policy `new`):
+    /// the producer gets a 503 instead of an acknowledged event being discarded later.
+    pub max_bytes: i64,
 }
 
 impl NatsSettings {
@@ -83,6 +88,8 @@ impl NatsSettings {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1000,
             max_buffered: 64,
+            max_age: sluice_core::topology::ChannelConfig::DEFAULT_NATS_MAX_AGE,
+            max_bytes: sluice_core::topology::ChannelConfig::DEFAULT_NATS_MAX_BYTES,
         }
     }
 }
@@ -198,16 +205,43 @@ impl NatsChannel {
     }
 
     async fn ensure_stream(&self) -> Result<stream::Stream, ChannelError> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: self.settings.stream.clone(),
-                subjects: vec![self.settings.subject.clone()],
-                storage: StorageType::File,
-                retention: RetentionPolicy::Limits,
-                ..Default::default()
-            })
+        let config = stream::Config {
+            name: self.settings.stream.clone(),
+            subjects: vec![self.settings.subject.clone()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            max_age: self.settings.max_age,
+            max_bytes: self.settings.max_bytes,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let mut stream = self
+            .js
+            .get_or_create_stream(config.clone())
             .await
-            .map_err(|e| unavailable(&format!("creating stream {}", self.settings.stream), e))
+            .map_err(|e| unavailable(&format!("creating stream {}", self.settings.stream), e))?;
+        // A stream made by an earlier version (or with other limits) is brought to these.
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(&format!("reading stream {}", self.settings.stream), e))?;
+        let c = &info.config;
+        if c.max_age != config.max_age
+            || c.max_bytes != config.max_bytes
+            || c.discard != config.discard
+        {
+            let updated = stream::Config {
+                subjects: c.subjects.clone(),
+                ..config
+            };
+            self.js.update_stream(&updated).await.map_err(|e| {
+                unavailable(&format!("updating the limits of stream {}", self.settings.stream), e)
+            })?;
+            stream = self.js.get_stream(&self.settings.stream).await.map_err(|e| {
+                unavailable(&format!("reading stream {}", self.settings.stream), e)
+            })?;
+        }
+        Ok(stream)
     }
 
     fn connected(&self) -> Result<(), ChannelError> {

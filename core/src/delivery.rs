@@ -49,6 +49,15 @@ impl Endpoint {
     }
 }
 
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = Url::parse(s).map_err(|e| format!("{s:?} is not an absolute URL ({e})"))?;
+        Endpoint::new(url)
+    }
+}
+
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.url.as_str(), f)

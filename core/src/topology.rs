@@ -303,6 +303,10 @@ pub struct Topology {
     pub subscriptions: BTreeMap<ObjectRef, Arc<Subscription>>,
     pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
+    /// Objects whose latest spec is invalid, with the problem. On a reload their previous
+    /// version (if any) stays in the maps above and keeps running; their status says why
+    /// the edit was not applied.
+    pub invalid: BTreeMap<ObjectRef, String>,
 }
 
 impl Topology {

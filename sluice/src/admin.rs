@@ -1,27 +1,32 @@
 //! The admin server: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/topology`
 //! (JSON, read by `sluice get`).
+//!
+//! Every handler reads the [`StatusBoard`] and the published topology, never the
+//! reconcilers themselves, so the admin API answers at once even while a reconciler waits
+//! on an unreachable server.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use sluice_channels::Health;
+use serde_json::{json, Value};
+use sluice_broker::Ingress;
 use sluice_core::metrics::Metrics;
-use sluice_dispatcher::Dataplane;
-use sluice_sources::Sources;
+use sluice_core::status::{Ready, Status, StatusBoard};
+use sluice_core::topology::{Kind, ObjectRef, ReplyTo, Topology};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub dataplane: Arc<Mutex<Dataplane>>,
-    pub sources: Arc<Mutex<Sources>>,
+    pub status: Arc<StatusBoard>,
+    pub ingress: Arc<Ingress>,
     /// Resources loaded and the ingress listening.
     pub started: AtomicBool,
-    /// Trigger keys and subscribers of the running topology, for /topology.
-    pub topology: Mutex<Vec<serde_json::Value>>,
+    /// The topology being run (what reconcilers converge to).
+    pub topology: watch::Receiver<Arc<Topology>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -43,34 +48,46 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
-fn brokers_json(dp: &Dataplane) -> (bool, Vec<serde_json::Value>) {
-    let mut all_ready = true;
-    let brokers = dp
-        .status()
-        .into_iter()
-        .map(|b| {
-            let (ready, reason) = match &b.health {
-                Health::Ready => (true, None),
-                Health::NotReady(r) => (false, Some(r.clone())),
-            };
-            all_ready &= ready;
-            serde_json::json!({
-                "namespace": b.key.namespace,
-                "name": b.key.name,
-                "class": b.class,
-                "ready": ready,
-                "reason": reason,
-                "triggers": b.triggers,
-            })
-        })
-        .collect();
-    (all_ready, brokers)
+fn status_json(obj: &ObjectRef, st: Option<&Status>) -> Value {
+    let (ready, reason, message, gen) = match st {
+        Some(s) => (
+            s.ready.as_str(),
+            s.reason.as_str(),
+            s.message.as_str(),
+            s.observed_generation,
+        ),
+        None => ("Unknown", "Pending", "not reconciled yet", 0),
+    };
+    json!({
+        "kind": obj.kind.as_str(),
+        "namespace": obj.key.namespace,
+        "name": obj.key.name,
+        // Kept for scripts written against the first /topology: a boolean.
+        "ready": ready == "True",
+        "status": ready,
+        "reason": (!reason.is_empty()).then_some(reason),
+        "message": (!message.is_empty()).then_some(message),
+        "observedGeneration": gen,
+    })
 }
 
+/// Ready when the resources are loaded, the ingress listens and is not shutting down, and
+/// every broker is ready. Sources are not part of it: a KafkaSource whose cluster is down
+/// does not stop the brokers from taking events (their state shows in `/topology`).
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let started = s.started.load(Ordering::Acquire);
-    let (brokers_ready, brokers) = brokers_json(&*s.dataplane.lock().await);
-    let ready = started && brokers_ready;
+    let closing = s.ingress.is_closing();
+    let board = s.status.snapshot();
+    let brokers: Vec<Value> = board
+        .iter()
+        .filter(|(o, _)| o.kind == Kind::Broker)
+        .map(|(o, st)| status_json(o, Some(st)))
+        .collect();
+    let brokers_ready = board
+        .iter()
+        .filter(|(o, _)| o.kind == Kind::Broker)
+        .all(|(_, st)| st.ready == Ready::True);
+    let ready = started && !closing && brokers_ready;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -78,36 +95,66 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     };
     (
         status,
-        Json(serde_json::json!({ "ready": ready, "started": started, "brokers": brokers })),
+        Json(json!({
+            "ready": ready,
+            "started": started,
+            "shuttingDown": closing,
+            "brokers": brokers,
+        })),
     )
 }
 
+/// Every object with its status, plus what `sluice get` shows beside it.
 async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    let (_, brokers) = brokers_json(&*s.dataplane.lock().await);
-    let triggers = s.topology.lock().await.clone();
-    let sources = sources_json(&*s.sources.lock().await);
-    Json(serde_json::json!({ "brokers": brokers, "triggers": triggers, "sources": sources }))
-}
-
-/// Sources are not part of `/readyz`: a KafkaSource whose cluster is down does not stop the
-/// brokers from taking events. Their state shows here and in `sluice get`.
-fn sources_json(sources: &Sources) -> Vec<serde_json::Value> {
-    sources
-        .status()
-        .into_iter()
-        .map(|s| {
-            let (ready, reason) = match &s.health {
-                sluice_sources::Health::Ready => (true, None),
-                sluice_sources::Health::NotReady(r) => (false, Some(r.clone())),
-            };
-            serde_json::json!({
-                "kind": s.kind.as_str(),
-                "namespace": s.key.namespace,
-                "name": s.key.name,
-                "sink": s.sink.as_str(),
-                "ready": ready,
-                "reason": reason,
-            })
-        })
-        .collect()
+    let t = s.topology.borrow().clone();
+    let board: std::collections::BTreeMap<_, _> = s.status.snapshot().into_iter().collect();
+    let mut objects: Vec<ObjectRef> = t.objects().chain(t.invalid.keys().cloned()).collect();
+    objects.sort();
+    objects.dedup();
+    let mut brokers = Vec::new();
+    let mut triggers = Vec::new();
+    let mut sources = Vec::new();
+    for obj in objects {
+        let mut v = status_json(&obj, board.get(&obj));
+        let m = v.as_object_mut().expect("an object");
+        match obj.kind {
+            Kind::Broker => {
+                if let Some(b) = t.brokers.get(&obj.key) {
+                    m.insert("class".into(), b.channel.class_name().into());
+                }
+                brokers.push(v);
+            }
+            Kind::Trigger => {
+                if let Some(sub) = t.subscriptions.get(&obj) {
+                    m.insert("broker".into(), sub.channel.key.name.clone().into());
+                    m.insert("subscriber".into(), sub.subscriber.as_str().into());
+                    m.insert(
+                        "deadLetterSink".into(),
+                        sub.delivery
+                            .dead_letter_sink
+                            .as_ref()
+                            .map(|u| u.as_str())
+                            .into(),
+                    );
+                    let reply = match &sub.reply {
+                        ReplyTo::Broker(b) => format!("broker {b}"),
+                        ReplyTo::Endpoint(u) => u.to_string(),
+                        ReplyTo::Discard => "discard".into(),
+                    };
+                    m.insert("reply".into(), reply.into());
+                }
+                triggers.push(v);
+            }
+            Kind::PingSource | Kind::KafkaSource => {
+                let sink = match obj.kind {
+                    Kind::PingSource => t.ping_sources.get(&obj.key).map(|p| p.sink.to_string()),
+                    _ => t.kafka_sources.get(&obj.key).map(|k| k.sink.to_string()),
+                };
+                m.insert("sink".into(), sink.into());
+                sources.push(v);
+            }
+            Kind::ConfigMap => {}
+        }
+    }
+    Json(json!({ "brokers": brokers, "triggers": triggers, "sources": sources }))
 }

@@ -17,7 +17,10 @@ impl sluice_dispatcher::ChannelFactory for Factory {
         config: &ChannelConfig,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         match config {
-            ChannelConfig::Memory { capacity } => Ok(Arc::new(MemoryChannel::new(*capacity))),
+            ChannelConfig::Memory {
+                capacity,
+                max_bytes,
+            } => Ok(Arc::new(MemoryChannel::with_limits(*capacity, *max_bytes))),
             #[cfg(feature = "kafka")]
             ChannelConfig::Kafka {
                 bootstrap_servers,
@@ -34,9 +37,15 @@ impl sluice_dispatcher::ChannelFactory for Factory {
                 Ok(Arc::new(KafkaChannel::connect(settings).await?))
             }
             #[cfg(feature = "nats")]
-            ChannelConfig::Nats { url } => {
+            ChannelConfig::Nats {
+                url,
+                max_age,
+                max_bytes,
+            } => {
                 use sluice_channels::nats::{NatsChannel, NatsSettings};
-                let settings = NatsSettings::for_broker(url.as_str(), broker);
+                let mut settings = NatsSettings::for_broker(url.as_str(), broker);
+                settings.max_age = *max_age;
+                settings.max_bytes = *max_bytes;
                 Ok(Arc::new(NatsChannel::connect(settings).await?))
             }
             #[allow(unreachable_patterns)]

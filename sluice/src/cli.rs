@@ -59,9 +59,24 @@ pub struct RunArgs {
     /// NATS server URL for NATS JetStream brokers whose ConfigMap names none.
     #[arg(long, env = "SLUICE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Bytes of events each in-memory broker holds before the ingress answers 503.
+    #[arg(long, default_value_t = sluice_core::topology::ChannelConfig::DEFAULT_MEMORY_MAX_BYTES, env = "SLUICE_QUEUE_MAX_BYTES")]
+    pub queue_max_bytes: usize,
+    /// On SIGTERM / Ctrl-C: how long to keep delivering queued in-memory events (while
+    /// producers are answered 503) before exiting. ISO 8601 (PT30S) or seconds.
+    #[arg(long, default_value = "PT30S", env = "SLUICE_DRAIN_PERIOD", value_parser = parse_period)]
+    pub drain_period: std::time::Duration,
     /// Do not reload the files when they change.
     #[arg(long, env = "SLUICE_NO_WATCH")]
     pub no_watch: bool,
+}
+
+fn parse_period(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 && secs.is_finite() => Ok(std::time::Duration::from_secs_f64(secs)),
+        Ok(_) => Err(format!("{s} is not a number of seconds >= 0")),
+        Err(_) => sluice_crds::duration::parse(s),
+    }
 }
 
 #[derive(Args, Debug)]

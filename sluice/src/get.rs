@@ -1,12 +1,14 @@
-//! `sluice get`: the brokers, triggers and sources of a running `sluice run`, read from its admin API.
+//! `sluice get`: every object of a running `sluice run` with its status, read from its
+//! admin API.
 
 use crate::cli::GetArgs;
 use anyhow::Context as _;
+use serde_json::Value;
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let url = format!("http://{}/topology", args.admin);
     let client = reqwest::Client::builder().no_proxy().build()?;
-    let v: serde_json::Value = client
+    let v: Value = client
         .get(&url)
         .send()
         .await
@@ -21,60 +23,87 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .context("reading the admin API's answer")?
         .parse()
         .context("the admin API answered something that is not JSON")?;
-    println!(
-        "{:<20} {:<20} {:<22} {:<6} REASON",
-        "NAMESPACE", "BROKER", "CLASS", "READY"
-    );
+    print!("{}", render(&v));
+    Ok(())
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+/// READY as Kubernetes prints it; REASON and the message together, as `kubectl get` shows
+/// a condition.
+fn ready_cols(v: &Value) -> (String, String) {
+    let ready = match v["status"].as_str() {
+        Some(r) => r.to_string(),
+        None if v["ready"].as_bool() == Some(true) => "True".into(),
+        None => "False".into(),
+    };
+    let reason = match (s(v, "reason"), s(v, "message")) {
+        ("", "") => String::new(),
+        (r, "") => r.to_string(),
+        ("", m) => m.to_string(),
+        (r, m) => format!("{r}: {m}"),
+    };
+    (ready, reason)
+}
+
+/// The tables `sluice get` prints.
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<16} {:<20} {:<22} {:<8} {:<4} REASON\n",
+        "NAMESPACE", "BROKER", "CLASS", "READY", "GEN"
+    ));
     for b in v["brokers"].as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<20} {:<22} {:<6} {}",
-            b["namespace"].as_str().unwrap_or(""),
-            b["name"].as_str().unwrap_or(""),
-            b["class"].as_str().unwrap_or(""),
-            if b["ready"].as_bool() == Some(true) {
-                "True"
-            } else {
-                "False"
-            },
-            b["reason"].as_str().unwrap_or(""),
-        );
+        let (ready, reason) = ready_cols(b);
+        out.push_str(&format!(
+            "{:<16} {:<20} {:<22} {:<8} {:<4} {}\n",
+            s(b, "namespace"),
+            s(b, "name"),
+            s(b, "class"),
+            ready,
+            b["observedGeneration"].as_i64().unwrap_or(0),
+            reason
+        ));
     }
-    println!();
-    println!(
-        "{:<20} {:<24} {:<20} SUBSCRIBER",
-        "NAMESPACE", "TRIGGER", "BROKER"
-    );
+    out.push('\n');
+    out.push_str(&format!(
+        "{:<16} {:<24} {:<16} {:<8} {:<4} {:<36} REASON\n",
+        "NAMESPACE", "TRIGGER", "BROKER", "READY", "GEN", "SUBSCRIBER"
+    ));
     for t in v["triggers"].as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<24} {:<20} {}",
-            t["namespace"].as_str().unwrap_or(""),
-            t["name"].as_str().unwrap_or(""),
-            t["broker"].as_str().unwrap_or(""),
-            t["subscriber"].as_str().unwrap_or(""),
-        );
+        let (ready, reason) = ready_cols(t);
+        out.push_str(&format!(
+            "{:<16} {:<24} {:<16} {:<8} {:<4} {:<36} {}\n",
+            s(t, "namespace"),
+            s(t, "name"),
+            s(t, "broker"),
+            ready,
+            t["observedGeneration"].as_i64().unwrap_or(0),
+            s(t, "subscriber"),
+            reason
+        ));
     }
     let sources = v["sources"].as_array().cloned().unwrap_or_default();
     if !sources.is_empty() {
-        println!();
-        println!(
-            "{:<20} {:<24} {:<12} {:<6} {:<40} REASON",
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<24} {:<12} {:<8} {:<36} REASON\n",
             "NAMESPACE", "SOURCE", "KIND", "READY", "SINK"
-        );
-        for s in &sources {
-            println!(
-                "{:<20} {:<24} {:<12} {:<6} {:<40} {}",
-                s["namespace"].as_str().unwrap_or(""),
-                s["name"].as_str().unwrap_or(""),
-                s["kind"].as_str().unwrap_or(""),
-                if s["ready"].as_bool() == Some(true) {
-                    "True"
-                } else {
-                    "False"
-                },
-                s["sink"].as_str().unwrap_or(""),
-                s["reason"].as_str().unwrap_or(""),
-            );
+        ));
+        for src in &sources {
+            let (ready, reason) = ready_cols(src);
+            out.push_str(&format!(
+                "{:<16} {:<24} {:<12} {:<8} {:<36} {}\n",
+                s(src, "namespace"),
+                s(src, "name"),
+                s(src, "kind"),
+                ready,
+                s(src, "sink"),
+                reason
+            ));
         }
     }
-    Ok(())
+    out
 }

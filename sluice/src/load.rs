@@ -1,6 +1,6 @@
 //! Reading resource files and directories from disk into a validated topology.
 
-use sluice_core::topology::Topology;
+use sluice_core::topology::{Kind, ObjectRef, Topology};
 use sluice_crds::{Defaults, Loaded};
 use std::path::{Path, PathBuf};
 
@@ -65,7 +65,7 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<String>) {
     }
 }
 
-/// Reads and validates everything: the topology, or every problem found.
+/// Reads and validates everything: the topology, or every problem found (start-up).
 pub fn topology(paths: &[PathBuf], defaults: &Defaults) -> Result<Topology, Problems> {
     let files = files(paths)?;
     let mut loaded: Vec<Loaded> = Vec::new();
@@ -85,4 +85,84 @@ pub fn topology(paths: &[PathBuf], defaults: &Defaults) -> Result<Topology, Prob
     }
     sluice_crds::build(&loaded, defaults)
         .map_err(|es| Problems(es.into_iter().map(|e| e.to_string()).collect()))
+}
+
+/// Reads everything again after an edit. One object's problem does not stop the others:
+/// the object is listed in [`Topology::invalid`] and its `previous` version, if it had one,
+/// is kept running. A problem that cannot be pinned to one object (a file that is not YAML,
+/// a document without a kind or name, an unreadable path) refuses the whole reload, since
+/// it is unknown which objects that file still holds; the problems are returned.
+pub fn reload(
+    paths: &[PathBuf],
+    defaults: &Defaults,
+    previous: &Topology,
+) -> Result<(Topology, Vec<String>), Problems> {
+    let files = files(paths)?;
+    let mut loaded: Vec<Loaded> = Vec::new();
+    let mut errors = Vec::new();
+    let mut fatal = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                let (mut l, es) = sluice_crds::parse_yaml_lenient(&text, &name);
+                loaded.append(&mut l);
+                for e in es {
+                    match e.object {
+                        Some(_) => errors.push(e),
+                        None => fatal.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => fatal.push(format!("{name}: cannot read: {e}")),
+        }
+    }
+    if !fatal.is_empty() {
+        return Err(Problems(fatal));
+    }
+    let (mut t, build_errors) = sluice_crds::build_lenient(&loaded, defaults);
+    errors.extend(build_errors);
+    let mut messages = Vec::new();
+    for e in errors {
+        messages.push(e.to_string());
+        let Some(obj) = e.object.clone() else {
+            continue;
+        };
+        keep_previous(&mut t, previous, &obj);
+        t.invalid
+            .entry(obj)
+            .and_modify(|m| {
+                m.push_str("; ");
+                m.push_str(&e.to_string());
+            })
+            .or_insert_with(|| e.to_string());
+    }
+    Ok((t, messages))
+}
+
+/// Puts the running version of `obj` back into `t` (its new version is invalid).
+fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
+    match obj.kind {
+        Kind::Broker => {
+            if let Some(b) = previous.brokers.get(&obj.key) {
+                t.brokers.insert(obj.key.clone(), b.clone());
+            }
+        }
+        Kind::Trigger => {
+            if let Some(s) = previous.subscriptions.get(obj) {
+                t.subscriptions.insert(obj.clone(), s.clone());
+            }
+        }
+        Kind::PingSource => {
+            if let Some(s) = previous.ping_sources.get(&obj.key) {
+                t.ping_sources.insert(obj.key.clone(), s.clone());
+            }
+        }
+        Kind::KafkaSource => {
+            if let Some(s) = previous.kafka_sources.get(&obj.key) {
+                t.kafka_sources.insert(obj.key.clone(), s.clone());
+            }
+        }
+        Kind::ConfigMap => {}
+    }
 }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use notify::Watcher as _;
 use sluice_broker::Ingress;
 use sluice_core::metrics::Metrics;
+use sluice_core::status::StatusBoard;
 use sluice_core::topology::Topology;
 use sluice_crds::Defaults;
 use sluice_dispatcher::Dataplane;
@@ -16,12 +17,11 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// How long file events are gathered before one reload (editors write in several steps).
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
-/// How often brokers whose channel could not be created are retried.
-const RETRY_NOT_READY: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ingress_url = url::Url::parse(&format!("http://{}/", args.ingress))
@@ -30,30 +30,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     defaults.kafka_bootstrap_servers = args.kafka_bootstrap_servers.clone();
     defaults.nats_url = args.nats_url.clone();
     defaults.memory_capacity = args.queue_capacity.max(1);
+    defaults.memory_max_bytes = args.queue_max_bytes.max(1);
 
     let topology = load::topology(&args.files, &defaults)
         .map_err(|p| anyhow::anyhow!("invalid resources; nothing was started:\n{p}"))?;
 
     let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(StatusBoard::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), args.max_body_bytes));
-    let mut dataplane = Dataplane::new(
+    let (topology_tx, topology_rx) = watch::channel(Arc::new(topology));
+    let dataplane = Dataplane::start(
         ingress.clone(),
         metrics.clone(),
-        crate::run::channel_factory(),
+        channel_factory(),
+        status.clone(),
+        topology_rx.clone(),
     );
-    dataplane.apply(&topology).await;
-    let dataplane = Arc::new(Mutex::new(dataplane));
+    dataplane.applied().await;
     // Sources start once the brokers they may send to are there.
-    let mut sources = Sources::new(metrics.clone());
-    sources.apply(&topology).await;
-    let sources = Arc::new(Mutex::new(sources));
+    let sources_stop = CancellationToken::new();
+    let sources_task = tokio::spawn(sources_loop(
+        Sources::new(metrics.clone()),
+        topology_rx.clone(),
+        status.clone(),
+        sources_stop.clone(),
+    ));
 
     let state = Arc::new(AdminState {
         metrics,
-        dataplane: dataplane.clone(),
-        sources: sources.clone(),
+        status,
+        ingress: ingress.clone(),
         started: Default::default(),
-        topology: Mutex::new(describe(&topology)),
+        topology: topology_rx.clone(),
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -72,10 +80,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         })?;
 
-    let shutdown = tokio_util_shutdown();
+    let stop_admin = CancellationToken::new();
+    let stop_ingress = CancellationToken::new();
     let admin_task = tokio::spawn({
         let router = admin::router(state.clone());
-        let sd = shutdown.clone();
+        let sd = stop_admin.clone();
         async move {
             axum::serve(admin_listener, router)
                 .with_graceful_shutdown(async move { sd.cancelled().await })
@@ -83,74 +92,117 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let ingress_task = tokio::spawn({
-        let sd = shutdown.clone();
+        let sd = stop_ingress.clone();
         sluice_broker::serve(
             ingress_listener,
-            ingress,
+            ingress.clone(),
             async move { sd.cancelled().await },
         )
     });
     state.started.store(true, Ordering::Release);
-    tracing::info!(
-        ingress = %args.ingress,
-        admin = %args.admin,
-        brokers = topology.brokers.len(),
-        triggers = topology.triggers.len(),
-        sources = topology.ping_sources.len() + topology.kafka_sources.len(),
-        "sluice is running; POST events to http://{}/<namespace>/<broker>", args.ingress
-    );
+    {
+        let t = topology_rx.borrow();
+        tracing::info!(
+            ingress = %args.ingress,
+            admin = %args.admin,
+            brokers = t.brokers.len(),
+            triggers = t.subscriptions.len(),
+            sources = t.ping_sources.len() + t.kafka_sources.len(),
+            "sluice is running; POST events to http://{}/<namespace>/<broker>", args.ingress
+        );
+    }
 
     let (tx, rx) = mpsc::channel::<()>(16);
     // Keep the watcher alive for the life of the process.
     let _watcher = if args.no_watch {
         None
     } else {
-        Some(watch(&args.files, tx).context("cannot watch the resource files")?)
+        Some(watch_files(&args.files, tx).context("cannot watch the resource files")?)
     };
-    let reloader = tokio::spawn(reload_loop(
-        rx,
-        args.files.clone(),
-        defaults,
-        dataplane.clone(),
-        sources.clone(),
-        state.clone(),
-        topology,
-    ));
+    let reloader = tokio::spawn(reload_loop(rx, args.files.clone(), defaults, topology_tx));
 
     wait_for_signal().await;
-    tracing::info!("shutting down");
-    // Sources first: they may be sending to the ingress (and a KafkaSource commits its offsets).
-    sources.lock().await.shutdown().await;
-    shutdown.cancel();
+    tracing::info!(drain_period = ?args.drain_period, "shutting down: producers now get 503, queued events are delivered");
+    // Producers are turned away (503 + Retry-After, /readyz 503) while what was accepted
+    // drains; replies of those deliveries are still taken.
+    ingress.close();
     reloader.abort();
+    // Sources first: they may be sending to the ingress (and a KafkaSource commits its offsets).
+    sources_stop.cancel();
+    let _ = sources_task.await;
+    let report = dataplane.shutdown(args.drain_period).await;
+    if !report.drained {
+        tracing::error!(
+            lost = report.lost,
+            "the drain period ended before every in-memory event was delivered"
+        );
+    }
+    stop_ingress.cancel();
+    stop_admin.cancel();
     let _ = ingress_task.await;
     let _ = admin_task.await;
-    dataplane.lock().await.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
-fn tokio_util_shutdown() -> tokio_util::sync::CancellationToken {
-    tokio_util::sync::CancellationToken::new()
+/// Runs the sources: applies each topology, keeps their status on the board, stops them on
+/// shutdown.
+async fn sources_loop(
+    mut sources: Sources,
+    mut topology: watch::Receiver<Arc<Topology>>,
+    status: Arc<StatusBoard>,
+    stop: CancellationToken,
+) {
+    let current = topology.borrow_and_update().clone();
+    sources.apply(&current).await;
+    report_sources(&sources, &current, &status);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = topology.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let t = topology.borrow_and_update().clone();
+                sources.apply(&t).await;
+                report_sources(&sources, &t, &status);
+            }
+            _ = tick.tick() => {
+                let t = topology.borrow().clone();
+                report_sources(&sources, &t, &status);
+            }
+        }
+    }
+    sources.shutdown().await;
+}
+
+fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {
+    use sluice_core::status::Status;
+    use sluice_core::topology::{Kind, ObjectRef};
+    for s in sources.status() {
+        let kind = match s.kind {
+            sluice_sources::Kind::Ping => Kind::PingSource,
+            sluice_sources::Kind::Kafka => Kind::KafkaSource,
+        };
+        let obj = ObjectRef::new(kind, s.key.clone());
+        let status = match (&s.health, t.invalid.get(&obj)) {
+            (_, Some(problem)) => Status::not_ready(1, "InvalidSpec", problem.clone()),
+            (sluice_sources::Health::Ready, None) => Status::ready(1),
+            (sluice_sources::Health::NotReady(r), None) => Status::not_ready(1, "NotReady", r.clone()),
+        };
+        board.set(obj, status);
+    }
+    board.retain(|o| match o.kind {
+        Kind::PingSource => t.ping_sources.contains_key(&o.key),
+        Kind::KafkaSource => t.kafka_sources.contains_key(&o.key),
+        _ => true,
+    });
 }
 
 /// The channel kinds compiled into this binary.
 pub fn channel_factory() -> Box<dyn sluice_dispatcher::ChannelFactory> {
     Box::new(crate::channels::Factory)
-}
-
-fn describe(t: &Topology) -> Vec<serde_json::Value> {
-    t.triggers
-        .values()
-        .map(|tr| {
-            serde_json::json!({
-                "namespace": tr.key.namespace,
-                "name": tr.key.name,
-                "broker": tr.broker.name,
-                "subscriber": tr.subscriber.as_str(),
-                "deadLetterSink": tr.delivery.dead_letter_sink.as_ref().map(|u| u.as_str()),
-            })
-        })
-        .collect()
 }
 
 async fn wait_for_signal() {
@@ -169,7 +221,7 @@ async fn wait_for_signal() {
 
 /// Watches the directories holding the resource files (not the files' inodes: editors that
 /// save by writing a new file and renaming it over the old one replace the inode).
-fn watch(paths: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -195,39 +247,23 @@ async fn reload_loop(
     mut rx: mpsc::Receiver<()>,
     files: Vec<PathBuf>,
     defaults: Defaults,
-    dataplane: Arc<Mutex<Dataplane>>,
-    sources: Arc<Mutex<Sources>>,
-    state: Arc<AdminState>,
-    mut current: Topology,
+    topology: watch::Sender<Arc<Topology>>,
 ) {
-    let mut retry = tokio::time::interval(RETRY_NOT_READY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            got = rx.recv() => {
-                if got.is_none() {
-                    return;
+    while rx.recv().await.is_some() {
+        tokio::time::sleep(RELOAD_DEBOUNCE).await;
+        while rx.try_recv().is_ok() {}
+        let previous = topology.borrow().clone();
+        match load::reload(&files, &defaults, &previous) {
+            Ok((t, problems)) => {
+                if !problems.is_empty() {
+                    tracing::error!("some edited resources are invalid; they keep their previous version (if any), the rest is applied:\n{}", load::Problems(problems));
                 }
-                tokio::time::sleep(RELOAD_DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                match load::topology(&files, &defaults) {
-                    Ok(t) => {
-                        dataplane.lock().await.apply(&t).await;
-                        sources.lock().await.apply(&t).await;
-                        *state.topology.lock().await = describe(&t);
-                        tracing::info!(brokers = t.brokers.len(), triggers = t.triggers.len(), sources = t.ping_sources.len() + t.kafka_sources.len(), "resources reloaded");
-                        current = t;
-                    }
-                    Err(p) => {
-                        tracing::error!("the edited resources are invalid; still running the previous ones:\n{p}");
-                    }
-                }
+                tracing::info!(brokers = t.brokers.len(), triggers = t.subscriptions.len(), sources = t.ping_sources.len() + t.kafka_sources.len(), invalid = t.invalid.len(), "resources reloaded");
+                // The reconcilers pick it up; nothing here waits on them.
+                topology.send_replace(Arc::new(t));
             }
-            _ = retry.tick() => {
-                let mut dp = dataplane.lock().await;
-                if dp.status().iter().any(|b| matches!(b.health, sluice_channels::Health::NotReady(_))) {
-                    dp.apply(&current).await;
-                }
+            Err(p) => {
+                tracing::error!("the edited resources cannot be read; still running the previous ones:\n{p}");
             }
         }
     }

@@ -215,7 +215,7 @@ impl Sources {
                 id,
                 Running {
                     fingerprint: spec.fingerprint,
-                    sink: spec.sink.clone(),
+                    sink: spec.sink.url().clone(),
                     cancel,
                     task: Some(task),
                     health: Arc::new(Mutex::new(Health::Ready)),
@@ -247,7 +247,7 @@ impl Sources {
                 id,
                 Running {
                     fingerprint: spec.fingerprint,
-                    sink: spec.sink.clone(),
+                    sink: spec.sink.url().clone(),
                     cancel,
                     task,
                     health,

@@ -1,31 +1,54 @@
 //! # sluice-dispatcher
 //!
-//! The running data plane behind the ingress. [`Dataplane::apply`] takes a
-//! [`Topology`] and makes the world match it:
+//! The running data plane behind the ingress. The binary publishes the wanted [`Topology`]
+//! through a `tokio::sync::watch` channel; [`Dataplane::start`] spawns the reconciler that
+//! owns the running state and converges it to the topology, retrying what fails until it
+//! gets there:
 //!
 //! ```text
-//! Topology ──apply──▶ a Channel per broker ──▶ Ingress (publish)
-//!                     a dispatcher per trigger: Subscription → filter → Sender → reply → ack
+//! watch<Topology> ──▶ reconciler ──▶ channels    one per broker (made by a ChannelFactory)
+//!                        │        ──▶ routing     the ingress's broker → channel table
+//!                        │        ──▶ workers     one per subscription: consume → filter →
+//!                        │                        deliver → reply → settle   (worker.rs)
+//!                        └──────────▶ StatusBoard Ready / reason / message / generation per object
 //! ```
 //!
-//! A reload that leaves a broker's channel settings alone keeps its channel, so queued events
-//! survive; a trigger whose fingerprint is unchanged keeps its running dispatcher; a changed
-//! trigger gets a new dispatcher on the same subscription (its queue is kept); a deleted trigger
-//! has its subscription removed. Channels are made by a [`ChannelFactory`], so the binary
-//! decides which channel kinds are compiled in.
+//! The reconciler is the only owner of channels and workers, so nothing else locks them;
+//! status is published to a [`StatusBoard`] that readers (`/readyz`, `/topology`) query
+//! without waiting for a reconcile that is stuck talking to a server.
+//!
+//! What a reload keeps (nothing acknowledged is lost):
+//! - a broker whose channel settings are unchanged keeps its channel, so queued events stay;
+//! - a broker whose channel settings change gets a new channel at once (new events go
+//!   there) while the old one is *retired*: its workers keep delivering until it holds
+//!   nothing more, then it is closed; if the new settings cannot be applied (a server is
+//!   unreachable) the old channel keeps serving and the broker's status says why;
+//! - an unchanged subscription keeps its worker; a changed one gets a new worker on the same
+//!   channel subscription (its queue and position are kept); its old worker stops at once,
+//!   handing unfinished messages back to the channel;
+//! - a deleted subscription's channel subscription is removed (its Kafka consumer group or
+//!   NATS durable consumer deleted); a deleted broker's too.
+//!
+//! Workers are supervised: one that ends unexpectedly (a panic) is restarted, and the restart
+//! count shows in its status message. [`Dataplane::shutdown`] drains: workers keep going
+//! until every in-memory channel is empty or the drain period ends; then whatever is left is
+//! counted and logged, workers stop, and channels are closed (durable ones commit).
 
-mod dispatch;
+mod reconcile;
+mod worker;
+
+pub use reconcile::ShutdownReport;
 
 use async_trait::async_trait;
-use sluice_broker::{BrokerEntry, Ingress};
-use sluice_channels::{Channel, ChannelError, Health, SubscriptionSpec};
+use sluice_broker::Ingress;
+use sluice_channels::{Channel, ChannelError};
 use sluice_core::metrics::Metrics;
-use sluice_core::topology::{ChannelConfig, Key, Topology, Trigger};
-use sluice_delivery::Sender;
-use std::collections::HashMap;
+use sluice_core::status::StatusBoard;
+use sluice_core::topology::{ChannelConfig, Key, Topology};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Makes channels for brokers.
 #[async_trait]
@@ -37,246 +60,60 @@ pub trait ChannelFactory: Send + Sync {
     ) -> Result<Arc<dyn Channel>, ChannelError>;
 }
 
-/// Stands in for a broker whose channel could not be created.
-struct Unavailable(String);
-
-#[async_trait]
-impl Channel for Unavailable {
-    async fn publish(&self, _: sluice_core::Envelope) -> Result<(), ChannelError> {
-        Err(ChannelError::Unavailable(self.0.clone()))
-    }
-
-    async fn subscribe(
-        &self,
-        _: SubscriptionSpec,
-    ) -> Result<Box<dyn sluice_channels::Subscription>, ChannelError> {
-        Err(ChannelError::Unavailable(self.0.clone()))
-    }
-
-    async fn remove_subscription(&self, _: &str) -> Result<(), ChannelError> {
-        Ok(())
-    }
-
-    fn health(&self) -> Health {
-        Health::NotReady(self.0.clone())
-    }
-}
-
-struct RunningBroker {
-    config: ChannelConfig,
-    channel: Arc<dyn Channel>,
-}
-
-struct RunningTrigger {
-    trigger: Arc<Trigger>,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-/// A broker's state, for `/readyz` and `sluice get`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerStatus {
-    pub key: Key,
-    pub class: &'static str,
-    pub health: Health,
-    pub triggers: usize,
-}
-
-/// The running brokers and dispatchers.
-pub struct Dataplane {
-    ingress: Arc<Ingress>,
-    metrics: Arc<Metrics>,
-    sender: Sender,
-    factory: Box<dyn ChannelFactory>,
-    brokers: HashMap<Key, RunningBroker>,
-    triggers: HashMap<Key, RunningTrigger>,
-    /// Brokers whose channel could not be created, with the reason.
-    failed: HashMap<Key, (ChannelConfig, String)>,
-}
-
 /// The subscription id of a trigger in its broker's channel.
 pub fn subscription_id(trigger: &Key) -> String {
     format!("{}/{}", trigger.namespace, trigger.name)
 }
 
+/// A running data plane: the reconciler task and a way to stop it.
+pub struct Dataplane {
+    task: JoinHandle<()>,
+    shutdown: oneshot::Sender<(Duration, oneshot::Sender<ShutdownReport>)>,
+    applied: watch::Receiver<u64>,
+}
+
 impl Dataplane {
-    pub fn new(
+    /// Starts the reconciler. It applies the current topology of `topology` at once and
+    /// every new one published after, writing each object's status to `status`.
+    pub fn start(
         ingress: Arc<Ingress>,
         metrics: Arc<Metrics>,
         factory: Box<dyn ChannelFactory>,
+        status: Arc<StatusBoard>,
+        topology: watch::Receiver<Arc<Topology>>,
     ) -> Self {
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let (applied_tx, applied) = watch::channel(0);
+        let r = reconcile::Reconciler::new(ingress, metrics, factory, status, applied_tx);
+        let task = tokio::spawn(r.run(topology, shutdown_rx));
         Dataplane {
-            ingress,
-            metrics,
-            sender: Sender::new(),
-            factory,
-            brokers: HashMap::new(),
-            triggers: HashMap::new(),
-            failed: HashMap::new(),
+            task,
+            shutdown,
+            applied,
         }
     }
 
-    pub fn ingress(&self) -> &Arc<Ingress> {
-        &self.ingress
+    /// Waits until the reconciler has applied a topology at least once (every object has a
+    /// status, the ingress routes to every broker whose channel could be made).
+    pub async fn applied(&self) {
+        let mut rx = self.applied.clone();
+        let _ = rx.wait_for(|n| *n > 0).await;
     }
 
-    /// Makes the running brokers and dispatchers match `topology`. A broker whose channel
-    /// cannot be created is reported (not ready) and retried on the next apply; the others
-    /// run regardless.
-    pub async fn apply(&mut self, topology: &Topology) {
-        // Brokers: keep unchanged channels, create new ones, drop removed ones.
-        let mut restarted_brokers = Vec::new();
-        self.brokers.retain(|key, b| {
-            let keep = topology
-                .brokers
-                .get(key)
-                .is_some_and(|nb| nb.channel == b.config);
-            if !keep {
-                restarted_brokers.push(key.clone());
-            }
-            keep
-        });
-        self.failed.clear();
-        for (key, broker) in &topology.brokers {
-            if self.brokers.contains_key(key) {
-                continue;
-            }
-            match self.factory.create(key, &broker.channel).await {
-                Ok(channel) => {
-                    tracing::info!(broker = %key, class = broker.channel.class_name(), "broker ready");
-                    self.brokers.insert(
-                        key.clone(),
-                        RunningBroker {
-                            config: broker.channel.clone(),
-                            channel,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(broker = %key, error = %e, "broker channel could not be created; the broker is not ready");
-                    self.failed
-                        .insert(key.clone(), (broker.channel.clone(), e.to_string()));
-                }
-            }
-        }
-
-        // Triggers: stop the removed and the changed, start the new and the changed.
-        let mut stop = Vec::new();
-        for (key, running) in &self.triggers {
-            let wanted = topology.triggers.get(key);
-            let unchanged = wanted.is_some_and(|t| {
-                t.fingerprint == running.trigger.fingerprint
-                    && !restarted_brokers.contains(&t.broker)
-                    && self.brokers.contains_key(&t.broker)
-            });
-            if !unchanged {
-                stop.push((key.clone(), wanted.is_none()));
-            }
-        }
-        for (key, removed) in stop {
-            if let Some(r) = self.triggers.remove(&key) {
-                r.cancel.cancel();
-                let _ = r.task.await;
-                if removed {
-                    if let Some(b) = self.brokers.get(&r.trigger.broker) {
-                        if let Err(e) = b.channel.remove_subscription(&subscription_id(&key)).await
-                        {
-                            tracing::warn!(trigger = %key, error = %e, "could not remove the subscription");
-                        }
-                    }
-                    tracing::info!(trigger = %key, "trigger removed");
-                }
-            }
-        }
-        for (key, trigger) in &topology.triggers {
-            if self.triggers.contains_key(key) {
-                continue;
-            }
-            let Some(broker) = self.brokers.get(&trigger.broker) else {
-                continue; // its broker is not ready; retried on the next apply
-            };
-            let spec = SubscriptionSpec {
-                id: subscription_id(key),
-                start_from: trigger.start_from,
-                ordered: trigger.ordered,
-            };
-            match broker.channel.subscribe(spec).await {
-                Ok(sub) => {
-                    let worker = dispatch::Worker::new(
-                        trigger.clone(),
-                        self.ingress.clone(),
-                        self.sender.clone(),
-                        &self.metrics,
-                        broker.channel.redelivers_with_delay(),
-                    );
-                    let cancel = CancellationToken::new();
-                    let task = tokio::spawn(worker.run(sub, cancel.clone()));
-                    tracing::info!(trigger = %key, subscriber = %trigger.subscriber, "trigger ready");
-                    self.triggers.insert(
-                        key.clone(),
-                        RunningTrigger {
-                            trigger: trigger.clone(),
-                            cancel,
-                            task,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(trigger = %key, error = %e, "could not subscribe; the trigger is not ready");
-                }
-            }
-        }
-
-        let mut entries: HashMap<Key, BrokerEntry> = self
-            .brokers
-            .iter()
-            .map(|(k, b)| {
-                (
-                    k.clone(),
-                    BrokerEntry::new(k, b.channel.clone(), &self.metrics),
-                )
-            })
-            .collect();
-        // A broker whose channel could not be created still exists: its ingress answers 503
-        // with the reason (not 404) until the channel comes up.
-        for (k, (_, reason)) in &self.failed {
-            let channel: Arc<dyn Channel> = Arc::new(Unavailable(reason.clone()));
-            entries.insert(k.clone(), BrokerEntry::new(k, channel, &self.metrics));
-        }
-        self.ingress.set_brokers(entries);
+    /// How many topologies have been applied so far (tests wait on it).
+    pub fn applied_count(&self) -> u64 {
+        *self.applied.borrow()
     }
 
-    /// Whether every broker and trigger of the last applied topology is running.
-    pub fn status(&self) -> Vec<BrokerStatus> {
-        let mut out: Vec<_> = self
-            .brokers
-            .iter()
-            .map(|(k, b)| BrokerStatus {
-                key: k.clone(),
-                class: b.config.class_name(),
-                health: b.channel.health(),
-                triggers: self
-                    .triggers
-                    .values()
-                    .filter(|t| &t.trigger.broker == k)
-                    .count(),
-            })
-            .chain(self.failed.iter().map(|(k, (cfg, reason))| BrokerStatus {
-                key: k.clone(),
-                class: cfg.class_name(),
-                health: Health::NotReady(reason.clone()),
-                triggers: 0,
-            }))
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
-    }
-
-    /// Stops every dispatcher (in-flight deliveries finish).
-    pub async fn shutdown(&mut self) {
-        for (_, r) in self.triggers.drain() {
-            r.cancel.cancel();
-            let _ = r.task.await;
+    /// Drains and stops: see the crate docs. The ingress should already refuse producers
+    /// ([`Ingress::close`]). Returns what was left undelivered.
+    pub async fn shutdown(self, drain: Duration) -> ShutdownReport {
+        let (tx, rx) = oneshot::channel();
+        if self.shutdown.send((drain, tx)).is_err() {
+            return ShutdownReport::default();
         }
+        let report = rx.await.unwrap_or_default();
+        let _ = self.task.await;
+        report
     }
 }

@@ -79,8 +79,8 @@ build() {
     fi
     echo "install-kube: building $name ($want) into $dest (slow the first time; see the timings in this script)"
     local start=$SECONDS
-    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$dest/.$name.tmp" "$pkg")
-    mv -f "$dest/.$name.tmp" "$dest/$name"
+    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$dest/.$name.$$" "$pkg")
+    mv -f "$dest/.$name.$$" "$dest/$name"
     echo "install-kube: built $name in $((SECONDS - start)) s"
 }
 

@@ -214,10 +214,9 @@ pub struct KubeServer {
     // Declared before `etcd` so that the API server goes first.
     apiserver: Process,
     etcd: Process,
-    /// Certificates, keys and kubeconfigs.
+    /// Certificates, keys and kubeconfigs (`pki.dir`).
     dir: TempDir,
-    serving_ca: CertificateDer<'static>,
-    client_ca: CertifiedIssuer<'static, KeyPair>,
+    pki: Pki,
     admin: KubeUser,
     kubectl: PathBuf,
     startup: Duration,
@@ -389,40 +388,24 @@ impl KubeServer {
         wait_until("etcd", &mut [&mut etcd], || etcd_healthy(client_port)).await;
         spawn_process(&mut apiserver);
 
-        let admin_tls = client_tls(
-            serving_ca.der(),
-            Some(client_cert(
-                &client_ca,
-                "sluice-admin",
-                Some("system:masters"),
-            )),
-        );
         let server_url = format!("https://127.0.0.1:{port}");
-        let admin = KubeUser {
-            name: "sluice-admin".into(),
-            kubeconfig: file("admin.kubeconfig"),
-            tls: admin_tls,
-            token: None,
+        let pki = Pki {
+            dir: dir.path().to_path_buf(),
+            server_url: server_url.clone(),
+            serving_ca: serving_ca.der().clone(),
+            client_ca,
         };
+        let admin = pki.cert_user("sluice-admin", Some("system:masters"));
         let mut server = KubeServer {
             port,
             apiserver,
             etcd,
-            serving_ca: serving_ca.der().clone(),
-            client_ca,
+            pki,
             admin,
             kubectl,
             startup: Duration::ZERO,
             dir,
         };
-        let (cert, key) = server.write_client_cert("sluice-admin", Some("system:masters"));
-        server.write_kubeconfig(&server.admin.kubeconfig, "sluice-admin", |u| {
-            u.insert(
-                "client-certificate".into(),
-                cert.display().to_string().into(),
-            );
-            u.insert("client-key".into(), key.display().to_string().into());
-        });
         let admin = server.admin.clone();
         let KubeServer {
             apiserver, etcd, ..
@@ -552,24 +535,7 @@ impl KubeServer {
     /// It has no rights beyond those RBAC gives every authenticated user until a test binds
     /// a role to it.
     pub fn user(&self, name: &str, group: Option<&str>) -> KubeUser {
-        let (cert, key) = self.write_client_cert(name, group);
-        let kubeconfig = self.user_file(name, "kubeconfig");
-        self.write_kubeconfig(&kubeconfig, name, |u| {
-            u.insert(
-                "client-certificate".into(),
-                cert.display().to_string().into(),
-            );
-            u.insert("client-key".into(), key.display().to_string().into());
-        });
-        KubeUser {
-            name: name.into(),
-            kubeconfig,
-            tls: client_tls(
-                &self.serving_ca,
-                Some(client_cert(&self.client_ca, name, group)),
-            ),
-            token: None,
-        }
+        self.pki.cert_user(name, group)
     }
 
     /// The service account `namespace/name`, created if missing, authenticated by a token
@@ -590,13 +556,63 @@ impl KubeServer {
             .unwrap_or_else(|e| panic!("cannot get a token for {namespace}/{name}: {e}"))
             .trim()
             .to_string();
-        let user = format!("system:serviceaccount:{namespace}:{name}");
-        let kubeconfig = self.user_file(&user, "kubeconfig");
-        self.write_kubeconfig(&kubeconfig, &user, |u| {
-            u.insert("token".into(), token.clone().into());
-        });
+        self.pki
+            .token_user(&format!("system:serviceaccount:{namespace}:{name}"), token)
+    }
+}
+
+/// Mints identities and writes their kubeconfigs.
+struct Pki {
+    dir: PathBuf,
+    server_url: String,
+    serving_ca: CertificateDer<'static>,
+    client_ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    /// A client certificate signed by the client CA. kube-apiserver takes the user name from
+    /// its CN and the groups from its O entries (rcgen writes at most one).
+    fn cert_user(&self, name: &str, group: Option<&str>) -> KubeUser {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        if let Some(g) = group {
+            params.distinguished_name.push(DnType::OrganizationName, g);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("cannot generate a key");
+        let cert = params
+            .signed_by(&key, &self.client_ca)
+            .expect("cannot sign a client certificate");
+        let cert_path = self.user_file(name, "crt");
+        let key_path = self.user_file(name, "key");
+        write(&cert_path, &cert.pem());
+        write(&key_path, &key.serialize_pem());
+        let kubeconfig = self.user_file(name, "kubeconfig");
+        self.write_kubeconfig(
+            &kubeconfig,
+            name,
+            serde_json::json!({
+                "client-certificate": cert_path,
+                "client-key": key_path,
+            }),
+        );
+        let identity = (
+            cert.der().clone(),
+            PrivatePkcs8KeyDer::from(key.serialize_der()),
+        );
         KubeUser {
-            name: user,
+            name: name.into(),
+            kubeconfig,
+            tls: client_tls(&self.serving_ca, Some(identity)),
+            token: None,
+        }
+    }
+
+    fn token_user(&self, name: &str, token: String) -> KubeUser {
+        let kubeconfig = self.user_file(name, "kubeconfig");
+        self.write_kubeconfig(&kubeconfig, name, serde_json::json!({ "token": token }));
+        KubeUser {
+            name: name.into(),
             kubeconfig,
             tls: client_tls(&self.serving_ca, None),
             token: Some(token),
@@ -615,38 +631,22 @@ impl KubeServer {
                 }
             })
             .collect();
-        self.dir.path().join(format!("user-{safe}.{ext}"))
-    }
-
-    fn write_client_cert(&self, name: &str, group: Option<&str>) -> (PathBuf, PathBuf) {
-        let (cert, key) = client_cert(&self.client_ca, name, group);
-        let cert_path = self.user_file(name, "crt");
-        let key_path = self.user_file(name, "key");
-        write(&cert_path, &pem("CERTIFICATE", &cert));
-        write(&key_path, &pem("PRIVATE KEY", key.secret_pkcs8_der()));
-        (cert_path, key_path)
+        self.dir.join(format!("user-{safe}.{ext}"))
     }
 
     /// Kubeconfig files may be JSON, which keeps paths and tokens quoted correctly.
-    fn write_kubeconfig(
-        &self,
-        path: &Path,
-        user: &str,
-        credentials: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-    ) {
-        let mut creds = serde_json::Map::new();
-        credentials(&mut creds);
+    fn write_kubeconfig(&self, path: &Path, user: &str, credentials: serde_json::Value) {
         let config = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{
                 "name": "sluice-test",
                 "cluster": {
-                    "server": self.server_url(),
-                    "certificate-authority": self.ca_cert_path(),
+                    "server": self.server_url,
+                    "certificate-authority": self.dir.join("serving-ca.crt"),
                 },
             }],
-            "users": [{ "name": user, "user": creds }],
+            "users": [{ "name": user, "user": credentials }],
             "contexts": [{
                 "name": "sluice-test",
                 "context": { "cluster": "sluice-test", "user": user },
@@ -658,55 +658,6 @@ impl KubeServer {
             &serde_json::to_string_pretty(&config).expect("a kubeconfig serializes"),
         );
     }
-}
-
-/// A client certificate: CN is the user name and O the group, which is how kube-apiserver
-/// reads identities from client certificates.
-fn client_cert(
-    ca: &CertifiedIssuer<'static, KeyPair>,
-    name: &str,
-    group: Option<&str>,
-) -> (CertificateDer<'static>, PrivatePkcs8KeyDer<'static>) {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    if let Some(g) = group {
-        params.distinguished_name.push(DnType::OrganizationName, g);
-    }
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().expect("cannot generate a key");
-    let cert = params
-        .signed_by(&key, ca)
-        .expect("cannot sign a client certificate");
-    (
-        cert.der().clone(),
-        PrivatePkcs8KeyDer::from(key.serialize_der()),
-    )
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    // PEM is base64 in 64-column lines; a few lines beat a dependency.
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn client_tls(

@@ -239,7 +239,7 @@ pub async fn start_kube() -> KubeServer {
 
 /// One server for the whole test binary, started by the first test that asks. Tests sharing
 /// it should use their own namespaces or object names. It is never dropped: its processes die
-/// with the test binary (see [`spawn_tied_to_test_process`]), and its files are removed by
+/// with the test binary (they run under `setpriv --pdeathsig KILL`), and its files are removed by
 /// the next test binary that starts a shared server.
 pub async fn shared_kube() -> &'static KubeServer {
     static SHARED: tokio::sync::OnceCell<KubeServer> = tokio::sync::OnceCell::const_new();

@@ -46,4 +46,6 @@ if ! command -v tansu >/dev/null; then
     cargo install tansu --locked --features dynostore
 fi
 
+"$(dirname "$0")/install-kube.sh"  # kube-apiserver, kubectl, etcd for the Kubernetes tests (~13 min the first time)
+
 echo "install-test-deps: nats-server $(nats-server --version 2>&1 | head -1), $(tansu --version 2>&1 | head -1)"

@@ -3,7 +3,8 @@
 //! The harness that gives tests real servers instead of mocks (DESIGN.md, "Tests and checks"):
 //!
 //! - [`start_nats`] runs `nats-server -js` with its own JetStream store directory;
-//! - [`start_kafka`] runs `tansu broker`, a Kafka-compatible broker, with memory storage.
+//! - [`start_kafka`] runs `tansu broker`, a Kafka-compatible broker, with memory storage;
+//! - [`start_kube`] / [`shared_kube`] run etcd and kube-apiserver (module `kube`).
 //!
 //! Each server listens on a free loopback port, is ready (answers its protocol, not just
 //! accepts TCP) when the `start_*` future resolves, and is killed when its handle is dropped,
@@ -26,6 +27,9 @@
 //! and `SLUICE_TANSU` point the harness at binaries elsewhere than `PATH` / `~/.cargo/bin`.
 //! Each server's output goes to a log file whose tail is printed if the server fails to start;
 //! set `SLUICE_KEEP_SERVER_LOGS=1` to keep the logs (their directory is printed) after the test.
+
+mod kube;
+pub use kube::*;
 
 use std::ffi::OsString;
 use std::fs::File;

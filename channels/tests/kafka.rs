@@ -5,6 +5,8 @@
 #![cfg(feature = "kafka")]
 
 use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_channels::kafka::{KafkaChannel, KafkaSettings};
 use sluice_channels::{Channel, Message, Subscription, SubscriptionSpec};
 use sluice_core::topology::{Key, StartFrom};
@@ -418,4 +420,126 @@ async fn a_revocation_waits_for_in_flight_work_and_commits_it() {
     );
     one.stop().await;
     two.stop().await;
+}
+
+/// A consumer in the trigger's group that is not Sluice's (an old version's, an operator's
+/// tool), polled on a thread of its own until dropped; it then leaves the group.
+struct Squatter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Squatter {
+    async fn join(settings: &KafkaSettings, sub: &str) -> Squatter {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            .set("group.id", sluice_channels::kafka::group_id(sub))
+            .set("enable.auto.commit", "false")
+            .set("heartbeat.interval.ms", "100")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&settings.topic]).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, j) = (stop.clone(), joined.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = consumer.poll(Duration::from_millis(50));
+                if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    j.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        sluice_tests::eventually(DEADLINE, "the squatter to join the group", || {
+            let j = joined.load(std::sync::atomic::Ordering::SeqCst);
+            async move { j.then_some(()) }
+        })
+        .await;
+        Squatter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    async fn leave(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let t = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+/// The start position is pinned the first time a trigger is seen. If the subscribe fails
+/// then on a healthy cluster (here: the cluster refuses to fix the start position while a
+/// member it does not know holds the group) and is retried later, the retry starts at the
+/// events accepted since the first attempt, not at the end of the log by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_subscribe_keeps_the_start_position_of_the_first_attempt() {
+    let settings = fresh_settings(1);
+    const SUB: &str = "ns/retried";
+    let ch = KafkaChannel::connect(settings.clone()).await.unwrap();
+    ch.publish(keyed("before")).await.unwrap();
+    let squatter = Squatter::join(&settings, SUB).await;
+
+    let first = ch.subscribe(spec(SUB)).await;
+    let err = first
+        .err()
+        .expect("subscribe succeeded while the group was held");
+    eprintln!("first attempt failed as expected: {err}");
+    ch.publish(keyed("accepted-while-failing")).await.unwrap();
+
+    squatter.leave().await;
+    // The dispatcher retries until the subscribe succeeds.
+    let mut sub = sluice_tests::eventually(DEADLINE, "a successful subscribe", || {
+        let ch = &ch;
+        async move { ch.subscribe(spec(SUB)).await.ok() }
+    })
+    .await;
+    ch.publish(keyed("after")).await.unwrap();
+    let m = next(&mut sub).await;
+    assert_eq!(
+        id(&m),
+        "accepted-while-failing",
+        "the retry skipped an event accepted after the trigger was first seen"
+    );
+    m.ack();
+    let m = next(&mut sub).await;
+    assert_eq!(id(&m), "after");
+    m.ack();
+}
+
+fn groups(settings: &KafkaSettings) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .create()
+        .unwrap();
+    let list = c.fetch_group_list(None, Duration::from_secs(5)).unwrap();
+    list.groups().iter().map(|g| g.name().to_string()).collect()
+}
+
+/// Removing a subscription (the trigger was deleted) deletes its consumer group, so deleted
+/// triggers leave no groups (nor their committed offsets) behind on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_subscription_deletes_its_consumer_group() {
+    let settings = fresh_settings(1);
+    const SUB: &str = "ns/deleted";
+    let group = sluice_channels::kafka::group_id(SUB);
+    let ch = KafkaChannel::connect(settings.clone()).await.unwrap();
+    let mut sub = ch.subscribe(spec(SUB)).await.unwrap();
+    ch.publish(keyed("one")).await.unwrap();
+    next(&mut sub).await.ack();
+    committed_until(&ch, SUB, "offset 1 committed", |c| c.get(&0) == Some(&1)).await;
+    let s = settings.clone();
+    let listed = tokio::task::spawn_blocking(move || groups(&s))
+        .await
+        .unwrap();
+    assert!(listed.contains(&group), "{group} not in {listed:?}");
+
+    ch.remove_subscription(SUB).await.unwrap();
+    let s = settings.clone();
+    let listed = tokio::task::spawn_blocking(move || groups(&s))
+        .await
+        .unwrap();
+    assert!(!listed.contains(&group), "{group} still exists: {listed:?}");
 }

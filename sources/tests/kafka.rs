@@ -506,3 +506,135 @@ async fn a_missing_topic_makes_the_source_not_ready_until_it_exists() {
     sources.shutdown().await;
     assert_eq!(got[0].body.as_ref(), b"hi");
 }
+
+/// Without a dead-letter sink, a record the sink refuses is not dropped and committed past
+/// (SEMANTICS.md §6: offsets are committed only once the sink accepted the event or it was
+/// dead-lettered): it is delivered again, with backoff, holding its partition's commit back,
+/// until the sink takes it.
+#[tokio::test]
+async fn without_a_dead_letter_sink_a_refused_record_is_retried_and_never_committed_past() {
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
+    let p = producer(&servers);
+    for v in ["good-1", "bad", "good-2"] {
+        produce(&p, &topic, 0, None, &[], v).await;
+    }
+    let refusing = Arc::new(AtomicBool::new(true));
+    let sink = {
+        let refusing = refusing.clone();
+        Sink::start(move |r, _| {
+            let status = if r.body.as_ref() == b"bad" && refusing.load(Ordering::SeqCst) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            (status, Duration::ZERO)
+        })
+        .await
+    };
+    let yaml = source_yaml(
+        &servers,
+        &topic,
+        &sink.url,
+        "  initialOffset: earliest\n  delivery: {retry: 0, backoffDelay: PT0.01S}\n",
+    );
+    let mut sources = start(&yaml, Arc::new(Metrics::new())).await;
+    // Refused (a terminal 400, no dead-letter sink) and delivered again, more than once.
+    eventually(T, "the refused record delivered again", || async {
+        let tries = sink
+            .received()
+            .iter()
+            .filter(|r| r.body.as_ref() == b"bad")
+            .count();
+        (tries >= 2).then_some(())
+    })
+    .await;
+    let group = format!("group-{topic}");
+    eventually(T, "good-1 committed", || async {
+        (committed(&servers, &group, &topic) == Some(1)).then_some(())
+    })
+    .await;
+    assert!(
+        !sink.received().iter().any(|r| r.body.as_ref() == b"good-2"),
+        "an ordered partition moved past a record that was not delivered"
+    );
+    assert_eq!(
+        committed(&servers, &group, &topic),
+        Some(1),
+        "committed past a record that reached no sink"
+    );
+
+    refusing.store(false, Ordering::SeqCst);
+    eventually(T, "everything committed", || async {
+        (committed(&servers, &group, &topic) == Some(3)).then_some(())
+    })
+    .await;
+    sources.shutdown().await;
+    let accepted: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|r| r.status < 300)
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(accepted, ["good-1", "bad", "good-2"]);
+}
+
+/// `consumers: 2` puts two members in the source's consumer group, which share the topic's
+/// partitions; every record is delivered once.
+#[tokio::test]
+async fn consumers_join_the_group_and_share_the_partitions() {
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 4).await;
+    let sink = Sink::ok().await;
+    let yaml = source_yaml(&servers, &topic, &sink.url, "  consumers: 2\n");
+    let mut sources = start(&yaml, Arc::new(Metrics::new())).await;
+    let group = format!("group-{topic}");
+    let (s, g) = (servers.clone(), group.clone());
+    let members = eventually(T, "two members in the group", || {
+        let (s, g) = (s.clone(), g.clone());
+        async move {
+            let n = tokio::task::spawn_blocking(move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &s)
+                    .create()
+                    .unwrap();
+                let list = c.fetch_group_list(Some(&g), Duration::from_secs(5)).ok()?;
+                let group = list.groups().iter().find(|x| x.name() == g)?;
+                (group.state() == "Stable").then(|| {
+                    group
+                        .members()
+                        .iter()
+                        .map(|m| m.client_id().to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await
+            .unwrap()?;
+            (n.len() == 2).then_some(n)
+        }
+    })
+    .await;
+    assert!(
+        members
+            .iter()
+            .all(|m| m.starts_with("sluice-kafkasource-shop-orders-")),
+        "{members:?}"
+    );
+    let p = producer(&servers);
+    for i in 0..40 {
+        produce(&p, &topic, i % 4, None, &[], &format!("{}-{i}", i % 4)).await;
+    }
+    let got = sink.wait_accepted(40, T).await;
+    sources.shutdown().await;
+    let mut ids: Vec<String> = got.iter().map(|r| r.id().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        40,
+        "duplicates or losses: {} distinct",
+        ids.len()
+    );
+}

@@ -4,62 +4,80 @@
 //! ```text
 //! publish ──encode (wire::KAFKA)──▶ FutureProducer (acks=all, idempotent) ──▶ knative-broker-<ns>-<name>
 //!                                                                                 │ partitions
-//! Subscription::next ◀── queue ◀── pump task (consumer assigned every partition; offsets in
-//!        │                  ▲                   group knative-trigger-<ns>-<name>)
-//!        ▼                  │ nack(delay): re-queued    commits the low-water mark of finished
-//!                                                      offsets every `commit_interval`
-//!   Message ──ack──▶ tracker (per partition: offsets handed out and not finished)
+//! Subscription::next ◀── queue ◀── pump thread: BaseConsumer, member of group
+//!        │                  ▲       knative-trigger-<ns>-<name> (cooperative-sticky)
+//!        ▼                  │ nack(delay): re-queued     commits the low-water mark of finished
+//!   Message ──ack──▶ tracker (per partition: offsets     offsets every `commit_interval` and
+//!                    handed out and not finished)        when partitions are revoked
 //! ```
 //!
 //! **Publishing.** `publish` returns once the delivery report says the record is stored with
 //! `acks=all`; the producer is idempotent (`enable.idempotence=true`, so librdkafka's retries
-//! never duplicate or reorder a record). tansu supports the idempotent producer
-//! (`InitProducerId`), so there is no fallback; the conformance suite runs on it. A publish that cannot complete within
+//! never duplicate or reorder a record). A publish that cannot complete within
 //! [`KafkaSettings::publish_timeout`] (cluster unreachable, topic missing) fails with
 //! [`ChannelError::Unavailable`]; librdkafka's own queue being full is [`ChannelError::Full`].
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread
 //! over partitions. Events are stored in binary content mode ([`crate::wire`]).
 //!
-//! **Consumers and offsets.** Each subscription has its own consumer, which is *assigned*
-//! every partition of the topic and uses its consumer group `knative-trigger-<ns>-<name>` for
-//! committed offsets only; it does not join the group. (Group membership would let several
-//! processes share a trigger's partitions, but a half-joined member that leaves again stalls
-//! the group until it times out — tansu does not expire it promptly — and Sluice runs one
-//! consumer per trigger: the trait promises at most one consumer per id.) The group is only
-//! ever committed to, so tools that show a group's lag work as usual.
+//! **Consumers and the group.** Each subscription has its own consumer, which joins the
+//! consumer group `knative-trigger-<ns>-<name>` with the `cooperative-sticky` assignor. Every
+//! Sluice process running the trigger does the same, so the trigger's partitions are shared
+//! among them, and when one goes away (or dies: after `session.timeout.ms`, 10 s) the others
+//! take its partitions over. In one process there is one consumer per subscription id (the
+//! trait's promise); a second `subscribe` with the same id replaces the first. The consumer
+//! polls on a thread of its own, because the rebalance callbacks run inside `poll` and may
+//! block (below).
 //!
-//! Offsets are committed only for finished events (acked: delivered or dead-lettered). Per
-//! partition the subscription tracks the offsets it handed out and has not seen finished, and
-//! commits the lowest unfinished offset (or the next offset, when everything handed out is
-//! finished), so a commit never passes an event still being delivered, however out of order
-//! the dispatcher finishes them. Commits are batched every [`KafkaSettings::commit_interval`]
-//! and made once more when the subscription closes. A crash redelivers at most what was in
-//! flight or finished since the last commit (at-least-once): with deliveries finishing at
-//! rate r, those in flight plus up to `r × commit_interval` finished ones.
+//! **Rebalances.** When the group takes partitions away (another member joined, or this one
+//! leaves), the consumer, before letting them go: stops handing out their messages (queued
+//! ones are dropped, they belong to the next owner), waits up to
+//! [`KafkaSettings::revoke_timeout`] for the messages it handed out to be acked or nacked, and
+//! commits the finished offsets — never past an unfinished one. The next owner starts at the
+//! first offset not finished here, so duplicates are bounded by what was still in flight at the
+//! deadline, and an ordered trigger keeps each partition's order across owners (the next owner
+//! starts only after the previous one's deliveries ended). Each assignment of a partition has
+//! an epoch, so that a late ack of a message from an earlier assignment cannot finish an
+//! offset of a later one.
+//!
+//! **Offsets.** Offsets are committed only for finished events (acked: delivered or
+//! dead-lettered). Per partition the subscription tracks the offsets it handed out and has not
+//! seen finished ([`sluice_core::offsets::OffsetTracker`]) and commits the lowest unfinished
+//! offset (or the next offset, when everything handed out is finished), however out of order
+//! the dispatcher finishes them. Commits are batched every [`KafkaSettings::commit_interval`],
+//! made on revocation, and once more when the subscription closes. A crash redelivers at most
+//! what was in flight or finished since the last commit (at-least-once): with deliveries
+//! finishing at rate r, those in flight plus up to `r × commit_interval` finished ones.
 //! [`KafkaChannel::committed_offsets`] reads what the cluster holds as committed.
+//! [`Channel::remove_subscription`] deletes the group (and with it its committed offsets).
 //!
 //! **Starting position.** The first time a group is seen (no committed offset on any
 //! partition) the subscription resolves its [`StartFrom`] to concrete offsets — the high
-//! watermarks (latest), the low watermarks (earliest) or the first record at or after the time
-//! (see `TimeReader`) — and commits them *before* consuming. The position is then durable: a
-//! crash before the first ack cannot turn into an `auto.offset.reset=latest` that skips what
-//! was published meanwhile. Partitions without a committed offset in a known group (added
-//! later) are read from the beginning. Partitions added while a subscription is open are
-//! picked up when it is next opened.
+//! watermarks (latest), the low watermarks (earliest) or `offsetsForTimes` — and commits them
+//! *before* its consumer joins the group (the cluster accepts a commit from a non-member only
+//! while the group is empty). The position is then durable: a crash before the first ack cannot
+//! turn into an `auto.offset.reset=latest` that skips what was published meanwhile. If that
+//! commit fails (the group is held by a member Sluice does not know, say) the subscribe fails
+//! and the caller retries; the time of the first attempt is kept, and a retried `latest` start
+//! resolves to the first record published since then. Partitions without a committed offset in
+//! a known group (added later) are read from the beginning.
 //!
 //! **Redelivery.** Kafka has no per-message negative acknowledgement: `nack(delay)` keeps the
 //! offset unfinished (so nothing past it is committed) and puts the message back on the
 //! subscription's queue after the delay, without holding up other messages.
-//! `delivery_count` counts deliveries by this process; it restarts at 1 after a restart.
+//! `delivery_count` counts deliveries by this process; it restarts at 1 after a restart or
+//! when another member takes the partition over.
 //! [`Channel::redelivers_with_delay`] is false: the dispatcher may as well wait in-process.
 //!
 //! **Order and flow control.** Every message's lane is its partition, so an ordered trigger
 //! can serialise per partition; unordered triggers take messages as fast as they like. The
-//! pump keeps polling the consumer and pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for `next()`.
+//! pump pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for
+//! `next()`.
+//!
+//! **Latency.** See `CONSUMER_TUNABLES` (`fetch.wait.max.ms`) and the producer's `linger.ms`:
+//! both chosen for low latency at moderate load.
 //!
 //! **Health.** A background task asks the cluster for the topic's metadata every second;
-//! [`Channel::health`] is `NotReady` with the reason while that fails, and the task re-creates
-//! the topic if it has disappeared (a broker whose storage was wiped).
+//! [`Channel::health`] is `NotReady` with the reason while that fails or the topic is missing.
 
 use crate::wire::{self, DecodeError};
 use crate::{Acker, Channel, ChannelError, Health, Message, Subscription, SubscriptionSpec};

@@ -356,6 +356,75 @@ impl KafkaChannel {
     }
 }
 
+impl KafkaChannel {
+    /// The members of subscription `subscription_id`'s consumer group — every process's
+    /// consumer of the trigger — with how many partitions each is assigned; empty while the
+    /// group is rebalancing (its assignment is not settled) or has no members. For tools and
+    /// tests that watch how a trigger is spread over replicas.
+    pub async fn group_members(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Vec<GroupMember>, ChannelError> {
+        let inner = self.inner.clone();
+        let group = group_id(subscription_id);
+        tokio::task::spawn_blocking(move || {
+            let list = inner
+                .admin
+                .inner()
+                .fetch_group_list(Some(&group), REQUEST_TIMEOUT)
+                .map_err(|e| unavailable("describing the consumer group", e))?;
+            let Some(g) = list.groups().iter().find(|g| g.name() == group) else {
+                return Ok(Vec::new());
+            };
+            if g.state() != "Stable" {
+                return Ok(Vec::new());
+            }
+            Ok(g.members()
+                .iter()
+                .map(|m| GroupMember {
+                    client_id: m.client_id().to_string(),
+                    partitions: m.assignment().map_or(0, assigned_partitions),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| unavailable("describing the consumer group", e))?
+    }
+}
+
+/// One member of a trigger's consumer group; see [`KafkaChannel::group_members`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub client_id: String,
+    pub partitions: usize,
+}
+
+/// How many partitions a consumer-protocol assignment (version, then topics, each a name and
+/// partition numbers) holds; 0 for bytes that do not parse.
+fn assigned_partitions(bytes: &[u8]) -> usize {
+    fn i16_at(b: &[u8], at: usize) -> Option<i16> {
+        Some(i16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+    fn i32_at(b: &[u8], at: usize) -> Option<i32> {
+        Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+    let parse = || -> Option<usize> {
+        let mut at = 2; // version
+        let topics = i32_at(bytes, at)?;
+        at += 4;
+        let mut total = 0;
+        for _ in 0..topics.max(0) {
+            let name = usize::try_from(i16_at(bytes, at)?).ok()?;
+            at += 2 + name;
+            let n = usize::try_from(i32_at(bytes, at)?).ok()?;
+            at += 4 + 4 * n;
+            total += n;
+        }
+        Some(total)
+    };
+    parse().unwrap_or(0)
+}
+
 /// Reads a subscription's committed offsets; see [`KafkaChannel::committed_offsets`]. Keeps
 /// its client (and its connection to the group's coordinator) between reads.
 pub struct CommittedOffsets {
@@ -1199,6 +1268,16 @@ impl Acker for KafkaAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assignments_are_counted() {
+        // Version 1, one topic "t" with partitions 0 and 3, then user data.
+        let mut b = vec![0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2];
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(assigned_partitions(&b), 2);
+        assert_eq!(assigned_partitions(&[0, 1, 0, 0, 0, 0]), 0);
+        assert_eq!(assigned_partitions(&[0, 1, 0]), 0);
+    }
 
     #[test]
     fn names_follow_knative() {

@@ -8,6 +8,8 @@
 mod common;
 
 use common::*;
+use sluice_channels::kafka::{KafkaChannel, KafkaSettings};
+use sluice_core::topology::Key;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +86,27 @@ async fn three_replicas_share_triggers_and_survive_a_sigkill() {
         let dir = test_dir(&format!("scale-out-{i}"));
         std::fs::write(dir.join("resources.yaml"), &resources).unwrap();
         replicas.push(Some(Sluice::start_in(dir, &[]).await));
+    }
+    // Load starts once each trigger's group has settled with every replica holding partitions
+    // (a replica learns of a rebalance at its next heartbeat, so that takes a few seconds).
+    let channel = KafkaChannel::connect(KafkaSettings::for_broker(
+        &Key::new("default", "default"),
+        kafka.bootstrap_servers(),
+        6,
+        1,
+    ))
+    .await
+    .unwrap();
+    for trigger in ["default/all", "default/orders"] {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{trigger} spread over {REPLICAS} replicas"),
+            || async {
+                let m = channel.group_members(trigger).await.ok()?;
+                (m.len() == REPLICAS && m.iter().all(|m| m.partitions > 0)).then_some(())
+            },
+        )
+        .await;
     }
     let urls: Vec<String> = replicas
         .iter()

@@ -634,14 +634,32 @@ impl Channel for KafkaChannel {
 
         // Fixed before the consumer joins its group: the cluster takes a commit from a client
         // that is not a member only while the group has no members.
-        let (s, id) = (settings.clone(), spec.id.clone());
-        let consumer = tokio::task::spawn_blocking(move || {
-            fix_start_position(&consumer, &s, start)
-                .map_err(|e| unavailable(&format!("subscription {id}"), e))?;
-            Ok::<_, ChannelError>(consumer)
-        })
-        .await
-        .map_err(|e| unavailable("fixing the start position", e))??;
+        let consumer = Arc::new(consumer);
+        let deadline = Instant::now() + REQUEST_TIMEOUT * 2;
+        loop {
+            let (c, s) = (consumer.clone(), settings.clone());
+            let fixed = tokio::task::spawn_blocking(move || fix_start_position(&c, &s, start))
+                .await
+                .map_err(|e| unavailable("fixing the start position", e))?;
+            match fixed {
+                Ok(()) => break,
+                // The group's coordinator is moving or loading (a cluster that just started,
+                // a broker restart): it answers shortly.
+                Err(StartError::Coordinator(e)) if Instant::now() < deadline => {
+                    tracing::debug!(subscription = %spec.id, error = %e, "group coordinator not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(StartError::Coordinator(e) | StartError::Other(e)) => {
+                    return Err(unavailable(&format!("subscription {}", spec.id), e))
+                }
+            }
+        }
+        let Ok(consumer) = Arc::try_unwrap(consumer) else {
+            return Err(unavailable(
+                "fixing the start position",
+                "consumer still shared",
+            ));
+        };
         inner
             .first_seen
             .lock()
@@ -769,18 +787,20 @@ fn fix_start_position(
     consumer: &BaseConsumer<SubContext>,
     settings: &KafkaSettings,
     start: StartFrom,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let topic = settings.topic.as_str();
     let md = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|e| format!("reading topic metadata: {e}"))?;
+        .map_err(|e| StartError::from_kafka("reading topic metadata", e))?;
     let partitions: Vec<i32> = md
         .topics()
         .first()
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     if partitions.is_empty() {
-        return Err(format!("topic {topic} has no partitions (yet)"));
+        return Err(StartError::Other(format!(
+            "topic {topic} has no partitions (yet)"
+        )));
     }
     let mut query = TopicPartitionList::new();
     for p in &partitions {
@@ -788,7 +808,7 @@ fn fix_start_position(
     }
     let committed = consumer
         .committed_offsets(query, REQUEST_TIMEOUT)
-        .map_err(|e| format!("reading committed offsets: {e}"))?;
+        .map_err(|e| StartError::from_kafka("reading committed offsets", e))?;
     if committed
         .elements()
         .iter()
@@ -802,12 +822,12 @@ fn fix_start_position(
             let mut q = TopicPartitionList::new();
             for p in &partitions {
                 q.add_partition_offset(topic, *p, Offset::Offset(ms))
-                    .map_err(|e| format!("looking up offsets by time: {e}"))?;
+                    .map_err(|e| StartError::from_kafka("looking up offsets by time", e))?;
             }
             Some(
                 consumer
                     .offsets_for_times(q, REQUEST_TIMEOUT)
-                    .map_err(|e| format!("looking up offsets by time: {e}"))?,
+                    .map_err(|e| StartError::from_kafka("looking up offsets by time", e))?,
             )
         }
         _ => None,
@@ -816,7 +836,7 @@ fn fix_start_position(
     for p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
-            .map_err(|e| format!("reading watermarks: {e}"))?;
+            .map_err(|e| StartError::from_kafka("reading watermarks", e))?;
         let offset = match start {
             StartFrom::Latest => high,
             StartFrom::Earliest => low,
@@ -832,13 +852,34 @@ fn fix_start_position(
         };
         positions
             .add_partition_offset(topic, *p, Offset::Offset(offset))
-            .map_err(|e| format!("fixing the start position: {e}"))?;
+            .map_err(|e| StartError::from_kafka("fixing the start position", e))?;
     }
     consumer
         .commit(&positions, CommitMode::Sync)
-        .map_err(|e| format!("committing the start position: {e}"))?;
+        .map_err(|e| StartError::from_kafka("committing the start position", e))?;
     tracing::info!(topic, ?start, "kafka subscription start position committed");
     Ok(())
+}
+
+/// Why the start position could not be fixed.
+enum StartError {
+    /// The group's coordinator is not ready (moving, loading): worth retrying at once.
+    Coordinator(String),
+    Other(String),
+}
+
+impl StartError {
+    fn from_kafka(what: &str, e: KafkaError) -> Self {
+        let text = format!("{what}: {e}");
+        match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable,
+            ) => StartError::Coordinator(text),
+            _ => StartError::Other(text),
+        }
+    }
 }
 
 /// Offsets handed out and not finished, per partition (see `sluice_core::offsets`).

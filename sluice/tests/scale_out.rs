@@ -123,7 +123,7 @@ async fn three_replicas_share_triggers_and_survive_a_sigkill() {
             let client = client();
             for i in (r..EVENTS).step_by(REPLICAS) {
                 let id = format!("ev-{i}");
-                let order = i % 2 == 0;
+                let order = i.is_multiple_of(2);
                 let res = client
                     .post(&url)
                     .header("ce-specversion", "1.0")
@@ -187,7 +187,7 @@ async fn three_replicas_share_triggers_and_survive_a_sigkill() {
     assert!(
         got_orders.keys().all(|id| {
             let n: usize = id.trim_start_matches("ev-").parse().unwrap();
-            n % 2 == 0
+            n.is_multiple_of(2)
         }),
         "the `orders` trigger got an event its filter rejects"
     );

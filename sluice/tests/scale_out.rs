@@ -2,7 +2,8 @@
 //! Kafka broker share each trigger's partitions through its consumer group. Every acknowledged
 //! event reaches every matching trigger's sink, duplicates stay bounded, and when one replica
 //! is killed with SIGKILL mid-load the other two take its partitions over (after its session
-//! expires) without losing anything it had acknowledged.
+//! expires) without losing anything it had acknowledged. And the groups of deleted triggers do
+//! not outlive them, even when their broker is deleted in the same change.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -77,7 +78,7 @@ fn delivered(metrics: &str, trigger: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_triggers_and_survive_a_sigkill() {
-    let kafka = sluice_tests::start_kafka().await;
+    let kafka = sluice_tests::shared_kafka().await;
     let all = Sink::ok().await;
     let orders = Sink::ok().await;
     let resources = yaml(&kafka.bootstrap_servers(), &all.url(), &orders.url());
@@ -223,4 +224,76 @@ async fn three_replicas_share_triggers_and_survive_a_sigkill() {
     for r in replicas.into_iter().flatten() {
         r.kill().await;
     }
+}
+
+/// Deleting a broker together with its triggers deletes the triggers' consumer groups (and
+/// their committed offsets): nothing of them is left on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_broker_and_its_trigger_deletes_the_consumer_group() {
+    let kafka = sluice_tests::shared_kafka().await;
+    let sink = Sink::ok().await;
+    let resources = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: channel, namespace: gone}}
+data:
+  bootstrap.servers: "{servers}"
+  default.topic.partitions: "2"
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: b
+  namespace: gone
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+spec:
+  config: {{apiVersion: v1, kind: ConfigMap, name: channel, namespace: gone}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t, namespace: gone}}
+spec:
+  broker: b
+  subscriber: {{uri: "{sink}"}}
+"#,
+        servers = kafka.bootstrap_servers(),
+        sink = sink.url()
+    );
+    let s = Sluice::start("gone-broker", &resources).await;
+    assert_eq!(
+        post_event(&s.broker_url("gone", "b"), "e1", "t", &[], "{}").await,
+        202
+    );
+    sink.wait_for(1, Duration::from_secs(30)).await;
+    let channel = KafkaChannel::connect(KafkaSettings::for_broker(
+        &Key::new("gone", "b"),
+        kafka.bootstrap_servers(),
+        2,
+        1,
+    ))
+    .await
+    .unwrap();
+    let reader = channel.committed_offsets("gone/t").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the delivery committed",
+        || async {
+            let c = reader.read().await.ok()?;
+            (c.values().sum::<i64>() == 1).then_some(())
+        },
+    )
+    .await;
+
+    // The broker and its trigger are deleted in one edit.
+    s.write(
+        "resources.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated, namespace: gone}\ndata: {}\n",
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the trigger's consumer group deleted",
+        || async { reader.read().await.ok()?.is_empty().then_some(()) },
+    )
+    .await;
+    s.kill().await;
 }

@@ -126,16 +126,24 @@ impl Dataplane {
     pub async fn apply(&mut self, topology: &Topology) {
         // Brokers: keep unchanged channels, create new ones, drop removed ones.
         let mut restarted_brokers = Vec::new();
-        self.brokers.retain(|key, b| {
-            let keep = topology
-                .brokers
-                .get(key)
-                .is_some_and(|nb| nb.channel == b.config);
+        // Channels of removed (or reconfigured) brokers live until their triggers are gone:
+        // a removed trigger's subscription is deleted through them (a Kafka consumer group, a
+        // JetStream consumer), or it would outlive its broker on the server.
+        let mut dropped: HashMap<Key, Arc<dyn Channel>> = HashMap::new();
+        let keys: Vec<Key> = self.brokers.keys().cloned().collect();
+        for key in keys {
+            let keep = topology.brokers.get(&key).is_some_and(|nb| {
+                self.brokers
+                    .get(&key)
+                    .is_some_and(|b| nb.channel == b.config)
+            });
             if !keep {
-                restarted_brokers.push(key.clone());
+                if let Some(b) = self.brokers.remove(&key) {
+                    dropped.insert(key.clone(), b.channel);
+                }
+                restarted_brokers.push(key);
             }
-            keep
-        });
+        }
         self.failed.clear();
         for (key, broker) in &topology.brokers {
             if self.brokers.contains_key(key) {
@@ -178,9 +186,13 @@ impl Dataplane {
                 r.cancel.cancel();
                 let _ = r.task.await;
                 if removed {
-                    if let Some(b) = self.brokers.get(&r.trigger.broker) {
-                        if let Err(e) = b.channel.remove_subscription(&subscription_id(&key)).await
-                        {
+                    let channel = self
+                        .brokers
+                        .get(&r.trigger.broker)
+                        .map(|b| &b.channel)
+                        .or_else(|| dropped.get(&r.trigger.broker));
+                    if let Some(channel) = channel {
+                        if let Err(e) = channel.remove_subscription(&subscription_id(&key)).await {
                             tracing::warn!(trigger = %key, error = %e, "could not remove the subscription");
                         }
                     }

@@ -3,8 +3,8 @@
 # is skipped when its tool is already there). CI runs it before the tests.
 #
 #   nats-server   JetStream server for the NATS channel tests (Debian package)
-#   tansu         Kafka-compatible broker for the Kafka channel tests (crates.io, memory storage
-#                 needs the `dynostore` feature); `cargo install` puts it in ~/.cargo/bin
+#   Apache Kafka  KRaft broker for the Kafka tests: its jars from Maven Central, cached by
+#                 version (scripts/install-kafka.sh; needs java 17+ and mvn)
 #   gcc, g++, make, perl, python3, pkg-config
 #                 librdkafka is built from source by rdkafka-sys (feature `kafka`) and linked
 #                 statically, with its bundled configure script: no cmake, no system librdkafka.
@@ -40,12 +40,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${pkgs[@]}"
 fi
 
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-if ! command -v tansu >/dev/null; then
-    echo "install-test-deps: installing tansu (cargo install, several minutes the first time)"
-    cargo install tansu --locked --features dynostore
+for tool in java mvn; do
+    command -v "$tool" >/dev/null || missing_jvm=1
+done
+if [ "${missing_jvm:-0}" = 1 ]; then
+    echo "install-test-deps: installing a JRE and Maven with apt-get (for Apache Kafka)"
+    apt_install openjdk-17-jre-headless maven
 fi
+"$(dirname "$0")/install-kafka.sh"
 
 "$(dirname "$0")/install-kube.sh"  # kube-apiserver, kubectl, etcd for the Kubernetes tests (~13 min the first time)
 
-echo "install-test-deps: nats-server $(nats-server --version 2>&1 | head -1), $(tansu --version 2>&1 | head -1)"
+echo "install-test-deps: nats-server $(nats-server --version 2>&1 | head -1)"

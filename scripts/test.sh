@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of Sluice: formatting, clippy (-D warnings) and the whole test
 # suite, including the Kafka and NATS tests against real servers on loopback. Installs what
-# the tests need first (nats-server, the tansu Kafka-compatible broker) when it is missing.
+# the tests need first (nats-server, Apache Kafka's jars) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -156,9 +156,12 @@ pub mod kafka {
             let mut cc = config(bootstrap);
             cc.set("group.id", "sluice-bench-raw")
                 .set("enable.auto.commit", "false");
-            if let Some(ms) = fetch_wait_ms {
-                cc.set("fetch.wait.max.ms", ms.to_string());
-            }
+            // Sluice's trigger consumers use 100 ms (see channels/src/kafka.rs); the baseline
+            // does the same unless told otherwise.
+            cc.set(
+                "fetch.wait.max.ms",
+                fetch_wait_ms.unwrap_or(100).to_string(),
+            );
             let consumer: StreamConsumer = cc.create()?;
             let consumer = Arc::new(consumer);
             // Start exactly at the current end of each partition, so no event of a step is

@@ -653,7 +653,7 @@ impl Bench<'_> {
                     },
                     Box::new(k),
                 ),
-                Err(e) => return Outcome::NotRun(format!("cannot start tansu: {e}")),
+                Err(e) => return Outcome::NotRun(format!("cannot start Kafka: {e}")),
             }
         } else {
             match tokio::spawn(sluice_tests::start_nats()).await {

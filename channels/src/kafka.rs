@@ -4,62 +4,80 @@
 //! ```text
 //! publish ──encode (wire::KAFKA)──▶ FutureProducer (acks=all, idempotent) ──▶ knative-broker-<ns>-<name>
 //!                                                                                 │ partitions
-//! Subscription::next ◀── queue ◀── pump task (consumer assigned every partition; offsets in
-//!        │                  ▲                   group knative-trigger-<ns>-<name>)
-//!        ▼                  │ nack(delay): re-queued    commits the low-water mark of finished
-//!                                                      offsets every `commit_interval`
-//!   Message ──ack──▶ tracker (per partition: offsets handed out and not finished)
+//! Subscription::next ◀── queue ◀── pump thread: BaseConsumer, member of group
+//!        │                  ▲       knative-trigger-<ns>-<name> (cooperative-sticky)
+//!        ▼                  │ nack(delay): re-queued     commits the low-water mark of finished
+//!   Message ──ack──▶ tracker (per partition: offsets     offsets every `commit_interval` and
+//!                    handed out and not finished)        when partitions are revoked
 //! ```
 //!
 //! **Publishing.** `publish` returns once the delivery report says the record is stored with
 //! `acks=all`; the producer is idempotent (`enable.idempotence=true`, so librdkafka's retries
-//! never duplicate or reorder a record). tansu supports the idempotent producer
-//! (`InitProducerId`), so there is no fallback; the conformance suite runs on it. A publish that cannot complete within
+//! never duplicate or reorder a record). A publish that cannot complete within
 //! [`KafkaSettings::publish_timeout`] (cluster unreachable, topic missing) fails with
 //! [`ChannelError::Unavailable`]; librdkafka's own queue being full is [`ChannelError::Full`].
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread
 //! over partitions. Events are stored in binary content mode ([`crate::wire`]).
 //!
-//! **Consumers and offsets.** Each subscription has its own consumer, which is *assigned*
-//! every partition of the topic and uses its consumer group `knative-trigger-<ns>-<name>` for
-//! committed offsets only; it does not join the group. (Group membership would let several
-//! processes share a trigger's partitions, but a half-joined member that leaves again stalls
-//! the group until it times out — tansu does not expire it promptly — and Sluice runs one
-//! consumer per trigger: the trait promises at most one consumer per id.) The group is only
-//! ever committed to, so tools that show a group's lag work as usual.
+//! **Consumers and the group.** Each subscription has its own consumer, which joins the
+//! consumer group `knative-trigger-<ns>-<name>` with the `cooperative-sticky` assignor. Every
+//! Sluice process running the trigger does the same, so the trigger's partitions are shared
+//! among them, and when one goes away (or dies: after `session.timeout.ms`, 10 s) the others
+//! take its partitions over. In one process there is one consumer per subscription id (the
+//! trait's promise); a second `subscribe` with the same id replaces the first. The consumer
+//! polls on a thread of its own, because the rebalance callbacks run inside `poll` and may
+//! block (below).
 //!
-//! Offsets are committed only for finished events (acked: delivered or dead-lettered). Per
-//! partition the subscription tracks the offsets it handed out and has not seen finished, and
-//! commits the lowest unfinished offset (or the next offset, when everything handed out is
-//! finished), so a commit never passes an event still being delivered, however out of order
-//! the dispatcher finishes them. Commits are batched every [`KafkaSettings::commit_interval`]
-//! and made once more when the subscription closes. A crash redelivers at most what was in
-//! flight or finished since the last commit (at-least-once): with deliveries finishing at
-//! rate r, those in flight plus up to `r × commit_interval` finished ones.
+//! **Rebalances.** When the group takes partitions away (another member joined, or this one
+//! leaves), the consumer, before letting them go: stops handing out their messages (queued
+//! ones are dropped, they belong to the next owner), waits up to
+//! [`KafkaSettings::revoke_timeout`] for the messages it handed out to be acked or nacked, and
+//! commits the finished offsets — never past an unfinished one. The next owner starts at the
+//! first offset not finished here, so duplicates are bounded by what was still in flight at the
+//! deadline, and an ordered trigger keeps each partition's order across owners (the next owner
+//! starts only after the previous one's deliveries ended). Each assignment of a partition has
+//! an epoch, so that a late ack of a message from an earlier assignment cannot finish an
+//! offset of a later one.
+//!
+//! **Offsets.** Offsets are committed only for finished events (acked: delivered or
+//! dead-lettered). Per partition the subscription tracks the offsets it handed out and has not
+//! seen finished ([`sluice_core::offsets::OffsetTracker`]) and commits the lowest unfinished
+//! offset (or the next offset, when everything handed out is finished), however out of order
+//! the dispatcher finishes them. Commits are batched every [`KafkaSettings::commit_interval`],
+//! made on revocation, and once more when the subscription closes. A crash redelivers at most
+//! what was in flight or finished since the last commit (at-least-once): with deliveries
+//! finishing at rate r, those in flight plus up to `r × commit_interval` finished ones.
 //! [`KafkaChannel::committed_offsets`] reads what the cluster holds as committed.
+//! [`Channel::remove_subscription`] deletes the group (and with it its committed offsets).
 //!
 //! **Starting position.** The first time a group is seen (no committed offset on any
 //! partition) the subscription resolves its [`StartFrom`] to concrete offsets — the high
-//! watermarks (latest), the low watermarks (earliest) or the first record at or after the time
-//! (see `TimeReader`) — and commits them *before* consuming. The position is then durable: a
-//! crash before the first ack cannot turn into an `auto.offset.reset=latest` that skips what
-//! was published meanwhile. Partitions without a committed offset in a known group (added
-//! later) are read from the beginning. Partitions added while a subscription is open are
-//! picked up when it is next opened.
+//! watermarks (latest), the low watermarks (earliest) or `offsetsForTimes` — and commits them
+//! *before* its consumer joins the group (the cluster accepts a commit from a non-member only
+//! while the group is empty). The position is then durable: a crash before the first ack cannot
+//! turn into an `auto.offset.reset=latest` that skips what was published meanwhile. If that
+//! commit fails (the group is held by a member Sluice does not know, say) the subscribe fails
+//! and the caller retries; the time of the first attempt is kept, and a retried `latest` start
+//! resolves to the first record published since then. Partitions without a committed offset in
+//! a known group (added later) are read from the beginning.
 //!
 //! **Redelivery.** Kafka has no per-message negative acknowledgement: `nack(delay)` keeps the
 //! offset unfinished (so nothing past it is committed) and puts the message back on the
 //! subscription's queue after the delay, without holding up other messages.
-//! `delivery_count` counts deliveries by this process; it restarts at 1 after a restart.
+//! `delivery_count` counts deliveries by this process; it restarts at 1 after a restart or
+//! when another member takes the partition over.
 //! [`Channel::redelivers_with_delay`] is false: the dispatcher may as well wait in-process.
 //!
 //! **Order and flow control.** Every message's lane is its partition, so an ordered trigger
 //! can serialise per partition; unordered triggers take messages as fast as they like. The
-//! pump keeps polling the consumer and pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for `next()`.
+//! pump pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for
+//! `next()`.
+//!
+//! **Latency.** See `CONSUMER_TUNABLES` (`fetch.wait.max.ms`) and the producer's `linger.ms`:
+//! both chosen for low latency at moderate load.
 //!
 //! **Health.** A background task asks the cluster for the topic's metadata every second;
-//! [`Channel::health`] is `NotReady` with the reason while that fails, and the task re-creates
-//! the topic if it has disappeared (a broker whose storage was wiped).
+//! [`Channel::health`] is `NotReady` with the reason while that fails or the topic is missing.
 
 use crate::wire::{self, DecodeError};
 use crate::{Acker, Channel, ChannelError, Health, Message, Subscription, SubscriptionSpec};
@@ -68,7 +86,7 @@ use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -78,14 +96,40 @@ use sluice_core::topology::{Key, StartFrom};
 use sluice_core::Envelope;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// How long one call to the cluster's metadata or admin API may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the health task checks the cluster.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the pump thread waits in one poll: the longest a close takes to be noticed.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// librdkafka settings of every trigger consumer (a subscription's client properties may
+/// override them).
+const CONSUMER_TUNABLES: [(&str, &str); 5] = [
+    // librdkafka prefetches up to 64 MiB per consumer by default; one consumer per trigger
+    // makes that too much.
+    ("queued.max.messages.kbytes", "8192"),
+    // Only for a partition without a committed offset: one added to the topic after the
+    // trigger's start position was fixed (that position covers every partition there was).
+    ("auto.offset.reset", "earliest"),
+    // Latency. Kafka answers a fetch as soon as one byte is there (fetch.min.bytes=1) and parks
+    // it otherwise, completing it the moment a record arrives; fetch.wait.max.ms (500 ms by
+    // default) is only how long an idle fetch stays parked. It still bounds the delay in the
+    // cases the broker does not wake a parked fetch — a partition that joined the fetch session
+    // while it was parked, after a rebalance — so 100 ms: at most ten idle fetches a second per
+    // consumer, and an event is never held half a second at moderate load.
+    ("fetch.wait.max.ms", "100"),
+    // A replica that dies without leaving its group holds its partitions until its session
+    // expires; 45 s (librdkafka's default) is a long pause in delivery. 10 s tolerates GC-free
+    // Rust processes on a busy machine and bounds the pause.
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "3000"),
+];
 
 /// What a [`KafkaChannel`] needs. Build with [`KafkaSettings::new`] or
 /// [`KafkaSettings::for_broker`] and adjust the public fields.
@@ -104,6 +148,11 @@ pub struct KafkaSettings {
     pub commit_interval: Duration,
     /// Messages a subscription buffers ahead of `next()` before it pauses fetching.
     pub max_buffered: usize,
+    /// When the group takes partitions away from a consumer (another replica joined, or the
+    /// subscription closes), how long it waits for the messages it handed out to be acked or
+    /// nacked before it commits and lets them go. What is still in flight then is delivered
+    /// again by the next owner.
+    pub revoke_timeout: Duration,
     /// Extra librdkafka properties for every client (security settings, tuning). They cannot
     /// change what the guarantees rest on: `acks`, `enable.idempotence`, `message.timeout.ms`
     /// (see `publish_timeout`), `group.id` and the auto-commit settings are always Sluice's.
@@ -125,6 +174,7 @@ impl KafkaSettings {
             publish_timeout: Duration::from_secs(5),
             commit_interval: Duration::from_millis(500),
             max_buffered: 1000,
+            revoke_timeout: Duration::from_secs(10),
             client_properties: Vec::new(),
         }
     }
@@ -152,6 +202,9 @@ impl KafkaSettings {
         c.set("bootstrap.servers", &self.bootstrap_servers)
             // Reconnect quickly once the cluster is back, rather than backing off to 10 s.
             .set("reconnect.backoff.max.ms", "1000")
+            // Requests are small and latency-bound: Nagle's algorithm would hold them back
+            // waiting for the previous one's ACK.
+            .set("socket.nagle.disable", "true")
             .set("log_level", "4");
         for (k, v) in tunables {
             c.set(*k, *v);
@@ -188,6 +241,9 @@ struct Inner {
     admin: AdminClient<DefaultClientContext>,
     health: Arc<Mutex<Health>>,
     subscriptions: Mutex<HashMap<String, SubHandle>>,
+    /// When each subscription whose start position is not yet durable was first seen (ms
+    /// since the epoch): what a retried `latest` start resolves to.
+    first_seen: Mutex<HashMap<String, i64>>,
 }
 
 /// The local consumer of a subscription, so that a removal (or a second subscribe with the
@@ -241,6 +297,10 @@ impl KafkaChannel {
         let timeout_ms = settings.publish_timeout.as_millis().max(1).to_string();
         let producer: FutureProducer<HealthContext> = settings
             .client_config(&[
+                // Latency. Ingress answers 202 only after the delivery report, so the time a
+                // record waits for companions in a batch is added to every request. 1 ms
+                // (librdkafka's default is 5) still batches the records of concurrent requests
+                // at moderate load and above, which is where batching pays.
                 ("linger.ms", "1"),
                 // Fail records for a missing topic fast instead of waiting 30 s for it.
                 ("topic.metadata.propagation.max.ms", "1000"),
@@ -262,6 +322,7 @@ impl KafkaChannel {
             admin,
             health,
             subscriptions: Mutex::new(HashMap::new()),
+            first_seen: Mutex::new(HashMap::new()),
         });
         inner.ensure_topic().await?;
         tokio::spawn(watch_health(Arc::downgrade(&inner)));
@@ -293,6 +354,75 @@ impl KafkaChannel {
             topic: self.inner.settings.topic.clone(),
         })
     }
+}
+
+impl KafkaChannel {
+    /// The members of subscription `subscription_id`'s consumer group — every process's
+    /// consumer of the trigger — with how many partitions each is assigned; empty while the
+    /// group is rebalancing (its assignment is not settled) or has no members. For tools and
+    /// tests that watch how a trigger is spread over replicas.
+    pub async fn group_members(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Vec<GroupMember>, ChannelError> {
+        let inner = self.inner.clone();
+        let group = group_id(subscription_id);
+        tokio::task::spawn_blocking(move || {
+            let list = inner
+                .admin
+                .inner()
+                .fetch_group_list(Some(&group), REQUEST_TIMEOUT)
+                .map_err(|e| unavailable("describing the consumer group", e))?;
+            let Some(g) = list.groups().iter().find(|g| g.name() == group) else {
+                return Ok(Vec::new());
+            };
+            if g.state() != "Stable" {
+                return Ok(Vec::new());
+            }
+            Ok(g.members()
+                .iter()
+                .map(|m| GroupMember {
+                    client_id: m.client_id().to_string(),
+                    partitions: m.assignment().map_or(0, assigned_partitions),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| unavailable("describing the consumer group", e))?
+    }
+}
+
+/// One member of a trigger's consumer group; see [`KafkaChannel::group_members`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub client_id: String,
+    pub partitions: usize,
+}
+
+/// How many partitions a consumer-protocol assignment (version, then topics, each a name and
+/// partition numbers) holds; 0 for bytes that do not parse.
+fn assigned_partitions(bytes: &[u8]) -> usize {
+    fn i16_at(b: &[u8], at: usize) -> Option<i16> {
+        Some(i16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+    fn i32_at(b: &[u8], at: usize) -> Option<i32> {
+        Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+    let parse = || -> Option<usize> {
+        let mut at = 2; // version
+        let topics = i32_at(bytes, at)?;
+        at += 4;
+        let mut total = 0;
+        for _ in 0..topics.max(0) {
+            let name = usize::try_from(i16_at(bytes, at)?).ok()?;
+            at += 2 + name;
+            let n = usize::try_from(i32_at(bytes, at)?).ok()?;
+            at += 4 + 4 * n;
+            total += n;
+        }
+        Some(total)
+    };
+    parse().unwrap_or(0)
 }
 
 /// Reads a subscription's committed offsets; see [`KafkaChannel::committed_offsets`]. Keeps
@@ -365,7 +495,7 @@ impl Inner {
         Ok(())
     }
 
-    /// One health check: can the cluster tell us about the topic? Re-creates it if it is gone.
+    /// One health check: can the cluster tell us about the topic?
     async fn check(self: &Arc<Self>) {
         let this = self.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -381,15 +511,14 @@ impl Inner {
         })
         .await;
         match res {
-            Ok(Ok(missing)) => {
-                if missing {
-                    if let Err(e) = self.ensure_topic().await {
-                        set_health(&self.health, Health::NotReady(e.to_string()));
-                        return;
-                    }
-                }
-                set_health(&self.health, Health::Ready);
-            }
+            Ok(Ok(true)) => set_health(
+                &self.health,
+                Health::NotReady(format!(
+                    "kafka topic {} does not exist on {} (deleted since the channel created it?)",
+                    self.settings.topic, self.settings.bootstrap_servers
+                )),
+            ),
+            Ok(Ok(false)) => set_health(&self.health, Health::Ready),
             Ok(Err(e)) => set_health(
                 &self.health,
                 Health::NotReady(format!(
@@ -465,54 +594,96 @@ impl Channel for KafkaChannel {
         spec: SubscriptionSpec,
     ) -> Result<Box<dyn Subscription>, ChannelError> {
         let inner = &self.inner;
-        // At most one consumer per id: a new subscribe replaces (closes) the old one.
+        // At most one consumer per id in this process: a new subscribe replaces the old one.
         close_local(inner, &spec.id).await;
+
+        // The first sight of a trigger pins where a `latest` start is: if fixing it fails now
+        // (the cluster refuses the commit) and the subscribe is retried, the retry starts at
+        // the events published since this moment, not at the end of the log by then.
+        let start = {
+            let mut seen = inner.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.get(&spec.id) {
+                Some(ms) if spec.start_from == StartFrom::Latest => StartFrom::Time(*ms),
+                _ => {
+                    seen.entry(spec.id.clone()).or_insert_with(now_ms);
+                    spec.start_from
+                }
+            }
+        };
 
         let settings = &inner.settings;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            tracker: Mutex::new(Tracker::default()),
+            state: Mutex::new(State::default()),
+            settled: Condvar::new(),
             tx,
             queued: AtomicUsize::new(0),
-            drained: Notify::new(),
             topic: settings.topic.clone(),
+            revoke_timeout: settings.revoke_timeout,
         });
-        let consumer: StreamConsumer<SubContext> = settings
-            .client_config(&[
-                // librdkafka prefetches up to 64 MiB per consumer by default; one consumer per
-                // trigger makes that too much.
-                ("queued.max.messages.kbytes", "8192"),
-                // Only when a committed offset is no longer in the log (retention deleted it).
-                ("auto.offset.reset", "earliest"),
-            ])
+        let consumer: BaseConsumer<SubContext> = settings
+            .client_config(&CONSUMER_TUNABLES)
             .set("group.id", group_id(&spec.id))
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create_with_context(SubContext {
                 shared: Arc::downgrade(&shared),
             })
             .map_err(|e| ChannelError::Config(format!("kafka consumer: {e}")))?;
-        let consumer = Arc::new(consumer);
 
-        let (c, s, start) = (consumer.clone(), settings.clone(), spec.start_from);
-        let assignment = tokio::task::spawn_blocking(move || start_positions(&c, &s, start))
-            .await
-            .map_err(|e| unavailable("fixing the start position", e))??;
+        // Fixed before the consumer joins its group: the cluster takes a commit from a client
+        // that is not a member only while the group has no members.
+        let consumer = Arc::new(consumer);
+        let deadline = Instant::now() + REQUEST_TIMEOUT * 2;
+        loop {
+            let (c, s) = (consumer.clone(), settings.clone());
+            let fixed = tokio::task::spawn_blocking(move || fix_start_position(&c, &s, start))
+                .await
+                .map_err(|e| unavailable("fixing the start position", e))?;
+            match fixed {
+                Ok(()) => break,
+                // The group's coordinator is moving or loading (a cluster that just started,
+                // a broker restart): it answers shortly.
+                Err(StartError::Coordinator(e)) if Instant::now() < deadline => {
+                    tracing::debug!(subscription = %spec.id, error = %e, "group coordinator not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(StartError::Coordinator(e) | StartError::Other(e)) => {
+                    return Err(unavailable(&format!("subscription {}", spec.id), e))
+                }
+            }
+        }
+        let Ok(consumer) = Arc::try_unwrap(consumer) else {
+            return Err(unavailable(
+                "fixing the start position",
+                "consumer still shared",
+            ));
+        };
+        inner
+            .first_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&spec.id);
         consumer
-            .assign(&assignment)
-            .map_err(|e| unavailable("assigning partitions", e))?;
+            .subscribe(&[&settings.topic])
+            .map_err(|e| unavailable("joining the consumer group", e))?;
 
         let (close_tx, close_rx) = watch::channel(false);
         let close_tx = Arc::new(close_tx);
         let (done_tx, done_rx) = watch::channel(false);
-        tokio::spawn(pump(
+        let pump = Pump {
             consumer,
-            shared.clone(),
-            close_rx.clone(),
-            done_tx,
-            settings.commit_interval,
-            settings.max_buffered.max(1),
-        ));
+            shared: shared.clone(),
+            close: close_rx.clone(),
+            done: done_tx,
+            commit_interval: settings.commit_interval,
+            max_buffered: settings.max_buffered.max(1),
+        };
+        std::thread::Builder::new()
+            .name(format!("kafka-{}", spec.id))
+            .spawn(move || pump.run())
+            .map_err(|e| unavailable("starting the consumer thread", e))?;
         inner
             .subscriptions
             .lock()
@@ -535,6 +706,11 @@ impl Channel for KafkaChannel {
 
     async fn remove_subscription(&self, id: &str) -> Result<(), ChannelError> {
         close_local(&self.inner, id).await;
+        self.inner
+            .first_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         let group = group_id(id);
         let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -550,7 +726,8 @@ impl Channel for KafkaChannel {
                 None | Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::GroupIdNotFound))) => {
                     return Ok(())
                 }
-                // A member elsewhere (or our own, still leaving) holds the group.
+                // A member elsewhere (another replica closing its consumer of the same
+                // trigger, or ours still leaving) holds the group.
                 Some(Err((_, code @ RDKafkaErrorCode::NonEmptyGroup)))
                 | Some(Err((_, code @ RDKafkaErrorCode::CoordinatorLoadInProgress)))
                     if tokio::time::Instant::now() < deadline =>
@@ -577,6 +754,12 @@ impl Channel for KafkaChannel {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Closes this process's consumer of `id`, if any, and waits (bounded) until it has committed
 /// and left its group.
 async fn close_local(inner: &Inner, id: &str) {
@@ -587,34 +770,37 @@ async fn close_local(inner: &Inner, id: &str) {
         .remove(id);
     if let Some(mut h) = handle {
         h.close.send_replace(true);
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT * 2, h.done.wait_for(|d| *d)).await;
+        let limit = REQUEST_TIMEOUT * 2 + inner.settings.revoke_timeout;
+        let _ = tokio::time::timeout(limit, h.done.wait_for(|d| *d)).await;
     }
 }
 
-/// The offsets a subscription starts from (blocking: runs on a blocking thread).
+/// Makes the group's starting position durable the first time the group is seen (blocking:
+/// runs on a blocking thread, before the consumer joins the group).
 ///
-/// A group with a committed offset on any partition is known: it resumes there (partitions
-/// without one were added later and are read from the beginning). A group without any is new:
-/// its [`StartFrom`] is resolved to offsets and committed *before* anything is consumed.
-fn start_positions(
-    consumer: &StreamConsumer<SubContext>,
+/// A group with a committed offset on any partition is known and left alone: its members
+/// resume there (partitions without one were added later and are read from the beginning,
+/// `auto.offset.reset=earliest`). A group without any gets its [`StartFrom`] resolved to
+/// offsets on every partition and committed, so a crash before the first ack cannot turn into
+/// a start at whatever the end of the log is by then.
+fn fix_start_position(
+    consumer: &BaseConsumer<SubContext>,
     settings: &KafkaSettings,
     start: StartFrom,
-) -> Result<TopicPartitionList, ChannelError> {
+) -> Result<(), StartError> {
     let topic = settings.topic.as_str();
     let md = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|e| unavailable("reading topic metadata", e))?;
+        .map_err(|e| StartError::from_kafka("reading topic metadata", e))?;
     let partitions: Vec<i32> = md
         .topics()
         .first()
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     if partitions.is_empty() {
-        return Err(unavailable(
-            "reading topic metadata",
-            format!("topic {topic} has no partitions (yet)"),
-        ));
+        return Err(StartError::Other(format!(
+            "topic {topic} has no partitions (yet)"
+        )));
     }
     let mut query = TopicPartitionList::new();
     for p in &partitions {
@@ -622,197 +808,120 @@ fn start_positions(
     }
     let committed = consumer
         .committed_offsets(query, REQUEST_TIMEOUT)
-        .map_err(|e| unavailable("reading committed offsets", e))?;
-    let mut positions = TopicPartitionList::new();
-    let known = committed
+        .map_err(|e| StartError::from_kafka("reading committed offsets", e))?;
+    if committed
         .elements()
         .iter()
-        .any(|e| matches!(e.offset(), Offset::Offset(_)));
-    if known {
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            positions
-                .add_partition_offset(topic, e.partition(), offset)
-                .map_err(|e| unavailable("resuming", e))?;
-        }
-        return Ok(positions);
+        .any(|e| matches!(e.offset(), Offset::Offset(_)))
+    {
+        return Ok(());
     }
 
-    let hints = match start {
+    let by_time = match start {
         StartFrom::Time(ms) => {
             let mut q = TopicPartitionList::new();
             for p in &partitions {
                 q.add_partition_offset(topic, *p, Offset::Offset(ms))
-                    .map_err(|e| unavailable("looking up offsets by time", e))?;
+                    .map_err(|e| StartError::from_kafka("looking up offsets by time", e))?;
             }
             Some(
                 consumer
                     .offsets_for_times(q, REQUEST_TIMEOUT)
-                    .map_err(|e| unavailable("looking up offsets by time", e))?,
+                    .map_err(|e| StartError::from_kafka("looking up offsets by time", e))?,
             )
         }
         _ => None,
     };
-    let mut reader = None;
+    let mut positions = TopicPartitionList::new();
     for p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
-            .map_err(|e| unavailable("reading watermarks", e))?;
+            .map_err(|e| StartError::from_kafka("reading watermarks", e))?;
         let offset = match start {
             StartFrom::Latest => high,
             StartFrom::Earliest => low,
-            StartFrom::Time(ms) => {
-                let hint = hints
-                    .as_ref()
-                    .and_then(|h| h.find_partition(topic, *p))
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-                if reader.is_none() {
-                    reader = Some(TimeReader::new(settings)?);
-                }
-                let r = reader.as_ref().expect("just set");
-                r.offset_for_time(topic, *p, ms, low, high, hint)?
-            }
+            // The first record at or after the time; none (End) means after the last one.
+            StartFrom::Time(_) => by_time
+                .as_ref()
+                .and_then(|t| t.find_partition(topic, *p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o.clamp(low, high)),
+                    _ => None,
+                })
+                .unwrap_or(high),
         };
         positions
             .add_partition_offset(topic, *p, Offset::Offset(offset))
-            .map_err(|e| unavailable("fixing the start position", e))?;
+            .map_err(|e| StartError::from_kafka("fixing the start position", e))?;
     }
     consumer
         .commit(&positions, CommitMode::Sync)
-        .map_err(|e| unavailable("committing the start position", e))?;
+        .map_err(|e| StartError::from_kafka("committing the start position", e))?;
     tracing::info!(topic, ?start, "kafka subscription start position committed");
-    Ok(positions)
+    Ok(())
 }
 
-/// Finds the first offset whose record is at or after a time, by reading record timestamps.
-///
-/// `offsets_for_times` is the standard answer, but not every Kafka-compatible broker gives it
-/// faithfully (tansu answers from storage modification times, and `0` when nothing matches).
-/// So its answer is only a hint, checked by reading the records at and before it (two reads
-/// on a real Kafka cluster); when the check fails, a binary search over the partition's record
-/// timestamps finds the offset (log2(n) single-record reads).
-struct TimeReader {
-    consumer: BaseConsumer,
+/// Why the start position could not be fixed.
+enum StartError {
+    /// The group's coordinator is not ready (moving, loading): worth retrying at once.
+    Coordinator(String),
+    Other(String),
 }
 
-impl TimeReader {
-    fn new(settings: &KafkaSettings) -> Result<Self, ChannelError> {
-        let consumer = settings
-            .client_config(&[])
-            // librdkafka wants a group even for assigned partitions; this one never commits.
-            .set("group.id", "sluice-time-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(|e| ChannelError::Config(format!("kafka consumer: {e}")))?;
-        Ok(TimeReader { consumer })
-    }
-
-    /// The first record at or after `offset`: its offset and timestamp (ms), if any.
-    fn first_at(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-    ) -> Result<Option<(i64, i64)>, ChannelError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-            .map_err(|e| unavailable("reading a record", e))?;
-        self.consumer
-            .assign(&tpl)
-            .map_err(|e| unavailable("reading a record", e))?;
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) if m.partition() == partition && m.offset() >= offset => {
-                    let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
-                    return Ok(Some((m.offset(), ts)));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok(None),
-                Some(Err(e)) => return Err(unavailable("reading a record", e)),
-                None if tokio::time::Instant::now() >= deadline => {
-                    return Err(unavailable("reading a record", "timed out"))
-                }
-                None => {}
-            }
+impl StartError {
+    fn from_kafka(what: &str, e: KafkaError) -> Self {
+        let text = format!("{what}: {e}");
+        match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable,
+            ) => StartError::Coordinator(text),
+            _ => StartError::Other(text),
         }
-    }
-
-    fn offset_for_time(
-        &self,
-        topic: &str,
-        partition: i32,
-        ms: i64,
-        low: i64,
-        high: i64,
-        hint: Option<i64>,
-    ) -> Result<i64, ChannelError> {
-        if low >= high {
-            return Ok(high);
-        }
-        // Is `o` the first offset at or after the time? Yes when the first record from `o`
-        // on is at/after it (or there is none) and the one before `o` is earlier.
-        let is_answer = |o: i64| -> Result<bool, ChannelError> {
-            if o < low || o > high {
-                return Ok(false);
-            }
-            let here = if o < high {
-                self.first_at(topic, partition, o)?
-            } else {
-                None
-            };
-            if here.is_some_and(|(_, ts)| ts < ms) {
-                return Ok(false);
-            }
-            if o == low {
-                return Ok(true);
-            }
-            Ok(match self.first_at(topic, partition, o - 1)? {
-                Some((at, ts)) => ts < ms || at >= o,
-                None => true,
-            })
-        };
-        if let Some(h) = hint {
-            if is_answer(h)? {
-                return Ok(h);
-            }
-        }
-        let (mut lo, mut hi) = (low, high);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.first_at(topic, partition, mid)? {
-                Some((_, ts)) if ts >= ms => hi = mid,
-                Some((at, _)) => lo = at + 1,
-                None => hi = mid,
-            }
-        }
-        Ok(lo.min(high))
     }
 }
 
 /// Offsets handed out and not finished, per partition (see `sluice_core::offsets`).
 type Tracker = sluice_core::offsets::OffsetTracker<i32>;
 
-/// What the pump, the ackers and `next()` share.
+/// What the pump thread (and the rebalance callbacks it runs), the ackers and `next()` share.
 struct Shared {
-    tracker: Mutex<Tracker>,
+    state: Mutex<State>,
+    /// Signalled whenever a handed-out message is acked or nacked (a revocation waits on it).
+    settled: Condvar,
     tx: mpsc::UnboundedSender<Item>,
     /// Items in the queue, for flow control.
     queued: AtomicUsize,
-    drained: Notify,
     topic: String,
+    revoke_timeout: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    tracker: Tracker,
+    /// The partitions assigned to this consumer.
+    parts: HashMap<i32, Part>,
+    next_epoch: u64,
+    /// Messages handed out by `next()` and neither acked nor nacked, per (partition, epoch).
+    in_flight: HashMap<(i32, u64), usize>,
+    /// The assignment changed since the pump last paused fetching.
+    reassigned: bool,
+}
+
+/// One assigned partition. Each assignment gets a new epoch, so that what was handed out
+/// under an earlier assignment of the same partition (revoked, and assigned back later) can
+/// neither be handed out again nor finish an offset of the new one.
+#[derive(Clone, Copy)]
+struct Part {
+    epoch: u64,
+    /// False while the partition is being revoked: its messages are no longer handed out.
+    live: bool,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn push(&self, item: Item) {
@@ -821,19 +930,104 @@ impl Shared {
             self.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
+
+    /// A handed-out message is settled (acked or nacked); `finished` when acked.
+    fn settle(&self, partition: i32, epoch: u64, offset: i64, finished: bool) {
+        let mut st = self.lock();
+        if let Some(n) = st.in_flight.get_mut(&(partition, epoch)) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.in_flight.remove(&(partition, epoch));
+            }
+        }
+        if finished && st.parts.get(&partition).is_some_and(|p| p.epoch == epoch) {
+            st.tracker.finished(partition, offset);
+        }
+        drop(st);
+        self.settled.notify_all();
+    }
+
+    fn assigned(&self, tpl: &TopicPartitionList) {
+        let mut st = self.lock();
+        for e in tpl.elements_for_topic(&self.topic) {
+            st.next_epoch += 1;
+            let epoch = st.next_epoch;
+            st.parts.insert(e.partition(), Part { epoch, live: true });
+        }
+        st.reassigned = true;
+        tracing::info!(topic = %self.topic, partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "kafka partitions assigned");
+    }
+
+    /// The partitions are being taken away: stop handing out their messages, wait (at most
+    /// `revoke_timeout`) for what was handed out to be acked or nacked, and commit what is
+    /// finished — never past an unfinished offset, so the next owner starts at the first one
+    /// not done here and duplicates are bounded by what was still in flight at the deadline.
+    fn revoke(&self, consumer: &BaseConsumer<SubContext>, tpl: &TopicPartitionList) {
+        let revoked: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let deadline = self.revoke_timeout;
+        let mut st = self.lock();
+        let mut keys = Vec::new();
+        for p in &revoked {
+            if let Some(part) = st.parts.get_mut(p) {
+                part.live = false;
+                keys.push((*p, part.epoch));
+            }
+        }
+        let (mut st, timed_out) = self
+            .settled
+            .wait_timeout_while(st, deadline, |st| {
+                keys.iter().any(|k| st.in_flight.contains_key(k))
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if timed_out.timed_out() {
+            tracing::warn!(topic = %self.topic, partitions = ?revoked, timeout_ms = self.revoke_timeout.as_millis() as u64, "kafka partitions revoked with deliveries still in flight; the next owner delivers them again");
+        }
+        let points: Vec<(i32, i64)> = st
+            .tracker
+            .commit_points()
+            .into_iter()
+            .filter(|(p, _)| revoked.contains(p))
+            .collect();
+        for p in &revoked {
+            st.tracker.forget(*p);
+            if let Some(part) = st.parts.remove(p) {
+                st.in_flight.remove(&(*p, part.epoch));
+            }
+        }
+        drop(st);
+        if !points.is_empty() {
+            let mut commit = TopicPartitionList::new();
+            for (p, o) in &points {
+                // Cannot fail: the offset is a plain Offset::Offset.
+                let _ = commit.add_partition_offset(&self.topic, *p, Offset::Offset(*o));
+            }
+            // Partitions lost (the session expired) can no longer be committed to; the next
+            // owner then starts at the last commit that made it.
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(topic = %self.topic, error = %e, "committing revoked kafka partitions failed");
+            }
+        }
+        tracing::info!(topic = %self.topic, partitions = ?revoked, committed = ?points, "kafka partitions revoked");
+    }
 }
 
 enum Item {
     Message {
         envelope: Arc<Envelope>,
         partition: i32,
+        epoch: u64,
         offset: i64,
         count: u32,
     },
     Error(ChannelError),
 }
 
-/// Records which commits the cluster confirmed.
+/// Runs the rebalance protocol's side of the bookkeeping, and records which commits the
+/// cluster confirmed. Its callbacks run on the pump thread, inside `poll`.
 struct SubContext {
     shared: Weak<Shared>,
 }
@@ -845,6 +1039,20 @@ impl ClientContext for SubContext {
 }
 
 impl ConsumerContext for SubContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(tpl), Some(shared)) = (rebalance, self.shared.upgrade()) {
+            shared.revoke(consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match (rebalance, self.shared.upgrade()) {
+            (Rebalance::Assign(tpl), Some(shared)) => shared.assigned(tpl),
+            (Rebalance::Error(e), _) => tracing::warn!(error = %e, "kafka rebalance failed"),
+            _ => {}
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -854,45 +1062,60 @@ impl ConsumerContext for SubContext {
             return;
         }
         tracing::trace!(?offsets, "kafka offsets committed");
-        let mut t = shared.lock();
+        let mut st = shared.lock();
         for e in offsets.elements() {
             if let (Offset::Offset(o), Ok(())) = (e.offset(), e.error()) {
-                t.confirmed(e.partition(), o);
+                st.tracker.confirmed(e.partition(), o);
             }
         }
     }
 }
 
-/// Polls the consumer, feeds the queue (pausing fetches while it is full), commits finished
-/// offsets, and on close commits one last time.
-async fn pump(
-    consumer: Arc<StreamConsumer<SubContext>>,
+/// The consumer's own thread: polls (which also runs the rebalance callbacks, and those may
+/// block while revoked partitions drain, so not on the async runtime), feeds the queue while
+/// pausing fetches when it is full, commits finished offsets, and on close commits once more
+/// and leaves the group.
+struct Pump {
+    consumer: BaseConsumer<SubContext>,
     shared: Arc<Shared>,
-    mut close: watch::Receiver<bool>,
+    close: watch::Receiver<bool>,
     done: watch::Sender<bool>,
     commit_interval: Duration,
     max_buffered: usize,
-) {
-    let mut commit_tick = tokio::time::interval(commit_interval);
-    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut paused = false;
-    let mut last_was_error = false;
-    loop {
-        if *close.borrow() {
-            break;
-        }
-        tokio::select! {
-            _ = close.changed() => {}
-            _ = commit_tick.tick() => commit(&consumer, &shared, CommitMode::Async),
-            _ = shared.drained.notified(), if paused => {
-                if shared.queued.load(Ordering::SeqCst) <= max_buffered / 2 {
-                    if let Ok(a) = consumer.assignment() {
-                        paused = consumer.resume(&a).is_err();
-                    }
+}
+
+impl Pump {
+    fn run(self) {
+        let Pump {
+            consumer,
+            shared,
+            close,
+            done,
+            commit_interval,
+            max_buffered,
+        } = self;
+        let mut last_commit = Instant::now();
+        let mut paused = false;
+        let mut last_was_error = false;
+        while !*close.borrow() {
+            if last_commit.elapsed() >= commit_interval {
+                commit(&consumer, &shared, CommitMode::Async);
+                last_commit = Instant::now();
+            }
+            let queued = shared.queued.load(Ordering::SeqCst);
+            let reassigned = std::mem::take(&mut shared.lock().reassigned);
+            if queued >= max_buffered && (!paused || reassigned) {
+                if let Ok(a) = consumer.assignment() {
+                    paused = consumer.pause(&a).is_ok();
+                }
+            } else if paused && queued <= max_buffered / 2 {
+                if let Ok(a) = consumer.assignment() {
+                    paused = consumer.resume(&a).is_err();
                 }
             }
-            received = consumer.recv() => match received {
-                Ok(m) => {
+            match consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(m)) => {
                     last_was_error = false;
                     let (partition, offset) = (m.partition(), m.offset());
                     let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
@@ -905,55 +1128,52 @@ async fn pump(
                         None => wire::decode([], payload, &wire::KAFKA),
                     };
                     drop(m);
+                    let mut st = shared.lock();
+                    let Some(part) = st.parts.get(&partition).copied().filter(|p| p.live) else {
+                        continue;
+                    };
+                    st.tracker.received(partition, offset);
                     match decoded {
                         Ok(envelope) => {
-                            shared.lock().received(partition, offset);
+                            drop(st);
                             shared.push(Item::Message {
                                 envelope: Arc::new(envelope),
                                 partition,
+                                epoch: part.epoch,
                                 offset,
                                 count: 1,
                             });
                         }
                         Err(DecodeError(reason)) => {
                             tracing::warn!(partition, offset, %reason, "skipping a kafka record that is not a CloudEvent");
-                            let mut t = shared.lock();
-                            t.received(partition, offset);
-                            t.finished(partition, offset);
-                        }
-                    }
-                    if !paused && shared.queued.load(Ordering::SeqCst) >= max_buffered {
-                        if let Ok(a) = consumer.assignment() {
-                            paused = consumer.pause(&a).is_ok();
+                            st.tracker.finished(partition, offset);
                         }
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     if !last_was_error {
                         shared.push(Item::Error(unavailable("consuming", &e)));
                     }
                     last_was_error = true;
                     tracing::debug!(error = %e, "kafka consumer error");
-                    tokio::select! {
-                        _ = close.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    }
                 }
             }
         }
-    }
-    // The final commit blocks, and so does closing the consumer: not on the async threads.
-    let _ = tokio::task::spawn_blocking(move || {
         commit(&consumer, &shared, CommitMode::Sync);
-        drop(shared);
+        // Leaving the group revokes every partition (the callback drains and commits them).
         drop(consumer);
-    })
-    .await;
-    done.send_replace(true);
+        drop(shared);
+        done.send_replace(true);
+    }
 }
 
-fn commit(consumer: &StreamConsumer<SubContext>, shared: &Shared, mode: CommitMode) {
-    let points = shared.lock().commit_points();
+fn commit(consumer: &BaseConsumer<SubContext>, shared: &Shared, mode: CommitMode) {
+    let points = {
+        let st = shared.lock();
+        let mut points = st.tracker.commit_points();
+        points.retain(|(p, _)| st.parts.get(p).is_some_and(|p| p.live));
+        points
+    };
     if points.is_empty() {
         return;
     }
@@ -965,9 +1185,9 @@ fn commit(consumer: &StreamConsumer<SubContext>, shared: &Shared, mode: CommitMo
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) if matches!(mode, CommitMode::Sync) => {
-            let mut t = shared.lock();
+            let mut st = shared.lock();
             for (p, o) in points {
-                t.confirmed(p, o);
+                st.tracker.confirmed(p, o);
             }
         }
         Ok(()) => {}
@@ -992,34 +1212,50 @@ impl Drop for KafkaSubscription {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Result<Message, ChannelError>> {
-        if *self.closed.borrow() {
-            return None;
-        }
-        let item = tokio::select! {
-            biased;
-            _ = self.closed.changed() => return None,
-            item = self.rx.recv() => item?,
-        };
-        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-        self.shared.drained.notify_one();
-        match item {
-            Item::Error(e) => Some(Err(e)),
-            Item::Message {
-                envelope,
-                partition,
-                offset,
-                count,
-            } => {
-                let acker = KafkaAcker {
-                    shared: Arc::downgrade(&self.shared),
-                    envelope: envelope.clone(),
+        loop {
+            if *self.closed.borrow() {
+                return None;
+            }
+            let item = tokio::select! {
+                biased;
+                _ = self.closed.changed() => return None,
+                item = self.rx.recv() => item?,
+            };
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            match item {
+                Item::Error(e) => return Some(Err(e)),
+                Item::Message {
+                    envelope,
                     partition,
+                    epoch,
                     offset,
                     count,
-                    runtime: self.runtime.clone(),
-                };
-                let lane = u32::try_from(partition).unwrap_or(0);
-                Some(Ok(Message::new(envelope, lane, count, Box::new(acker))))
+                } => {
+                    {
+                        // A message of a partition revoked (or revoked and assigned again)
+                        // since it was queued is the next owner's now.
+                        let mut st = self.shared.lock();
+                        let current = st
+                            .parts
+                            .get(&partition)
+                            .is_some_and(|p| p.live && p.epoch == epoch);
+                        if !current {
+                            continue;
+                        }
+                        *st.in_flight.entry((partition, epoch)).or_default() += 1;
+                    }
+                    let acker = KafkaAcker {
+                        shared: Arc::downgrade(&self.shared),
+                        envelope: envelope.clone(),
+                        partition,
+                        epoch,
+                        offset,
+                        count,
+                        runtime: self.runtime.clone(),
+                    };
+                    let lane = u32::try_from(partition).unwrap_or(0);
+                    return Some(Ok(Message::new(envelope, lane, count, Box::new(acker))));
+                }
             }
         }
     }
@@ -1029,6 +1265,7 @@ struct KafkaAcker {
     shared: Weak<Shared>,
     envelope: Arc<Envelope>,
     partition: i32,
+    epoch: u64,
     offset: i64,
     count: u32,
     runtime: tokio::runtime::Handle,
@@ -1037,24 +1274,29 @@ struct KafkaAcker {
 impl Acker for KafkaAcker {
     fn ack(self: Box<Self>) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.lock().finished(self.partition, self.offset);
+            shared.settle(self.partition, self.epoch, self.offset, true);
         }
     }
 
     fn nack(self: Box<Self>, delay: Duration) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        // Not finished: the offset keeps holding commits back. It no longer counts as in
+        // flight, though — a revocation need not wait for a retry that may be far off.
+        shared.settle(self.partition, self.epoch, self.offset, false);
         let item = Item::Message {
             envelope: self.envelope,
             partition: self.partition,
+            epoch: self.epoch,
             offset: self.offset,
             count: self.count.saturating_add(1),
         };
         if delay.is_zero() {
-            if let Some(shared) = self.shared.upgrade() {
-                shared.push(item);
-            }
+            shared.push(item);
             return;
         }
-        let shared = self.shared;
+        let shared = Arc::downgrade(&shared);
         self.runtime.spawn(async move {
             tokio::time::sleep(delay).await;
             if let Some(shared) = shared.upgrade() {
@@ -1069,42 +1311,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn assignments_are_counted() {
+        // Version 1, one topic "t" with partitions 0 and 3, then user data.
+        let mut b = vec![0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2];
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(assigned_partitions(&b), 2);
+        assert_eq!(assigned_partitions(&[0, 1, 0, 0, 0, 0]), 0);
+        assert_eq!(assigned_partitions(&[0, 1, 0]), 0);
+    }
+
+    #[test]
     fn names_follow_knative() {
         assert_eq!(
             topic_name(&Key::new("default", "my-broker")),
             "knative-broker-default-my-broker"
         );
         assert_eq!(group_id("ns/trig"), "knative-trigger-ns-trig");
-    }
-
-    fn sorted(mut v: Vec<(i32, i64)>) -> Vec<(i32, i64)> {
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn commits_never_pass_an_unfinished_offset() {
-        let mut t = Tracker::default();
-        t.received(0, 10);
-        t.received(0, 11);
-        t.received(0, 12);
-        t.received(1, 5);
-        assert_eq!(sorted(t.commit_points()), [(0, 10), (1, 5)]);
-        // Finishing out of order does not move the commit past 10.
-        t.finished(0, 11);
-        t.finished(0, 12);
-        t.confirmed(0, 10);
-        t.confirmed(1, 5);
-        assert!(t.commit_points().is_empty());
-        t.finished(0, 10);
-        t.finished(1, 5);
-        assert_eq!(sorted(t.commit_points()), [(0, 13), (1, 6)]);
-        t.confirmed(0, 13);
-        assert_eq!(sorted(t.commit_points()), [(1, 6)]);
-        // A redelivered (nacked) offset keeps holding the commit back until it is acked.
-        t.received(1, 6);
-        t.received(1, 7);
-        t.finished(1, 7);
-        assert_eq!(sorted(t.commit_points()), [(1, 6)]);
     }
 }

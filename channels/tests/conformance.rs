@@ -5,10 +5,12 @@
 //! check into a `#[tokio::test]` per backend:
 //!
 //! - `memory`: [`MemoryChannel`], always;
-//! - `kafka`: [`KafkaChannel`] on a real `tansu broker` (feature `kafka`);
+//! - `kafka`: [`KafkaChannel`] on real Apache Kafka in KRaft mode (feature `kafka`): one broker
+//!   shared by the checks of this binary (each uses its own topic), and one of its own for the
+//!   check that stops it;
 //! - `nats`: [`NatsChannel`] on a real `nats-server -js` (feature `nats`).
 //!
-//! Servers come from the `sluice-tests` harness, one per test, on free ports; a missing
+//! Servers come from the `sluice-tests` harness, on free ports; a missing
 //! binary fails the test with the command that installs it. Checks that a backend cannot meet
 //! by design are left out of its list, visibly: replay (`start_from_*`) and server outages
 //! (`outage_*`) do not apply to the in-memory channel, which has `memory_full_*` instead.
@@ -66,10 +68,27 @@ mod kafka_backend {
     use sluice_core::topology::Key;
     use sluice_tests::KafkaServer;
 
-    pub struct Kafka(pub KafkaServer);
+    /// The test binary's shared broker, or one of its own for a check that stops it.
+    pub enum Kafka {
+        Shared(&'static KafkaServer),
+        Own(KafkaServer),
+    }
 
     pub async fn new() -> Kafka {
-        Kafka(sluice_tests::start_kafka().await)
+        Kafka::Shared(sluice_tests::shared_kafka().await)
+    }
+
+    pub async fn own() -> Kafka {
+        Kafka::Own(sluice_tests::start_kafka().await)
+    }
+
+    impl Kafka {
+        fn server(&self) -> &KafkaServer {
+            match self {
+                Kafka::Shared(s) => s,
+                Kafka::Own(s) => s,
+            }
+        }
     }
 
     #[async_trait]
@@ -77,7 +96,7 @@ mod kafka_backend {
         async fn channel(&mut self) -> Arc<dyn Channel> {
             let mut settings = KafkaSettings::for_broker(
                 &Key::new("conformance", unique("broker")),
-                self.0.bootstrap_servers(),
+                self.server().bootstrap_servers(),
                 3,
                 1,
             );
@@ -87,11 +106,18 @@ mod kafka_backend {
         }
 
         async fn stop(&mut self) {
-            self.0.stop().await;
+            match self {
+                Kafka::Own(s) => s.stop().await,
+                Kafka::Shared(_) => {
+                    panic!("a check that stops its server needs kafka_backend::own()")
+                }
+            }
         }
 
         async fn start(&mut self) {
-            self.0.start().await;
+            if let Kafka::Own(s) = self {
+                s.start().await;
+            }
         }
     }
 }
@@ -550,8 +576,15 @@ suite!(
         start_from_latest_earliest_or_time,
         start_position_is_fixed_when_first_seen,
         remove_subscription_closes_and_forgets,
-        outage_fails_fast_and_recovers,
     ]
+);
+
+// Stops its broker, so it cannot share the binary's.
+#[cfg(feature = "kafka")]
+suite!(
+    kafka_outage,
+    kafka_backend::own().await,
+    [outage_fails_fast_and_recovers]
 );
 
 #[cfg(feature = "nats")]

@@ -58,6 +58,12 @@ impl<K: Hash + Eq + Ord + Copy> OffsetTracker<K> {
         }
     }
 
+    /// The partition is no longer this consumer's (its group gave it to another): drop what
+    /// is known of it, so that if it comes back it starts from the group's commit afresh.
+    pub fn forget(&mut self, partition: K) {
+        self.partitions.remove(&partition);
+    }
+
     /// Offsets to commit, sorted by partition: per partition the lowest unfinished offset, or
     /// the next one when everything received is finished; only where that moved past the last
     /// confirmed commit.
@@ -98,5 +104,10 @@ mod tests {
         assert_eq!(t.commit_points(), [(0, 13), (1, 6)]);
         t.confirmed(0, 13);
         assert_eq!(t.commit_points(), [(1, 6)]);
+        // A partition given to another consumer is forgotten; if it comes back it starts over.
+        t.forget(1);
+        assert!(t.commit_points().is_empty());
+        t.received(1, 40);
+        assert_eq!(t.commit_points(), [(1, 40)]);
     }
 }

@@ -284,7 +284,8 @@ pub struct KafkaSource {
     pub initial_offset: InitialOffset,
     /// `ordering: ordered` (the default): one event in flight per partition, in offset order.
     pub ordered: bool,
-    /// `consumers`: accepted for compatibility (Knative's number of consumer replicas).
+    /// `consumers`: how many consumers this process runs in the source's consumer group
+    /// (they, and those of other processes running the source, share the partitions).
     pub consumers: u32,
     /// `ceOverrides.extensions`, names already validated.
     pub extensions: BTreeMap<String, String>,

@@ -1,6 +1,6 @@
 //! Durable brokers end to end (issue 4): every event answered 202 reaches the sink at least
 //! once even when the sluice process is killed with SIGKILL mid-delivery, and a sink outage
-//! loses nothing. Real servers (nats-server, the tansu Kafka-compatible broker) and real HTTP
+//! loses nothing. Real servers (nats-server, Apache Kafka in KRaft mode) and real HTTP
 //! sinks on loopback.
 
 mod common;

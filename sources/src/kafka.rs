@@ -1,40 +1,50 @@
 //! KafkaSource (feature `kafka`): records of Kafka topics as CloudEvents, through librdkafka.
 //!
 //! ```text
-//! topics ──▶ StreamConsumer (partitions assigned, not group-joined) ──pump──▶ a worker per partition
-//!                   ▲                                                              │ record_to_event
-//!                   │ commit every COMMIT_INTERVAL:                                 │ + ceOverrides
-//!                   │ per partition, the first offset not yet finished              ▼
-//!                   └────────────────────── Tracker ◀── finished ◀── Sender::deliver (retries, DLS)
+//! topics ──▶ `consumers` × BaseConsumer (members of consumerGroup, cooperative-sticky), each on
+//!                   ▲     a pump thread of its own ──▶ a worker per assigned partition
+//!                   │                                        │ record_to_event + ceOverrides
+//!                   │ commit every COMMIT_INTERVAL, and       ▼
+//!                   │ on revocation: per partition, the  Sender::deliver (retries, DLS)
+//!                   └─ first offset not yet finished ◀── Tracker ◀── finished
 //! ```
 //!
-//! **Partitions and the group.** The consumer is *assigned* every partition of every topic and
-//! uses the consumer group only to store committed offsets; it does not join the group. This
-//! is the lesson of the Kafka channel: a member that half-joins and leaves stalls its group
-//! until the broker expires it, which tansu does not do promptly, and one process reads all
-//! partitions anyway. (`consumers`, Knative's replica count, is therefore accepted but has no
-//! effect.)
+//! **Partitions and the group.** `consumers` consumers (Knative's field: default 1) join the
+//! source's consumer group with the `cooperative-sticky` assignor, so the topics' partitions
+//! are shared among them and among the consumers of every other Sluice process running the
+//! same source; when one goes away, the others take its partitions over.
 //!
-//! **Where it starts.** A partition with a committed offset resumes there. One without (a new
-//! group) starts at the low watermark (`initialOffset: earliest`) or the high watermark
-//! (`latest`, the default), and that position is committed before anything is read, so a
-//! crash before the first delivery cannot skip what was produced meanwhile.
+//! **Rebalances.** The group takes partitions away from a consumer when another joins or it
+//! leaves. Before letting them go (the rebalance callback, on the consumer's pump thread) the
+//! consumer stops starting deliveries of those partitions, waits up to [`REVOKE_TIMEOUT`] for
+//! the ones in flight, and commits what is finished — never past an unfinished record. The
+//! next owner resumes at the first record not finished here: duplicates are bounded by what
+//! was still in flight at the deadline, and with `ordering: ordered` a partition's records keep
+//! their order across owners. A stopping source aborts its deliveries instead of waiting.
+//!
+//! **Where it starts.** A partition with a committed offset resumes there. For partitions
+//! without one (a new group, or a topic new to it) the `initialOffset` position — the low
+//! (`earliest`) or high (`latest`, the default) watermark — is committed before the consumers
+//! join, so a crash before the first delivery cannot skip what was produced meanwhile. The
+//! cluster takes that commit only while the group has no members; when another process's
+//! consumers are already in the group, the position is left to `auto.offset.reset`, set to the
+//! same `initialOffset`.
 //!
 //! **Order.** Each partition has its own worker: with `ordering: ordered` it delivers one
 //! record at a time in offset order (the next waits for the previous one's retries); with
 //! `unordered` up to [`UNORDERED_CONCURRENCY`] at once. Partitions never wait for each other;
 //! a partition whose worker falls [`MAX_QUEUED`] records behind is paused until it catches up.
 //!
-//! **Offsets.** A record is finished when the sink accepted it, when it was dead-lettered, or
-//! when delivery gave up without a dead-letter sink (dropped, counted as failed). When both
-//! the sink and the dead-letter sink fail, the record is not finished: it is delivered again
-//! after a pause, for as long as it takes, and holds its partition's commits back. Per
-//! partition the commit is the lowest unfinished offset (or the next offset when all are
-//! finished), so a commit never passes a record still being delivered, however out of order
-//! an unordered worker finishes. Commits are made every [`COMMIT_INTERVAL`] and once more,
+//! **Offsets.** A record is finished when the sink accepted it or it was dead-lettered
+//! (SEMANTICS.md §6). A record that reached neither — no dead-letter sink, or the dead-letter
+//! sink failed too — is not finished: it is delivered again after a pause (1 s doubling to
+//! 60 s), for as long as it takes, and holds its partition's commits back. Per partition the
+//! commit is the lowest unfinished offset (or the next offset when all are finished), so a
+//! commit never passes a record still being delivered, however out of order an unordered
+//! worker finishes. Commits are made every [`COMMIT_INTERVAL`], on revocation, and once more,
 //! synchronously, when the source stops: a clean restart resumes exactly after what was
-//! delivered, a crash redelivers at most what was in flight or finished since the last
-//! commit (at-least-once).
+//! delivered, a crash redelivers at most what was in flight or finished since the last commit
+//! (at-least-once).
 
 use crate::record::{record_to_event, Record};
 use crate::{log_failure, Counters, Env, Error, Health};
@@ -42,7 +52,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -50,11 +60,11 @@ use sluice_core::topology::{InitialOffset, KafkaSource};
 use sluice_core::Envelope;
 use sluice_delivery::{Delivered, Request};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long one request to the cluster (metadata, offsets, watermarks) may take.
@@ -67,9 +77,13 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 pub const MAX_QUEUED: usize = 500;
 /// Deliveries in flight per partition with `ordering: unordered`.
 pub const UNORDERED_CONCURRENCY: usize = 64;
+/// How long a consumer losing partitions in a rebalance waits for their deliveries in flight.
+pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the pump thread waits in one poll: the longest a stop takes to be noticed.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Waits between attempts to (re)start the consumer: doubling from the first to the second.
 const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-/// Waits before delivering again a record that neither the sink nor the dead-letter sink took.
+/// Waits before delivering again a record that reached neither the sink nor a dead-letter sink.
 const REDELIVER_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// A partition of one of the source's topics: (index in `spec.topics`, partition).
@@ -79,7 +93,14 @@ fn set_health(health: &Mutex<Health>, value: Health) {
     *health.lock().unwrap_or_else(|e| e.into_inner()) = value;
 }
 
-/// Runs one KafkaSource until `cancel`, restarting the consumer (with backoff) while the
+fn is_ready(health: &Mutex<Health>) -> bool {
+    matches!(
+        *health.lock().unwrap_or_else(|e| e.into_inner()),
+        Health::Ready
+    )
+}
+
+/// Runs one KafkaSource until `cancel`, restarting the consumers (with backoff) while the
 /// cluster is unreachable or a topic is missing.
 pub(crate) async fn run(
     spec: Arc<KafkaSource>,
@@ -91,10 +112,10 @@ pub(crate) async fn run(
     let mut backoff = RESTART_BACKOFF.0;
     loop {
         match start(&spec, &health).await {
-            Ok(session) => {
+            Ok(consumers) => {
                 set_health(&health, Health::Ready);
-                tracing::info!(source = %spec.key, topics = ?spec.topics, group = %spec.consumer_group, sink = %spec.sink, "KafkaSource started");
-                session.run(&spec, &env, &counters, &cancel, &health).await;
+                tracing::info!(source = %spec.key, topics = ?spec.topics, group = %spec.consumer_group, consumers = consumers.len(), sink = %spec.sink, "KafkaSource started");
+                run_consumers(consumers, &spec, &env, &counters, &cancel, &health).await;
                 tracing::info!(source = %spec.key, "KafkaSource stopped");
                 return;
             }
@@ -111,49 +132,10 @@ pub(crate) async fn run(
     }
 }
 
-/// A connected consumer with its partitions assigned.
-struct Session {
-    consumer: Arc<StreamConsumer<SourceContext>>,
+/// One member of the source's group, not yet polled.
+struct Member {
+    consumer: BaseConsumer<SourceContext>,
     shared: Arc<Shared>,
-}
-
-async fn start(spec: &Arc<KafkaSource>, health: &Arc<Mutex<Health>>) -> Result<Session, Error> {
-    let servers = spec.bootstrap_servers.join(",");
-    let shared = Arc::new(Shared {
-        tracker: Mutex::new(Tracker::default()),
-        topics: spec.topics.clone(),
-    });
-    let consumer: StreamConsumer<SourceContext> = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        .set("group.id", &spec.consumer_group)
-        .set(
-            "client.id",
-            format!(
-                "sluice-kafkasource-{}-{}",
-                spec.key.namespace, spec.key.name
-            ),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // Only for a committed offset that retention has already deleted.
-        .set("auto.offset.reset", "earliest")
-        // Reconnect quickly once the cluster is back, rather than backing off to 10 s.
-        .set("reconnect.backoff.max.ms", "1000")
-        .set("log_level", "4")
-        .create_with_context(SourceContext {
-            shared: Arc::downgrade(&shared),
-            health: health.clone(),
-        })
-        .map_err(|e| kafka_error(&servers, "creating the consumer", e))?;
-    let consumer = Arc::new(consumer);
-    let (c, s) = (consumer.clone(), spec.clone());
-    let assignment = tokio::task::spawn_blocking(move || start_positions(&c, &s))
-        .await
-        .map_err(|e| kafka_error(&servers, "fixing the start position", e))??;
-    consumer
-        .assign(&assignment)
-        .map_err(|e| kafka_error(&servers, "assigning partitions", e))?;
-    Ok(Session { consumer, shared })
 }
 
 fn kafka_error(servers: &str, what: &str, e: impl std::fmt::Display) -> Error {
@@ -164,12 +146,85 @@ fn kafka_error(servers: &str, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// The offsets each partition starts from (blocking: runs on a blocking thread). Partitions
-/// without a committed offset get the `initialOffset` position, committed before returning.
-fn start_positions(
-    consumer: &StreamConsumer<SourceContext>,
+fn member(spec: &KafkaSource, health: &Arc<Mutex<Health>>, i: u32) -> Result<Member, Error> {
+    let servers = spec.bootstrap_servers.join(",");
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        settled: Condvar::new(),
+        topics: spec.topics.clone(),
+        stopping: AtomicBool::new(false),
+    });
+    let reset = match spec.initial_offset {
+        InitialOffset::Earliest => "earliest",
+        InitialOffset::Latest => "latest",
+    };
+    let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", &spec.consumer_group)
+        .set(
+            "client.id",
+            format!(
+                "sluice-kafkasource-{}-{}-{i}",
+                spec.key.namespace, spec.key.name
+            ),
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // For partitions whose start could not be committed before joining (see the module
+        // doc), and for a committed offset that retention has already deleted.
+        .set("auto.offset.reset", reset)
+        // Latency: Kafka completes a parked fetch the moment a record arrives; this only bounds
+        // an idle fetch (and the cases the broker does not wake it, after a rebalance), at ten
+        // idle fetches a second per consumer at most. See the Kafka channel for the same choice.
+        .set("fetch.wait.max.ms", "100")
+        // A process that dies without leaving holds its partitions until its session expires;
+        // 10 s instead of librdkafka's 45 s bounds that pause.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
+        .set("socket.nagle.disable", "true")
+        // Reconnect quickly once the cluster is back, rather than backing off to 10 s.
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log_level", "4")
+        .create_with_context(SourceContext {
+            shared: Arc::downgrade(&shared),
+            health: health.clone(),
+        })
+        .map_err(|e| kafka_error(&servers, "creating the consumer", e))?;
+    Ok(Member { consumer, shared })
+}
+
+/// Creates the members, fixes the start position of partitions that have none, and joins the
+/// group.
+async fn start(spec: &Arc<KafkaSource>, health: &Arc<Mutex<Health>>) -> Result<Vec<Member>, Error> {
+    let servers = spec.bootstrap_servers.join(",");
+    let first = member(spec, health, 0)?;
+    let s = spec.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        fix_start_positions(&first.consumer, &s)?;
+        Ok::<_, Error>(first)
+    })
+    .await
+    .map_err(|e| kafka_error(&servers, "fixing the start position", e))??;
+    let mut members = vec![first];
+    for i in 1..spec.consumers.max(1) {
+        members.push(member(spec, health, i)?);
+    }
+    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    for m in &members {
+        m.consumer
+            .subscribe(&topics)
+            .map_err(|e| kafka_error(&servers, "joining the consumer group", e))?;
+    }
+    Ok(members)
+}
+
+/// Commits the `initialOffset` position of every partition without a committed offset
+/// (blocking: runs on a blocking thread, before any member joins).
+fn fix_start_positions(
+    consumer: &BaseConsumer<SourceContext>,
     spec: &KafkaSource,
-) -> Result<TopicPartitionList, Error> {
+) -> Result<(), Error> {
     let servers = spec.bootstrap_servers.join(",");
     let err = |what: &str, e: KafkaError| kafka_error(&servers, what, e);
     let mut all = TopicPartitionList::new();
@@ -193,157 +248,232 @@ fn start_positions(
     let committed = consumer
         .committed_offsets(all, REQUEST_TIMEOUT)
         .map_err(|e| err("reading committed offsets", e))?;
-    let mut positions = TopicPartitionList::new();
     let mut fixed = TopicPartitionList::new();
     for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => {
-                let (low, high) = consumer
-                    .fetch_watermarks(e.topic(), e.partition(), REQUEST_TIMEOUT)
-                    .map_err(|e| err("reading watermarks", e))?;
-                let o = match spec.initial_offset {
-                    InitialOffset::Earliest => low,
-                    InitialOffset::Latest => high,
-                };
-                fixed
-                    .add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))
-                    .map_err(|e| err("fixing the start position", e))?;
-                o
-            }
+        if matches!(e.offset(), Offset::Offset(_)) {
+            continue;
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), REQUEST_TIMEOUT)
+            .map_err(|e| err("reading watermarks", e))?;
+        let o = match spec.initial_offset {
+            InitialOffset::Earliest => low,
+            InitialOffset::Latest => high,
         };
-        positions
-            .add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset))
+        fixed
+            .add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))
             .map_err(|e| err("fixing the start position", e))?;
     }
-    if fixed.count() > 0 {
-        consumer
-            .commit(&fixed, CommitMode::Sync)
-            .map_err(|e| err("committing the start position", e))?;
-        tracing::info!(source = %spec.key, initial_offset = ?spec.initial_offset, partitions = fixed.count(), "KafkaSource start position committed");
+    if fixed.count() == 0 {
+        return Ok(());
     }
-    Ok(positions)
+    match consumer.commit(&fixed, CommitMode::Sync) {
+        Ok(()) => {
+            tracing::info!(source = %spec.key, initial_offset = ?spec.initial_offset, partitions = fixed.count(), "KafkaSource start position committed");
+            Ok(())
+        }
+        // Members of other processes hold the group: they, or auto.offset.reset, decide.
+        Err(e)
+            if matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::IllegalGeneration)
+            ) =>
+        {
+            tracing::info!(source = %spec.key, error = %e, "KafkaSource group has members elsewhere; partitions without a commit start per initialOffset");
+            Ok(())
+        }
+        Err(e) => Err(err("committing the start position", e)),
+    }
 }
 
-impl Session {
-    /// Reads records and hands them to the partition workers until `cancel`; then stops the
-    /// workers and commits what they finished.
-    async fn run(
-        self,
-        spec: &Arc<KafkaSource>,
-        env: &Env,
-        counters: &Counters,
-        cancel: &CancellationToken,
-        health: &Arc<Mutex<Health>>,
-    ) {
-        let Session { consumer, shared } = self;
-        let mut workers: HashMap<Tp, Worker> = HashMap::new();
-        let mut tasks = JoinSet::new();
-        let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Tp>();
-        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let concurrency = if spec.ordered {
+/// Runs every member on a thread of its own until `cancel`, and waits for all to stop.
+async fn run_consumers(
+    members: Vec<Member>,
+    spec: &Arc<KafkaSource>,
+    env: &Env,
+    counters: &Counters,
+    cancel: &CancellationToken,
+    health: &Arc<Mutex<Health>>,
+) {
+    let mut done = Vec::new();
+    for (i, m) in members.into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        let pump = Pump {
+            consumer: m.consumer,
+            shared: m.shared,
+            ctx: WorkerEnv {
+                spec: spec.clone(),
+                env: env.clone(),
+                counters: counters.clone(),
+            },
+            cancel: cancel.clone(),
+            health: health.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("kafkasource-{}-{i}", spec.key.name))
+            .spawn(move || {
+                pump.run();
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(_) => done.push(rx),
+            Err(e) => {
+                tracing::error!(source = %spec.key, error = %e, "cannot start a KafkaSource consumer thread")
+            }
+        }
+    }
+    for rx in done {
+        let _ = rx.await;
+    }
+}
+
+/// What every delivery of a source needs.
+#[derive(Clone)]
+struct WorkerEnv {
+    spec: Arc<KafkaSource>,
+    env: Env,
+    counters: Counters,
+}
+
+/// One member's thread: polls (which also runs the rebalance callbacks; those may block while
+/// revoked partitions drain, so not on the async runtime), hands records to the partition
+/// workers, pauses and resumes partitions, commits, and on stop aborts the workers, commits
+/// what they finished and leaves the group.
+struct Pump {
+    consumer: BaseConsumer<SourceContext>,
+    shared: Arc<Shared>,
+    ctx: WorkerEnv,
+    cancel: CancellationToken,
+    health: Arc<Mutex<Health>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Pump {
+    fn run(self) {
+        let Pump {
+            consumer,
+            shared,
+            ctx,
+            cancel,
+            health,
+            runtime,
+        } = self;
+        let concurrency = if ctx.spec.ordered {
             1
         } else {
             UNORDERED_CONCURRENCY
         };
-        let mut health_tick = tokio::time::interval(HEALTH_INTERVAL);
-        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel::<Tp>();
+        let mut last_commit = Instant::now();
+        let mut last_health = Instant::now();
         let mut last_was_error = false;
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = commit_tick.tick() => commit(&consumer, &shared, CommitMode::Async),
-                _ = health_tick.tick() => {
-                    // Errors mark the source not ready; an idle topic brings no message to
-                    // say the cluster is back, so ask it (off the async threads).
-                    let not_ready = matches!(*health.lock().unwrap_or_else(|e| e.into_inner()), Health::NotReady(_));
-                    if not_ready {
-                        let (c, h, topic) = (consumer.clone(), health.clone(), spec.topics[0].clone());
-                        tokio::task::spawn_blocking(move || {
-                            if c.fetch_metadata(Some(&topic), REQUEST_TIMEOUT).is_ok() {
-                                set_health(&h, Health::Ready);
-                            }
-                        });
-                    }
+        while !cancel.is_cancelled() {
+            if last_commit.elapsed() >= COMMIT_INTERVAL {
+                commit(&consumer, &shared, CommitMode::Async);
+                last_commit = Instant::now();
+            }
+            if last_health.elapsed() >= HEALTH_INTERVAL {
+                last_health = Instant::now();
+                // Errors mark the source not ready; an idle topic brings no message to say
+                // the cluster is back, so ask it.
+                if !is_ready(&health)
+                    && consumer
+                        .fetch_metadata(Some(&ctx.spec.topics[0]), REQUEST_TIMEOUT)
+                        .is_ok()
+                {
+                    set_health(&health, Health::Ready);
                 }
-                Some(tp) = resume_rx.recv() => {
-                    if let Some(w) = workers.get_mut(&tp) {
-                        if w.paused && w.queued.load(Ordering::SeqCst) <= MAX_QUEUED / 2 {
-                            w.paused = consumer.resume(&shared.tpl(tp)).is_err();
-                        }
-                    }
-                }
-                received = consumer.recv() => match received {
-                    Ok(m) => {
-                        if last_was_error {
-                            set_health(health, Health::Ready);
-                            last_was_error = false;
-                        }
-                        let Some((tp, record)) = shared.owned(&m) else { continue };
-                        drop(m);
-                        shared.lock().received(tp, record.offset);
-                        let w = workers.entry(tp).or_insert_with(|| {
-                            let (tx, rx) = mpsc::unbounded_channel();
-                            let queued = Arc::new(AtomicUsize::new(0));
-                            tasks.spawn(partition_worker(rx, WorkerCtx {
-                                spec: spec.clone(),
-                                env: env.clone(),
-                                counters: counters.clone(),
-                                shared: shared.clone(),
-                                tp,
-                                queued: queued.clone(),
-                                resume: resume_tx.clone(),
-                            }, concurrency));
-                            Worker { tx, queued, paused: false }
-                        });
-                        let queued = w.queued.fetch_add(1, Ordering::SeqCst) + 1;
-                        let _ = w.tx.send(record);
-                        if queued >= MAX_QUEUED && !w.paused {
-                            w.paused = consumer.pause(&shared.tpl(tp)).is_ok();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(source = %spec.key, error = %e, "kafka consumer error");
-                        if !last_was_error {
-                            set_health(health, Health::NotReady(format!("consuming: {e}")));
-                        }
-                        last_was_error = true;
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        }
+            }
+            while let Ok(tp) = resume_rx.try_recv() {
+                let mut st = shared.lock();
+                if let Some(w) = st.workers.get_mut(&tp) {
+                    if w.paused && w.queued.load(Ordering::SeqCst) <= MAX_QUEUED / 2 {
+                        w.paused = consumer.resume(&shared.tpl(tp)).is_err();
                     }
                 }
             }
+            match consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(m)) => {
+                    if last_was_error {
+                        set_health(&health, Health::Ready);
+                        last_was_error = false;
+                    }
+                    let Some((tp, record)) = shared.owned(&m) else {
+                        continue;
+                    };
+                    drop(m);
+                    let mut st = shared.lock();
+                    let Some(part) = st.parts.get(&tp).copied().filter(|p| p.live) else {
+                        continue;
+                    };
+                    st.tracker.received(tp, record.offset);
+                    let w = st.workers.entry(tp).or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let queued = Arc::new(AtomicUsize::new(0));
+                        let task = runtime.spawn(partition_worker(
+                            rx,
+                            WorkerCtx {
+                                env: ctx.clone(),
+                                shared: Arc::downgrade(&shared),
+                                tp,
+                                epoch: part.epoch,
+                                queued: queued.clone(),
+                                resume: resume_tx.clone(),
+                            },
+                            concurrency,
+                        ));
+                        Worker {
+                            tx,
+                            queued,
+                            paused: false,
+                            task,
+                        }
+                    });
+                    let queued = w.queued.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _ = w.tx.send(record);
+                    if queued >= MAX_QUEUED && !w.paused {
+                        w.paused = consumer.pause(&shared.tpl(tp)).is_ok();
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(source = %ctx.spec.key, error = %e, "kafka consumer error");
+                    if !last_was_error {
+                        set_health(&health, Health::NotReady(format!("consuming: {e}")));
+                    }
+                    last_was_error = true;
+                }
+            }
         }
-        // Records still being delivered stay unfinished: they are redelivered next time.
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-        // The final commit blocks, and so does closing the consumer: not on the async threads.
-        let _ = tokio::task::spawn_blocking(move || {
-            commit(&consumer, &shared, CommitMode::Sync);
-            drop(consumer);
-        })
-        .await;
+        // Stopping: deliveries still running stay unfinished and are redelivered next time.
+        shared.stopping.store(true, Ordering::SeqCst);
+        let workers: Vec<Worker> = shared.lock().workers.drain().map(|(_, w)| w).collect();
+        for w in &workers {
+            w.task.abort();
+        }
+        commit(&consumer, &shared, CommitMode::Sync);
+        // Leaving the group revokes every partition; the callback commits without waiting.
+        drop(consumer);
+        drop(workers);
     }
 }
 
+/// A partition's worker, as the pump and the rebalance callback see it.
 struct Worker {
     tx: mpsc::UnboundedSender<Record>,
     queued: Arc<AtomicUsize>,
     paused: bool,
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct WorkerCtx {
-    spec: Arc<KafkaSource>,
-    env: Env,
-    counters: Counters,
-    shared: Arc<Shared>,
+    env: WorkerEnv,
+    shared: Weak<Shared>,
     tp: Tp,
+    epoch: u64,
     queued: Arc<AtomicUsize>,
-    resume: mpsc::UnboundedSender<Tp>,
+    resume: std::sync::mpsc::Sender<Tp>,
 }
 
 /// Delivers one partition's records, `concurrency` at a time (1: in offset order).
@@ -358,8 +488,17 @@ async fn partition_worker(
             let ctx = &ctx;
             async move {
                 let offset = record.offset;
-                deliver(ctx, record).await;
-                ctx.shared.lock().finished(ctx.tp, offset);
+                // Not once the partition is being revoked: the next owner delivers it.
+                if ctx
+                    .shared
+                    .upgrade()
+                    .is_some_and(|s| s.start(ctx.tp, ctx.epoch))
+                {
+                    deliver(&ctx.env, record).await;
+                    if let Some(s) = ctx.shared.upgrade() {
+                        s.finish(ctx.tp, ctx.epoch, offset);
+                    }
+                }
                 // Crossing half the limit downwards: ask the pump to resume fetching.
                 if ctx.queued.fetch_sub(1, Ordering::SeqCst) == MAX_QUEUED / 2 + 1 {
                     let _ = ctx.resume.send(ctx.tp);
@@ -369,8 +508,8 @@ async fn partition_worker(
         .await;
 }
 
-/// Delivers one record until it is finished (accepted, dead-lettered or dropped).
-async fn deliver(ctx: &WorkerCtx, record: Record) {
+/// Delivers one record until it is finished: accepted by the sink, or dead-lettered.
+async fn deliver(ctx: &WorkerEnv, record: Record) {
     let spec = &ctx.spec;
     let (mut event, mapping) = record_to_event(&spec.key, &record);
     // Knative applies ceOverrides to every event, CloudEvent records included.
@@ -393,10 +532,14 @@ async fn deliver(ctx: &WorkerCtx, record: Record) {
             })
             .await;
         log_failure(&spec.key, envelope.event.id(), &report);
-        if matches!(report.result, Delivered::DeadLetterFailed { .. }) {
-            // Neither the sink nor the dead-letter sink has the event: committing past it
-            // would lose it, so it is tried again, holding its partition back.
-            tracing::warn!(source = %spec.key, partition = record.partition, offset = record.offset, retry_in_ms = wait.as_millis() as u64, "record not delivered; it will be delivered again");
+        if matches!(
+            report.result,
+            Delivered::Dropped { .. } | Delivered::DeadLetterFailed { .. }
+        ) {
+            // Neither the sink nor a dead-letter sink has the event: committing past it would
+            // lose it (SEMANTICS.md §6), so it is tried again, holding its partition back.
+            ctx.counters.count(&report);
+            tracing::warn!(source = %spec.key, partition = record.partition, offset = record.offset, retry_in_ms = wait.as_millis() as u64, "record reached neither the sink nor a dead-letter sink; it will be delivered again");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(REDELIVER_BACKOFF.1);
             continue;
@@ -406,15 +549,40 @@ async fn deliver(ctx: &WorkerCtx, record: Record) {
     }
 }
 
-/// What the pump, the workers and the consumer's commit callback share.
+/// What a member's pump thread (and its rebalance callbacks), its workers and its commit
+/// callback share.
 struct Shared {
-    tracker: Mutex<Tracker>,
+    state: Mutex<State>,
+    /// Signalled whenever a delivery finishes (a revocation waits on it).
+    settled: Condvar,
     topics: Vec<String>,
+    /// The source is stopping: revocations do not wait for deliveries (they were aborted).
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    tracker: Tracker,
+    /// The partitions assigned to this member.
+    parts: HashMap<Tp, Part>,
+    next_epoch: u64,
+    workers: HashMap<Tp, Worker>,
+    /// Deliveries started and not finished, per (partition, epoch).
+    in_flight: HashMap<(Tp, u64), usize>,
+}
+
+/// One assigned partition. Each assignment gets a new epoch, so that a delivery begun under
+/// an earlier assignment of the same partition cannot finish an offset of the new one.
+#[derive(Clone, Copy)]
+struct Part {
+    epoch: u64,
+    /// False while the partition is being revoked: no new deliveries start.
+    live: bool,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn topic_index(&self, topic: &str) -> Option<usize> {
@@ -425,6 +593,112 @@ impl Shared {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topics[topic], partition);
         tpl
+    }
+
+    fn tps(&self, tpl: &TopicPartitionList) -> Vec<Tp> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+            .collect()
+    }
+
+    /// A delivery may start: the partition is still this member's, under the same epoch.
+    fn start(&self, tp: Tp, epoch: u64) -> bool {
+        let mut st = self.lock();
+        let live = st
+            .parts
+            .get(&tp)
+            .is_some_and(|p| p.live && p.epoch == epoch);
+        if live {
+            *st.in_flight.entry((tp, epoch)).or_default() += 1;
+        }
+        live
+    }
+
+    fn finish(&self, tp: Tp, epoch: u64, offset: i64) {
+        let mut st = self.lock();
+        if let Some(n) = st.in_flight.get_mut(&(tp, epoch)) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.in_flight.remove(&(tp, epoch));
+            }
+        }
+        if st.parts.get(&tp).is_some_and(|p| p.epoch == epoch) {
+            st.tracker.finished(tp, offset);
+        }
+        drop(st);
+        self.settled.notify_all();
+    }
+
+    fn assigned(&self, tpl: &TopicPartitionList) {
+        let tps = self.tps(tpl);
+        let mut st = self.lock();
+        for tp in &tps {
+            st.next_epoch += 1;
+            let epoch = st.next_epoch;
+            st.parts.insert(*tp, Part { epoch, live: true });
+        }
+        tracing::info!(topics = ?self.topics, partitions = ?tps, "KafkaSource partitions assigned");
+    }
+
+    /// See the module doc, "Rebalances".
+    fn revoke(&self, consumer: &BaseConsumer<SourceContext>, tpl: &TopicPartitionList) {
+        let revoked = self.tps(tpl);
+        let mut st = self.lock();
+        let mut keys = Vec::new();
+        let mut tasks = Vec::new();
+        for tp in &revoked {
+            if let Some(part) = st.parts.get_mut(tp) {
+                part.live = false;
+                keys.push((*tp, part.epoch));
+            }
+            // Records queued for the worker are dropped with its queue; it ends once its
+            // deliveries in flight do.
+            if let Some(w) = st.workers.remove(tp) {
+                tasks.push(w.task);
+            }
+        }
+        let wait = if self.stopping.load(Ordering::SeqCst) {
+            Duration::ZERO
+        } else {
+            REVOKE_TIMEOUT
+        };
+        let (mut st, timeout) = self
+            .settled
+            .wait_timeout_while(st, wait, |st| {
+                keys.iter().any(|k| st.in_flight.contains_key(k))
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() && !wait.is_zero() {
+            tracing::warn!(partitions = ?revoked, "KafkaSource partitions revoked with deliveries still in flight; the next owner delivers them again");
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        let points: Vec<(Tp, i64)> = st
+            .tracker
+            .commit_points()
+            .into_iter()
+            .filter(|(tp, _)| revoked.contains(tp))
+            .collect();
+        for tp in &revoked {
+            st.tracker.forget(*tp);
+            if let Some(part) = st.parts.remove(tp) {
+                st.in_flight.remove(&(*tp, part.epoch));
+            }
+        }
+        drop(st);
+        if !points.is_empty() {
+            let mut commit = TopicPartitionList::new();
+            for ((t, p), o) in &points {
+                // Cannot fail: the offset is a plain Offset::Offset.
+                let _ = commit.add_partition_offset(&self.topics[*t], *p, Offset::Offset(*o));
+            }
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "committing revoked KafkaSource partitions failed");
+            }
+        }
+        tracing::info!(topics = ?self.topics, partitions = ?revoked, committed = ?points, "KafkaSource partitions revoked");
     }
 
     /// The record, copied out of librdkafka's buffer.
@@ -456,8 +730,8 @@ impl Shared {
     }
 }
 
-/// Records the commits the cluster confirmed, and marks the source not ready while no broker
-/// of the cluster can be reached.
+/// Runs the rebalance side of the bookkeeping, records which commits the cluster confirmed,
+/// and marks the source not ready while no broker of the cluster can be reached.
 struct SourceContext {
     shared: Weak<Shared>,
     health: Arc<Mutex<Health>>,
@@ -476,6 +750,20 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(tpl), Some(shared)) = (rebalance, self.shared.upgrade()) {
+            shared.revoke(consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match (rebalance, self.shared.upgrade()) {
+            (Rebalance::Assign(tpl), Some(shared)) => shared.assigned(tpl),
+            (Rebalance::Error(e), _) => tracing::warn!(error = %e, "KafkaSource rebalance failed"),
+            _ => {}
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -492,15 +780,20 @@ impl ConsumerContext for SourceContext {
                 confirmed.push(((t, e.partition()), o));
             }
         }
-        let mut tracker = shared.lock();
+        let mut st = shared.lock();
         for (tp, o) in confirmed {
-            tracker.confirmed(tp, o);
+            st.tracker.confirmed(tp, o);
         }
     }
 }
 
-fn commit(consumer: &StreamConsumer<SourceContext>, shared: &Shared, mode: CommitMode) {
-    let points = shared.lock().commit_points();
+fn commit(consumer: &BaseConsumer<SourceContext>, shared: &Shared, mode: CommitMode) {
+    let points = {
+        let st = shared.lock();
+        let mut points = st.tracker.commit_points();
+        points.retain(|(tp, _)| st.parts.get(tp).is_some_and(|p| p.live));
+        points
+    };
     if points.is_empty() {
         return;
     }
@@ -511,9 +804,9 @@ fn commit(consumer: &StreamConsumer<SourceContext>, shared: &Shared, mode: Commi
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) if matches!(mode, CommitMode::Sync) => {
-            let mut t = shared.lock();
+            let mut st = shared.lock();
             for (tp, o) in points {
-                t.confirmed(tp, o);
+                st.tracker.confirmed(tp, o);
             }
         }
         Ok(()) => {}
@@ -521,7 +814,6 @@ fn commit(consumer: &StreamConsumer<SourceContext>, shared: &Shared, mode: Commi
     }
 }
 
-/// Per partition: the offsets read and not yet finished.
 /// Offsets handed out and not finished, per partition (see `sluice_core::offsets`).
 type Tracker = sluice_core::offsets::OffsetTracker<Tp>;
 

@@ -1,4 +1,4 @@
-//! KafkaSource against a real Kafka-compatible broker (tansu, started by the harness) and real
+//! KafkaSource against real Apache Kafka (one broker for the binary, from the harness) and real
 //! HTTP sinks: pass-through of CloudEvent records, the mapping of plain records, order per
 //! partition, initial offsets, dead letters, and a restart that neither loses nor resends.
 
@@ -80,9 +80,16 @@ async fn produce(
     p.send(record, Duration::from_secs(5)).await.unwrap();
 }
 
+/// A topic name no other test of this binary uses (they share one broker).
+fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A KafkaSource `shop/orders` reading `topic`, in a consumer group of that topic's own.
 fn source_yaml(servers: &str, topic: &str, sink: &str, extra: &str) -> String {
     format!(
-        "apiVersion: sources.knative.dev/v1\nkind: KafkaSource\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  bootstrapServers: ['{servers}']\n  topics: [{topic}]\n  sink: {{uri: '{sink}'}}\n{extra}"
+        "apiVersion: sources.knative.dev/v1\nkind: KafkaSource\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  bootstrapServers: ['{servers}']\n  topics: [{topic}]\n  consumerGroup: group-{topic}\n  sink: {{uri: '{sink}'}}\n{extra}"
     )
 }
 
@@ -121,14 +128,14 @@ fn position(r: &Received) -> (i32, i64) {
 
 #[tokio::test]
 async fn cloudevent_records_pass_through_and_plain_records_are_mapped() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
-    create_topic(&servers, "orders", 1).await;
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
     let p = producer(&servers);
     // Binary mode (the CloudEvents Kafka binding), structured mode, and a plain record.
     produce(
         &p,
-        "orders",
+        &topic,
         0,
         Some("k0"),
         &[
@@ -144,7 +151,7 @@ async fn cloudevent_records_pass_through_and_plain_records_are_mapped() {
     .await;
     produce(
         &p,
-        "orders",
+        &topic,
         0,
         None,
         &[("content-type", "application/cloudevents+json")],
@@ -153,7 +160,7 @@ async fn cloudevent_records_pass_through_and_plain_records_are_mapped() {
     .await;
     produce(
         &p,
-        "orders",
+        &topic,
         0,
         Some("customer-7"),
         &[("X-Trace-Id", "abc"), ("content-type", "text/plain")],
@@ -165,7 +172,7 @@ async fn cloudevent_records_pass_through_and_plain_records_are_mapped() {
     let metrics = Arc::new(Metrics::new());
     let yaml = source_yaml(
         &servers,
-        "orders",
+        &topic,
         &sink.url,
         "  initialOffset: earliest\n  ceOverrides: {extensions: {origin: kafka}}\n",
     );
@@ -202,7 +209,7 @@ async fn cloudevent_records_pass_through_and_plain_records_are_mapped() {
     assert_eq!(plain.header("ce-type"), Some("dev.knative.kafka.event"));
     assert_eq!(
         plain.header("ce-source"),
-        Some("/apis/v1/namespaces/shop/kafkasources/orders#orders")
+        Some(format!("/apis/v1/namespaces/shop/kafkasources/orders#{topic}").as_str())
     );
     assert_eq!(plain.header("ce-id"), Some("partition:0/offset:2"));
     assert_eq!(plain.header("ce-subject"), Some("partition:0#2"));
@@ -235,15 +242,15 @@ async fn cloudevent_records_pass_through_and_plain_records_are_mapped() {
 
 #[tokio::test]
 async fn ordered_delivery_keeps_each_partition_in_offset_order() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
-    create_topic(&servers, "orders", 3).await;
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 3).await;
     let p = producer(&servers);
     for i in 0..15 {
         for partition in 0..3 {
             produce(
                 &p,
-                "orders",
+                &topic,
                 partition,
                 None,
                 &[],
@@ -265,7 +272,7 @@ async fn ordered_delivery_keeps_each_partition_in_offset_order() {
     .await;
     let yaml = source_yaml(
         &servers,
-        "orders",
+        &topic,
         &sink.url,
         &format!("  initialOffset: earliest\n  ordering: ordered\n{FAST_RETRY}"),
     );
@@ -291,17 +298,17 @@ async fn ordered_delivery_keeps_each_partition_in_offset_order() {
 
 #[tokio::test]
 async fn unordered_delivery_overlaps_events_of_a_partition() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
-    create_topic(&servers, "orders", 1).await;
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
     let p = producer(&servers);
     for i in 0..20 {
-        produce(&p, "orders", 0, None, &[], &i.to_string()).await;
+        produce(&p, &topic, 0, None, &[], &i.to_string()).await;
     }
     let sink = Sink::start(|_, _| (StatusCode::ACCEPTED, Duration::from_millis(200))).await;
     let yaml = source_yaml(
         &servers,
-        "orders",
+        &topic,
         &sink.url,
         "  initialOffset: earliest\n  ordering: unordered\n",
     );
@@ -316,19 +323,19 @@ async fn unordered_delivery_overlaps_events_of_a_partition() {
 
 #[tokio::test]
 async fn latest_starts_after_the_records_already_in_the_topic() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
-    create_topic(&servers, "orders", 1).await;
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
     let p = producer(&servers);
     for i in 0..3 {
-        produce(&p, "orders", 0, None, &[], &format!("old-{i}")).await;
+        produce(&p, &topic, 0, None, &[], &format!("old-{i}")).await;
     }
     let sink = Sink::ok().await;
     // No initialOffset: latest.
-    let yaml = source_yaml(&servers, "orders", &sink.url, "");
+    let yaml = source_yaml(&servers, &topic, &sink.url, "");
     let mut sources = start(&yaml, Arc::new(Metrics::new())).await;
     for i in 0..2 {
-        produce(&p, "orders", 0, None, &[], &format!("new-{i}")).await;
+        produce(&p, &topic, 0, None, &[], &format!("new-{i}")).await;
     }
     let got = sink.wait_accepted(2, T).await;
     sources.shutdown().await;
@@ -339,12 +346,12 @@ async fn latest_starts_after_the_records_already_in_the_topic() {
 
 #[tokio::test]
 async fn refused_records_go_to_the_dead_letter_sink_and_the_stream_moves_on() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
-    create_topic(&servers, "orders", 1).await;
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
     let p = producer(&servers);
     for v in ["good-1", "bad", "good-2"] {
-        produce(&p, "orders", 0, None, &[], v).await;
+        produce(&p, &topic, 0, None, &[], v).await;
     }
     let sink = Sink::start(|r, _| {
         let status = if r.body.as_ref() == b"bad" {
@@ -359,7 +366,7 @@ async fn refused_records_go_to_the_dead_letter_sink_and_the_stream_moves_on() {
     let metrics = Arc::new(Metrics::new());
     let yaml = source_yaml(
         &servers,
-        "orders",
+        &topic,
         &sink.url,
         &format!(
             "  initialOffset: earliest\n  delivery: {{retry: 2, backoffDelay: PT0.01S, deadLetterSink: {{uri: '{}'}}}}\n",
@@ -403,12 +410,12 @@ fn committed(servers: &str, group: &str, topic: &str) -> Option<i64> {
 
 #[tokio::test]
 async fn a_restart_resumes_after_the_last_delivered_record_without_loss_or_resend() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
-    create_topic(&servers, "orders", 1).await;
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
     let p = producer(&servers);
     for i in 0..10 {
-        produce(&p, "orders", 0, None, &[], &i.to_string()).await;
+        produce(&p, &topic, 0, None, &[], &i.to_string()).await;
     }
     // The sink accepts five events, then fails until told otherwise.
     let failing = Arc::new(AtomicBool::new(true));
@@ -426,7 +433,7 @@ async fn a_restart_resumes_after_the_last_delivered_record_without_loss_or_resen
     };
     let yaml = source_yaml(
         &servers,
-        "orders",
+        &topic,
         &sink.url,
         &format!("  initialOffset: earliest\n{FAST_RETRY}"),
     );
@@ -441,7 +448,7 @@ async fn a_restart_resumes_after_the_last_delivered_record_without_loss_or_resen
     // Stop mid-stream: what was delivered is committed, the record being retried is not.
     sources.apply(&Topology::default()).await;
     assert_eq!(
-        committed(&servers, "knative-kafka-source-shop-orders", "orders"),
+        committed(&servers, &format!("group-{topic}"), &topic),
         Some(5)
     );
 
@@ -468,31 +475,166 @@ async fn a_restart_resumes_after_the_last_delivered_record_without_loss_or_resen
         .collect();
     assert_eq!(bodies, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
     assert_eq!(
-        committed(&servers, "knative-kafka-source-shop-orders", "orders"),
+        committed(&servers, &format!("group-{topic}"), &topic),
         Some(10)
     );
 }
 
 #[tokio::test]
 async fn a_missing_topic_makes_the_source_not_ready_until_it_exists() {
-    let kafka = sluice_tests::start_kafka().await;
-    let servers = kafka.bootstrap_servers();
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("later");
     let sink = Sink::ok().await;
-    let yaml = source_yaml(&servers, "later", &sink.url, "  initialOffset: earliest\n");
+    let yaml = source_yaml(&servers, &topic, &sink.url, "  initialOffset: earliest\n");
     let mut sources = Sources::new(Arc::new(Metrics::new()));
     sources.apply(&topology(&yaml)).await;
     let reason = eventually(T, "a not-ready reason", || async {
         match &sources.status()[0].health {
-            Health::NotReady(r) if r.contains("later") => Some(r.clone()),
+            Health::NotReady(r) if r.contains(topic.as_str()) => Some(r.clone()),
             _ => None,
         }
     })
     .await;
-    assert!(reason.contains("topic `later` does not exist"), "{reason}");
-    create_topic(&servers, "later", 1).await;
+    assert!(
+        reason.contains(&format!("topic `{topic}` does not exist")),
+        "{reason}"
+    );
+    create_topic(&servers, &topic, 1).await;
     wait_ready(&sources).await;
-    produce(&producer(&servers), "later", 0, None, &[], "hi").await;
+    produce(&producer(&servers), &topic, 0, None, &[], "hi").await;
     let got = sink.wait_accepted(1, T).await;
     sources.shutdown().await;
     assert_eq!(got[0].body.as_ref(), b"hi");
+}
+
+/// Without a dead-letter sink, a record the sink refuses is not dropped and committed past
+/// (SEMANTICS.md §6: offsets are committed only once the sink accepted the event or it was
+/// dead-lettered): it is delivered again, with backoff, holding its partition's commit back,
+/// until the sink takes it.
+#[tokio::test]
+async fn without_a_dead_letter_sink_a_refused_record_is_retried_and_never_committed_past() {
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 1).await;
+    let p = producer(&servers);
+    for v in ["good-1", "bad", "good-2"] {
+        produce(&p, &topic, 0, None, &[], v).await;
+    }
+    let refusing = Arc::new(AtomicBool::new(true));
+    let sink = {
+        let refusing = refusing.clone();
+        Sink::start(move |r, _| {
+            let status = if r.body.as_ref() == b"bad" && refusing.load(Ordering::SeqCst) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            (status, Duration::ZERO)
+        })
+        .await
+    };
+    let yaml = source_yaml(
+        &servers,
+        &topic,
+        &sink.url,
+        "  initialOffset: earliest\n  delivery: {retry: 0, backoffDelay: PT0.01S}\n",
+    );
+    let mut sources = start(&yaml, Arc::new(Metrics::new())).await;
+    // Refused (a terminal 400, no dead-letter sink) and delivered again, more than once.
+    eventually(T, "the refused record delivered again", || async {
+        let tries = sink
+            .received()
+            .iter()
+            .filter(|r| r.body.as_ref() == b"bad")
+            .count();
+        (tries >= 2).then_some(())
+    })
+    .await;
+    let group = format!("group-{topic}");
+    eventually(T, "good-1 committed", || async {
+        (committed(&servers, &group, &topic) == Some(1)).then_some(())
+    })
+    .await;
+    assert!(
+        !sink.received().iter().any(|r| r.body.as_ref() == b"good-2"),
+        "an ordered partition moved past a record that was not delivered"
+    );
+    assert_eq!(
+        committed(&servers, &group, &topic),
+        Some(1),
+        "committed past a record that reached no sink"
+    );
+
+    refusing.store(false, Ordering::SeqCst);
+    eventually(T, "everything committed", || async {
+        (committed(&servers, &group, &topic) == Some(3)).then_some(())
+    })
+    .await;
+    sources.shutdown().await;
+    let accepted: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|r| r.status < 300)
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(accepted, ["good-1", "bad", "good-2"]);
+}
+
+/// `consumers: 2` puts two members in the source's consumer group, which share the topic's
+/// partitions; every record is delivered once.
+#[tokio::test]
+async fn consumers_join_the_group_and_share_the_partitions() {
+    let servers = sluice_tests::shared_kafka().await.bootstrap_servers();
+    let topic = unique("orders");
+    create_topic(&servers, &topic, 4).await;
+    let sink = Sink::ok().await;
+    let yaml = source_yaml(&servers, &topic, &sink.url, "  consumers: 2\n");
+    let mut sources = start(&yaml, Arc::new(Metrics::new())).await;
+    let group = format!("group-{topic}");
+    let (s, g) = (servers.clone(), group.clone());
+    let members = eventually(T, "two members in the group", || {
+        let (s, g) = (s.clone(), g.clone());
+        async move {
+            let n = tokio::task::spawn_blocking(move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &s)
+                    .create()
+                    .unwrap();
+                let list = c.fetch_group_list(Some(&g), Duration::from_secs(5)).ok()?;
+                let group = list.groups().iter().find(|x| x.name() == g)?;
+                (group.state() == "Stable").then(|| {
+                    group
+                        .members()
+                        .iter()
+                        .map(|m| m.client_id().to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await
+            .unwrap()?;
+            (n.len() == 2).then_some(n)
+        }
+    })
+    .await;
+    assert!(
+        members
+            .iter()
+            .all(|m| m.starts_with("sluice-kafkasource-shop-orders-")),
+        "{members:?}"
+    );
+    let p = producer(&servers);
+    for i in 0..40 {
+        produce(&p, &topic, i % 4, None, &[], &format!("{}-{i}", i % 4)).await;
+    }
+    let got = sink.wait_accepted(40, T).await;
+    sources.shutdown().await;
+    let mut ids: Vec<String> = got.iter().map(|r| r.id().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        40,
+        "duplicates or losses: {} distinct",
+        ids.len()
+    );
 }

@@ -170,6 +170,8 @@ fn new_process(
             .tempdir_in(parent)
             .expect("cannot create a temporary directory"),
         child: None,
+        guarded: false,
+        guard: None,
         starts: 0,
     }
 }

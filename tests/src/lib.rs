@@ -3,14 +3,18 @@
 //! The harness that gives tests real servers instead of mocks (DESIGN.md, "Tests and checks"):
 //!
 //! - [`start_nats`] runs `nats-server -js` with its own JetStream store directory;
-//! - [`start_kafka`] runs `tansu broker`, a Kafka-compatible broker, with memory storage;
+//! - [`start_kafka`] runs Apache Kafka 4.x in KRaft mode (one node, broker and controller)
+//!   from its Maven Central jars (`java -cp 'libs/*' kafka.Kafka server.properties`), with its
+//!   own data directory; [`shared_kafka`] is one such broker for a whole test binary, since a
+//!   JVM start costs seconds.
 //! - [`start_kube`] / [`shared_kube`] run etcd and kube-apiserver (module `kube`).
 //!
-//! Each server listens on a free loopback port, is ready (answers its protocol, not just
+//! Each server listens on free loopback ports, is ready (answers its protocol, not just
 //! accepts TCP) when the `start_*` future resolves, and is killed when its handle is dropped,
-//! so a failing test never leaves a server behind. [`NatsServer::stop`] / [`NatsServer::start`]
-//! kill and restart a server on the same port (and, for NATS, the same store directory), which
-//! is how tests simulate an outage or a crash.
+//! so a failing test never leaves a server behind (the shared Kafka broker dies with the test
+//! process). `stop` / `start` kill (SIGKILL) and restart a server on the same ports with the
+//! same data (JetStream store, Kafka log directory), which is how tests simulate an outage or a
+//! crash.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -19,24 +23,30 @@
 //! nats.stop().await; // clients now see the server as unreachable
 //! nats.start().await; // back on the same port, JetStream data intact
 //! # let _ = url;
+//! let kafka = sluice_tests::shared_kafka().await;
+//! let servers = kafka.bootstrap_servers(); // 127.0.0.1:PORT
+//! # let _ = servers;
 //! # }
 //! ```
 //!
-//! A missing binary is a test failure with the command that installs it, never a silent skip:
-//! `scripts/install-test-deps.sh` installs both. The environment variables `SLUICE_NATS_SERVER`
-//! and `SLUICE_TANSU` point the harness at binaries elsewhere than `PATH` / `~/.cargo/bin`.
-//! Each server's output goes to a log file whose tail is printed if the server fails to start;
-//! set `SLUICE_KEEP_SERVER_LOGS=1` to keep the logs (their directory is printed) after the test.
+//! A missing install is a test failure with the command that installs it, never a silent
+//! skip: `scripts/install-test-deps.sh` installs everything, `scripts/install-kafka.sh` just
+//! Kafka (the jars `tests/kafka/pom.xml` lists, cached in `~/.cache/sluice/kafka-<version>/libs`).
+//! `SLUICE_NATS_SERVER` points the harness at a `nats-server` elsewhere than `PATH`;
+//! `SLUICE_KAFKA_HOME` at a directory of Kafka jars (or one holding `libs/`); `JAVA_HOME` or
+//! `SLUICE_JAVA` at the JVM. Each server's output goes to a log file whose tail is printed if
+//! the server fails to start; set `SLUICE_KEEP_SERVER_LOGS=1` to keep the logs (their
+//! directory is printed) after the test.
 
 mod kube;
 pub use kube::*;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -116,8 +126,35 @@ struct Process {
     /// Working directory and log files.
     dir: TempDir,
     child: Option<Child>,
+    /// Run under [`GUARD`], which kills the server when this process ends without killing it
+    /// (for servers held in statics, which are never dropped).
+    guarded: bool,
+    /// The guard's stdin: "stop" kills the server; end-of-file also removes `dir`.
+    guard: Option<ChildStdin>,
     starts: u32,
 }
+
+/// Runs a server (`$2...`) and kills it (SIGKILL) when a line arrives on stdin. When stdin
+/// reaches end-of-file instead — the test process has exited or been killed, and the kernel
+/// closed the pipe — it also removes the server's directory (`$1`) once the server is gone.
+/// A background list in a non-interactive shell reads /dev/null unless told otherwise, hence
+/// stdin duplicated to fd 3 for the watcher.
+const GUARD: &str = r#"dir="$1"; shift
+exec 3<&0
+"$@" </dev/null 3<&- &
+pid=$!
+{
+  if read -r _ <&3; then
+    kill -9 "$pid" 2>/dev/null
+  else
+    kill -9 "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -rf "$dir"
+  fi
+} &
+exec 3<&-
+wait "$pid"
+"#;
 
 impl Process {
     fn new(name: &'static str, program: PathBuf, args: Vec<OsString>) -> Self {
@@ -130,6 +167,8 @@ impl Process {
                 .tempdir()
                 .expect("cannot create a temporary directory"),
             child: None,
+            guarded: false,
+            guard: None,
             starts: 0,
         }
     }
@@ -145,14 +184,28 @@ impl Process {
         self.starts += 1;
         let log = File::create(self.log_path()).expect("cannot create the server log file");
         let log2 = log.try_clone().expect("cannot share the server log file");
-        let child = Command::new(&self.program)
+        let mut command = if self.guarded {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(GUARD)
+                .arg("sluice-guard")
+                .arg(self.dir.path())
+                .arg(&self.program)
+                .stdin(Stdio::piped());
+            c
+        } else {
+            let mut c = Command::new(&self.program);
+            c.stdin(Stdio::null());
+            c
+        };
+        let mut child = command
             .args(&self.args)
             .current_dir(self.dir.path())
-            .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
+        self.guard = child.stdin.take();
         self.child = Some(child);
     }
 
@@ -163,6 +216,10 @@ impl Process {
         };
         if let Ok(Some(status)) = child.try_wait() {
             self.child = None;
+            // "stop", not end-of-file: the guard must leave the log for the message below.
+            if let Some(mut guard) = self.guard.take() {
+                let _ = guard.write_all(b"stop\n");
+            }
             panic!(
                 "{} exited during start-up ({status}); its output:\n{}",
                 self.name,
@@ -186,8 +243,18 @@ impl Process {
     /// Kills the process (SIGKILL: a crash, no clean shutdown) and reaps it.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            match self.guard.take() {
+                // The guard kills the server and exits once it is gone.
+                Some(mut guard) => {
+                    let _ = guard.write_all(b"stop\n");
+                    let _ = guard.flush();
+                    let _ = child.wait();
+                }
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
         }
     }
 
@@ -335,42 +402,230 @@ async fn nats_greets(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// A running `tansu broker` (Kafka-compatible) with memory storage. Killed on drop.
+/// The Apache Kafka version the harness runs: the one `tests/kafka/pom.xml` names, which is
+/// also what `scripts/install-kafka.sh` installs by default.
+pub fn kafka_version() -> &'static str {
+    const POM: &str = include_str!("../kafka/pom.xml");
+    POM.split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map(|(v, _)| v.trim())
+        .expect("tests/kafka/pom.xml names no <kafka.version>")
+}
+
+/// The directory of Kafka's jars: `SLUICE_KAFKA_HOME` (the jars' directory, or a directory
+/// holding `libs/`), else the install script's cache, `~/.cache/sluice/kafka-<version>/libs`
+/// (or under `SLUICE_CACHE_DIR`).
+fn kafka_libs() -> PathBuf {
+    const INSTALL: &str = "scripts/install-kafka.sh";
+    let has_jars = |dir: &Path| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("kafka_2.13-") && name.ends_with(".jar")
+            })
+        })
+    };
+    if let Some(home) = std::env::var_os("SLUICE_KAFKA_HOME") {
+        let home = PathBuf::from(home);
+        for dir in [home.join("libs"), home.clone()] {
+            if has_jars(&dir) {
+                return dir;
+            }
+        }
+        panic!(
+            "SLUICE_KAFKA_HOME={} holds no kafka_2.13-*.jar (nor does its libs/); point it at \
+             the jars of Apache Kafka 4.x, or unset it and run {INSTALL}",
+            home.display()
+        );
+    }
+    let cache = std::env::var_os("SLUICE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
+        .expect("neither SLUICE_CACHE_DIR nor HOME is set: cannot find the Kafka install");
+    let version = kafka_version();
+    let libs = cache.join(format!("kafka-{version}")).join("libs");
+    assert!(
+        libs.join(".complete").is_file() && has_jars(&libs),
+        "Apache Kafka {version} is not installed in {}, and the Kafka tests need a real broker. \
+         Install it with `{INSTALL}` (needs java 17+ and mvn; scripts/install-test-deps.sh \
+         installs every test dependency), or set SLUICE_KAFKA_HOME to a directory of Kafka 4.x \
+         jars.",
+        libs.display()
+    );
+    libs
+}
+
+/// `java`: `$JAVA_HOME/bin/java`, else the one on `PATH`.
+fn java() -> PathBuf {
+    if let Some(home) = std::env::var_os("JAVA_HOME") {
+        let java = PathBuf::from(home).join("bin/java");
+        if java.is_file() {
+            return java;
+        }
+    }
+    find_binary(
+        "java",
+        "SLUICE_JAVA",
+        "apt-get install -y openjdk-17-jre-headless",
+    )
+}
+
+/// JVM flags for a broker that starts fast on a small machine: the single-threaded collector
+/// and the C1 compiler only (start-up is mostly class loading and warm-up, and the tests'
+/// load is light), a small fixed heap.
+const JVM_FLAGS: &[&str] = &[
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:-UsePerfData",
+    "-Djava.awt.headless=true",
+];
+
+/// Any 16 bytes in Kafka's base64 form; each server has its own data directory, so one id
+/// serves them all.
+const CLUSTER_ID: &str = "U2x1aWNlVGVzdEthZmthMQ";
+
+/// A running Apache Kafka broker in KRaft mode (one node that is broker and controller), with
+/// its data in a temporary directory. Killed on drop (and when the test process exits, even if
+/// it never drops it: see [`shared_kafka`]).
 ///
-/// Memory storage means a [`restart`](Self::restart) starts with no topics, groups or records:
-/// use it to test unavailability, not durability.
+/// [`stop`](Self::stop) kills it with SIGKILL, as a crash would; [`start`](Self::start) brings
+/// it back on the same ports with the same data (topics, records, committed offsets).
 #[derive(Debug)]
 pub struct KafkaServer {
     port: u16,
+    controller_port: u16,
     process: Process,
 }
 
-/// Starts `tansu broker` with memory storage on a free loopback port, and waits until it
-/// answers a Kafka `ApiVersions` request.
+/// Starts Apache Kafka on free loopback ports (client and controller listener) with a fresh
+/// data directory, and waits until it answers a Kafka `ApiVersions` request. Costs a few
+/// seconds of JVM start: tests that need no outage of their own should use [`shared_kafka`].
 pub async fn start_kafka() -> KafkaServer {
-    let program = find_binary(
-        "tansu",
-        "SLUICE_TANSU",
-        "cargo install tansu --locked --features dynostore",
-    );
+    let libs = kafka_libs();
+    let java = java();
     let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let args: Vec<OsString> = vec![
-        "broker".into(),
-        "--listener-url".into(),
-        url.clone().into(),
-        "--advertised-listener-url".into(),
-        url.into(),
-        "--storage-engine".into(),
-        "memory://tansu/".into(),
-    ];
+    let mut controller_port = free_port();
+    while controller_port == port {
+        controller_port = free_port();
+    }
+    let classpath = format!("{}/*", libs.display());
+    let mut args: Vec<OsString> = JVM_FLAGS.iter().map(OsString::from).collect();
+    args.extend([
+        OsString::from("-Dlog4j2.configurationFile=log4j2.properties"),
+        "-cp".into(),
+        classpath.clone().into(),
+        "kafka.Kafka".into(),
+        "server.properties".into(),
+    ]);
+    let mut process = Process::new("kafka", java.clone(), args);
+    process.guarded = true;
+    let dir = process.dir.path().to_path_buf();
+    let data = dir.join("data");
+    std::fs::write(
+        dir.join("server.properties"),
+        kafka_properties(port, controller_port, &data),
+    )
+    .expect("cannot write server.properties");
+    std::fs::write(dir.join("log4j2.properties"), KAFKA_LOG4J).expect("cannot write log4j2");
+
+    // `format` writes the node's identity and the cluster's bootstrap metadata into the data
+    // directory; with a static quorum (`controller.quorum.voters`) it needs no --standalone.
+    let out = Command::new(&java)
+        .args(JVM_FLAGS)
+        .arg("-Dlog4j2.configurationFile=log4j2.properties")
+        .arg("-cp")
+        .arg(&classpath)
+        .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID])
+        .args(["-c", "server.properties"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", java.display()));
+    assert!(
+        out.status.success(),
+        "formatting Kafka's storage failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let mut server = KafkaServer {
         port,
-        process: Process::new("tansu", program, args),
+        controller_port,
+        process,
     };
     server.start().await;
     server
 }
+
+/// One Kafka broker for the whole test binary, started by the first test that asks (the
+/// others wait for it). Tests that share it use topics and groups of their own; a test that
+/// stops its broker needs [`start_kafka`]. It is never dropped: the broker dies with the test
+/// process (its guard sees the process's end) and its directory is removed then.
+pub async fn shared_kafka() -> &'static KafkaServer {
+    static SHARED: tokio::sync::OnceCell<KafkaServer> = tokio::sync::OnceCell::const_new();
+    SHARED.get_or_init(start_kafka).await
+}
+
+fn kafka_properties(port: u16, controller_port: u16, data: &Path) -> String {
+    format!(
+        "# Written by sluice-tests: one node, broker and controller, on loopback.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+# One replica of everything: there is one broker.
+num.partitions=1
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# A group's first member need not wait 3 s for others to join.
+group.initial.rebalance.delay.ms=0
+# After a SIGKILL the restarted broker cannot register until the controller has expired its
+# previous incarnation's session (9 s by default): keep that short.
+broker.session.timeout.ms=2000
+broker.heartbeat.interval.ms=500
+# Lets tests use short consumer sessions (a killed member is noticed in seconds).
+group.min.session.timeout.ms=1000
+# Topics are created explicitly (channels, tests); a source reading a missing topic must see it
+# missing rather than create it.
+auto.create.topics.enable=false
+# Small files: tests make many topics with little data.
+log.segment.bytes=1048576
+log.index.size.max.bytes=65536
+# Few threads: the machine is small and shared.
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+num.recovery.threads.per.data.dir=1
+",
+        data = data.display()
+    )
+}
+
+/// Warnings and errors, plus the lines that say the server started or stopped.
+const KAFKA_LOG4J: &str = "rootLogger.level=WARN
+rootLogger.appenderRef.stdout.ref=STDOUT
+appender.stdout.type=Console
+appender.stdout.name=STDOUT
+appender.stdout.layout.type=PatternLayout
+appender.stdout.layout.pattern=[%d] %p %m (%c)%n
+logger.raftserver.name=kafka.server.KafkaRaftServer
+logger.raftserver.level=INFO
+";
 
 impl KafkaServer {
     /// The `bootstrap.servers` value, `127.0.0.1:PORT`.
@@ -382,6 +637,16 @@ impl KafkaServer {
         self.port
     }
 
+    /// The KRaft controller's port (not for clients).
+    pub fn controller_port(&self) -> u16 {
+        self.controller_port
+    }
+
+    /// The broker's data directory (kept across [`stop`](Self::stop) / [`start`](Self::start)).
+    pub fn data_dir(&self) -> PathBuf {
+        self.process.dir.path().join("data")
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
@@ -391,7 +656,7 @@ impl KafkaServer {
         self.process.kill();
     }
 
-    /// Starts the broker again on the same port (with empty memory storage), waiting until it
+    /// Starts the broker again on the same ports with the same data, waiting until it
     /// answers. Does nothing if it is running.
     pub async fn start(&mut self) {
         if self.process.is_running() {
@@ -451,11 +716,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kafka_starts_and_restarts_on_the_same_port() {
+    async fn kafka_starts_and_restarts_on_the_same_port_with_its_data() {
+        let started = Instant::now();
         let mut kafka = start_kafka().await;
+        eprintln!("kafka started in {:?}", started.elapsed());
         let addr: SocketAddr = kafka.bootstrap_servers().parse().unwrap();
         kafka_answers(addr).await.unwrap();
-        kafka.restart().await;
+        let meta = kafka.data_dir().join("meta.properties");
+        assert!(meta.is_file(), "storage not formatted: {}", meta.display());
+        kafka.stop().await;
+        assert!(!kafka.is_running());
+        assert!(TcpStream::connect(addr).await.is_err());
+        let restarted = Instant::now();
+        kafka.start().await;
+        eprintln!("kafka restarted in {:?}", restarted.elapsed());
         kafka_answers(addr).await.unwrap();
+        assert!(
+            meta.is_file(),
+            "the data directory did not survive a restart"
+        );
+        assert_ne!(kafka.port(), kafka.controller_port());
+    }
+
+    #[test]
+    fn the_kafka_version_comes_from_the_pom() {
+        assert!(kafka_version().starts_with("4."), "{}", kafka_version());
     }
 }

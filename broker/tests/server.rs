@@ -103,7 +103,10 @@ async fn silent_slow_and_idle_connections_are_closed() {
 
     let mut silent = TcpStream::connect(srv.addr).await.unwrap();
     let mut partial = TcpStream::connect(srv.addr).await.unwrap();
-    partial.write_all(b"POST /ns/b HTTP/1.1\r\nhos").await.unwrap();
+    partial
+        .write_all(b"POST /ns/b HTTP/1.1\r\nhos")
+        .await
+        .unwrap();
     let mut idle = TcpStream::connect(srv.addr).await.unwrap();
     idle.write_all(b"OPTIONS /ns/b HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -154,7 +157,11 @@ async fn a_batch_that_does_not_fit_is_refused_whole() {
     let got = post(srv.addr, ct, batch_body(3).as_bytes()).await;
     assert!(got.starts_with("HTTP/1.1 503"), "{got}");
     assert!(got.to_ascii_lowercase().contains("retry-after"), "{got}");
-    assert_eq!(srv.channel.backlog("t"), 0, "nothing of a refused batch is kept");
+    assert_eq!(
+        srv.channel.backlog("t"),
+        0,
+        "nothing of a refused batch is kept"
+    );
     let got = post(srv.addr, ct, batch_body(2).as_bytes()).await;
     assert!(got.starts_with("HTTP/1.1 202"), "{got}");
     assert_eq!(srv.channel.backlog("t"), 2);

@@ -235,11 +235,16 @@ impl NatsChannel {
                 ..config
             };
             self.js.update_stream(&updated).await.map_err(|e| {
-                unavailable(&format!("updating the limits of stream {}", self.settings.stream), e)
+                unavailable(
+                    &format!("updating the limits of stream {}", self.settings.stream),
+                    e,
+                )
             })?;
-            stream = self.js.get_stream(&self.settings.stream).await.map_err(|e| {
-                unavailable(&format!("reading stream {}", self.settings.stream), e)
-            })?;
+            stream = self
+                .js
+                .get_stream(&self.settings.stream)
+                .await
+                .map_err(|e| unavailable(&format!("reading stream {}", self.settings.stream), e))?;
         }
         Ok(stream)
     }

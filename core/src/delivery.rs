@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(ok.uri().path_and_query().unwrap().as_str(), "/a?b=c");
         // Issue 9 item 5: https was accepted at load and then failed every delivery.
         let e = Endpoint::new(Url::parse("https://example.com/").unwrap()).unwrap_err();
-        assert!(e.contains("https destinations are not supported yet"), "{e}");
+        assert!(
+            e.contains("https destinations are not supported yet"),
+            "{e}"
+        );
         assert!(Endpoint::new(Url::parse("ftp://example.com/").unwrap()).is_err());
     }
 }

@@ -207,7 +207,9 @@ pub fn encode_binary_without(event: &Event, headers: &mut HeaderMap, skip: Optio
             // Bytes outside visible ASCII (possible only from a structured event) go out
             // as obs-text rather than being dropped.
             let ct = value.to_string_form();
-            if let Ok(v) = HeaderValue::from_str(&ct).or_else(|_| HeaderValue::from_bytes(ct.as_bytes())) {
+            if let Ok(v) =
+                HeaderValue::from_str(&ct).or_else(|_| HeaderValue::from_bytes(ct.as_bytes()))
+            {
                 headers.insert(CONTENT_TYPE, v);
             }
             continue;
@@ -540,7 +542,9 @@ mod tests {
         assert!(out.get("ce-knativebrokerttl").is_none());
         assert_eq!(out["ce-id"], "1");
         let json = encode_structured_without(&e, Some("knativebrokerttl"));
-        assert!(!String::from_utf8(json).unwrap().contains("knativebrokerttl"));
+        assert!(!String::from_utf8(json)
+            .unwrap()
+            .contains("knativebrokerttl"));
     }
 
     #[test]

@@ -129,7 +129,10 @@ mod tests {
         let b = ObjectRef::broker(Key::new("ns", "b"));
         let t = ObjectRef::trigger(Key::new("ns", "t"));
         board.set(b.clone(), Status::ready(1));
-        board.set(t.clone(), Status::not_ready(2, "BrokerDoesNotExist", "no broker"));
+        board.set(
+            t.clone(),
+            Status::not_ready(2, "BrokerDoesNotExist", "no broker"),
+        );
         assert!(board.get(&b).unwrap().is_ready());
         assert_eq!(board.get(&t).unwrap().reason, "BrokerDoesNotExist");
         let snap = board.snapshot();

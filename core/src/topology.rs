@@ -330,7 +330,8 @@ impl Topology {
     pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
         let brokers = self.brokers.keys().cloned().map(ObjectRef::broker);
         let subs = self.subscriptions.keys().cloned();
-        let pings = (self.ping_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::PingSource, k));
+        let pings =
+            (self.ping_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::PingSource, k));
         let kafkas =
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
         brokers.chain(subs).chain(pings).chain(kafkas)

@@ -205,13 +205,8 @@ fn broker(ctx: &mut Ctx, r: &Loaded, b: &crate::types::Broker) -> Option<Broker>
                 },
                 None => ctx.defaults.memory_capacity,
             };
-            let max_bytes = parse_key::<usize>(
-                ctx,
-                r,
-                &config,
-                "maxBytes",
-                ctx.defaults.memory_max_bytes,
-            )?;
+            let max_bytes =
+                parse_key::<usize>(ctx, r, &config, "maxBytes", ctx.defaults.memory_max_bytes)?;
             ChannelConfig::Memory {
                 capacity,
                 max_bytes,

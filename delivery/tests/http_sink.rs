@@ -6,12 +6,12 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
+use sluice_core::delivery::Endpoint;
 use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Format};
 use sluice_core::{Envelope, Event, SpecVersion};
 use sluice_delivery::{Delivered, Request, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sluice_core::delivery::Endpoint;
 use url::Url;
 
 fn endpoint(s: &str) -> Endpoint {

@@ -93,11 +93,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let ingress_task = tokio::spawn({
         let sd = stop_ingress.clone();
-        sluice_broker::serve(
-            ingress_listener,
-            ingress.clone(),
-            async move { sd.cancelled().await },
-        )
+        sluice_broker::serve(ingress_listener, ingress.clone(), async move {
+            sd.cancelled().await
+        })
     });
     state.started.store(true, Ordering::Release);
     {
@@ -189,7 +187,9 @@ fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {
         let status = match (&s.health, t.invalid.get(&obj)) {
             (_, Some(problem)) => Status::not_ready(1, "InvalidSpec", problem.clone()),
             (sluice_sources::Health::Ready, None) => Status::ready(1),
-            (sluice_sources::Health::NotReady(r), None) => Status::not_ready(1, "NotReady", r.clone()),
+            (sluice_sources::Health::NotReady(r), None) => {
+                Status::not_ready(1, "NotReady", r.clone())
+            }
         };
         board.set(obj, status);
     }
@@ -221,7 +221,10 @@ async fn wait_for_signal() {
 
 /// Watches the directories holding the resource files (not the files' inodes: editors that
 /// save by writing a new file and renaming it over the old one replace the inode).
-fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_files(
+    paths: &[PathBuf],
+    tx: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -258,12 +261,20 @@ async fn reload_loop(
                 if !problems.is_empty() {
                     tracing::error!("some edited resources are invalid; they keep their previous version (if any), the rest is applied:\n{}", load::Problems(problems));
                 }
-                tracing::info!(brokers = t.brokers.len(), triggers = t.subscriptions.len(), sources = t.ping_sources.len() + t.kafka_sources.len(), invalid = t.invalid.len(), "resources reloaded");
+                tracing::info!(
+                    brokers = t.brokers.len(),
+                    triggers = t.subscriptions.len(),
+                    sources = t.ping_sources.len() + t.kafka_sources.len(),
+                    invalid = t.invalid.len(),
+                    "resources reloaded"
+                );
                 // The reconcilers pick it up; nothing here waits on them.
                 topology.send_replace(Arc::new(t));
             }
             Err(p) => {
-                tracing::error!("the edited resources cannot be read; still running the previous ones:\n{p}");
+                tracing::error!(
+                    "the edited resources cannot be read; still running the previous ones:\n{p}"
+                );
             }
         }
     }

@@ -232,6 +232,40 @@ impl Sluice {
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Sends SIGTERM (what Kubernetes and Ctrl-C send) without waiting.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("sluice is running");
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill")
+            .success();
+        assert!(ok, "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("sluice still running {timeout:?} after SIGTERM"))
+            .expect("waiting for sluice")
+    }
+
+    /// `sluice get` against this process: its output.
+    pub async fn get(&self) -> String {
+        let out = Command::new(binary())
+            .args(["get", "--admin", &self.admin.to_string()])
+            .output()
+            .await
+            .expect("running sluice get");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 pub fn client() -> reqwest::Client {

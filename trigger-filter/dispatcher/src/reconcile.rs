@@ -193,10 +193,7 @@ impl Reconciler {
         self.applied.send_modify(|n| *n += 1);
         self.failed.is_empty()
             && self.sub_failed.is_empty()
-            && self
-                .channels
-                .values()
-                .all(|c| c.update_failed.is_none())
+            && self.channels.values().all(|c| c.update_failed.is_none())
     }
 
     fn track_generations(&mut self, t: &Topology) {
@@ -387,7 +384,10 @@ impl Reconciler {
                     && current_channel.is_some_and(|c| Arc::ptr_eq(c, &w.channel))
             });
             if !keep {
-                stop.push((owner.clone(), wanted.is_none_or(|s| s.channel != w.sub.channel)));
+                stop.push((
+                    owner.clone(),
+                    wanted.is_none_or(|s| s.channel != w.sub.channel),
+                ));
             }
         }
         for (owner, removed) in stop {
@@ -412,7 +412,10 @@ impl Reconciler {
             if self.workers.contains_key(owner) {
                 continue;
             }
-            let Some(channel) = self.channels.get(&sub.channel.key).map(|c| c.channel.clone())
+            let Some(channel) = self
+                .channels
+                .get(&sub.channel.key)
+                .map(|c| c.channel.clone())
             else {
                 continue; // its broker has no channel yet; reported, retried
             };
@@ -528,9 +531,7 @@ impl Reconciler {
         }
         for (owner, sub) in &t.subscriptions {
             let gen = self.generation(owner);
-            let broker_status = self
-                .status
-                .get(&ObjectRef::broker(sub.channel.key.clone()));
+            let broker_status = self.status.get(&ObjectRef::broker(sub.channel.key.clone()));
             let status = if !t.brokers.contains_key(&sub.channel.key) {
                 Status::not_ready(
                     gen,
@@ -615,7 +616,11 @@ impl Reconciler {
             }
             all.push((r.broker, r.channel));
         }
-        all.extend(self.channels.iter().map(|(k, c)| (k.clone(), c.channel.clone())));
+        all.extend(
+            self.channels
+                .iter()
+                .map(|(k, c)| (k.clone(), c.channel.clone())),
+        );
         let mut lost = 0;
         for (key, channel) in all {
             if let Some(n) = channel.pending().filter(|n| *n > 0) {

@@ -190,9 +190,7 @@ impl Worker {
             }
             if self.sub.ordered {
                 let lane = msg.lane;
-                let tx = lanes
-                    .entry(lane)
-                    .or_insert_with(|| self.spawn_lane(&tasks));
+                let tx = lanes.entry(lane).or_insert_with(|| self.spawn_lane(&tasks));
                 // Never blocks: the permit bounds what waits in all lanes together.
                 if let Err(mpsc::error::SendError((msg, _))) = tx.send((msg, permit)) {
                     lanes.remove(&lane);

@@ -46,7 +46,9 @@ struct SinkState {
 }
 
 impl Sink {
-    async fn start(script: impl Fn(&str, usize) -> (u16, Duration) + Send + Sync + 'static) -> Sink {
+    async fn start(
+        script: impl Fn(&str, usize) -> (u16, Duration) + Send + Sync + 'static,
+    ) -> Sink {
         let state = Arc::new(SinkState {
             got: Mutex::default(),
             attempts: Mutex::default(),
@@ -325,7 +327,10 @@ async fn the_concurrency_limit_holds() {
     plane.send(ids(30)).await;
     sink.wait_for(30).await;
     let max = sink.state.max_in_flight.load(Ordering::SeqCst);
-    assert_eq!(max, 3, "at most 3 deliveries at once, and the limit is used");
+    assert_eq!(
+        max, 3,
+        "at most 3 deliveries at once, and the limit is used"
+    );
 }
 
 #[tokio::test]
@@ -385,9 +390,11 @@ async fn a_changed_trigger_stops_the_old_retries_and_resumes_them_with_the_new_s
     )
     .await;
     plane.send(ids(3)).await;
-    sluice_tests::eventually(Duration::from_secs(5), "retries at the old sink", || async {
-        (old.attempts() >= 6).then_some(())
-    })
+    sluice_tests::eventually(
+        Duration::from_secs(5),
+        "retries at the old sink",
+        || async { (old.attempts() >= 6).then_some(()) },
+    )
     .await;
     let mut changed = trigger("t", &new, d);
     changed.fingerprint = 2;
@@ -429,7 +436,11 @@ async fn a_deleted_trigger_stops_retrying() {
     plane.apply(topology(broker(1000), vec![p])).await;
     plane.send(["p".to_string()]).await;
     probe.wait_for(1).await;
-    assert_eq!(sink.attempts(), after, "no attempt after the trigger was deleted");
+    assert_eq!(
+        sink.attempts(),
+        after,
+        "no attempt after the trigger was deleted"
+    );
 }
 
 /// Issue 9 item 4: a reload that changed a broker's channel settings dropped queued events
@@ -503,7 +514,10 @@ async fn statuses_say_what_is_wrong_and_recover() {
     let t = ObjectRef::trigger(Key::new("ns", "t"));
     let o = ObjectRef::trigger(Key::new("ns", "orphan"));
     let st = plane.status.get(&b).unwrap();
-    assert_eq!((st.ready, st.reason.as_str()), (Ready::False, "ChannelFailure"));
+    assert_eq!(
+        (st.ready, st.reason.as_str()),
+        (Ready::False, "ChannelFailure")
+    );
     assert!(st.message.contains("server unreachable"));
     assert_eq!(plane.status.get(&t).unwrap().reason, "BrokerNotReady");
     assert_eq!(plane.status.get(&o).unwrap().reason, "BrokerDoesNotExist");

@@ -71,7 +71,7 @@ impl Ctx<'_> {
             resource: Some(r.describe()),
             field: (!field.is_empty()).then(|| field.to_string()),
             message: message.into(),
-            object: Some(r.object()),
+            object: Some(Box::new(r.object())),
         });
     }
 }

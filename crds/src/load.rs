@@ -76,7 +76,7 @@ pub struct LoadError {
     pub message: String,
     /// The object the problem belongs to, when it is one object's problem (a reload applies
     /// everything else and reports this object as not ready).
-    pub object: Option<ObjectRef>,
+    pub object: Option<Box<ObjectRef>>,
 }
 
 impl fmt::Display for LoadError {
@@ -241,7 +241,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "ConfigMap" => Some(Kind::ConfigMap),
         _ => None,
     }
-    .map(|k| ObjectRef::new(k, Key::new(&namespace, &name)));
+    .map(|k| Box::new(ObjectRef::new(k, Key::new(&namespace, &name))));
     let resource = match (api_version.as_str(), kind.as_str()) {
         ("eventing.knative.dev/v1", "Broker") => {
             Resource::Broker(Box::new(typed(value, &origin, &describe, &object)?))
@@ -277,7 +277,7 @@ fn typed<T: DeserializeOwned>(
     value: serde_yaml::Value,
     origin: &str,
     describe: &str,
-    object: &Option<ObjectRef>,
+    object: &Option<Box<ObjectRef>>,
 ) -> Result<T, LoadError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();

@@ -125,7 +125,7 @@ pub fn reload(
     let mut messages = Vec::new();
     for e in errors {
         messages.push(e.to_string());
-        let Some(obj) = e.object.clone() else {
+        let Some(obj) = e.object.as_deref().cloned() else {
             continue;
         };
         keep_previous(&mut t, previous, &obj);

@@ -98,7 +98,7 @@ enum ReplyOutcome {
     Done,
     /// The reply could not be stored or sent: the delivery failed.
     Failed {
-        failure: Failure,
+        failure: Box<Failure>,
         /// Where it failed, for `knativeerrordest` (the reply URL, for a URL reply target).
         dest: Option<Endpoint>,
     },
@@ -262,7 +262,7 @@ impl Worker {
                     match self.route_reply(reply, &envelope).await {
                         None => return Settled::Stopped(msg),
                         Some(ReplyOutcome::Done) => break Delivered::Ok { reply: None },
-                        Some(ReplyOutcome::Failed { failure, dest }) => (failure, dest),
+                        Some(ReplyOutcome::Failed { failure, dest }) => (*failure, dest),
                     }
                 }
                 Outcome::Failed(f) => (f, None),
@@ -342,13 +342,13 @@ impl Worker {
                     // Storing the reply failed, so the delivery failed (SEMANTICS.md §4): it
                     // is retried under the same schedule as any failed attempt.
                     Err(e) => ReplyOutcome::Failed {
-                        failure: Failure {
+                        failure: Box::new(Failure {
                             status: None,
                             body: Default::default(),
                             retryable: true,
                             retry_after: None,
                             reason: format!("could not store the reply: {e}"),
-                        },
+                        }),
                         dest: None,
                     },
                 })
@@ -372,10 +372,10 @@ impl Worker {
                     | Delivered::DeadLetterFailed { last, .. } => ReplyOutcome::Failed {
                         // The reply got its whole retry schedule: no more retries of the
                         // subscriber, the original goes to the dead-letter sink.
-                        failure: Failure {
+                        failure: Box::new(Failure {
                             retryable: false,
                             ..last
-                        },
+                        }),
                         dest: Some(url.clone()),
                     },
                 })

@@ -303,7 +303,7 @@ async fn ordered_delivery_keeps_order_through_retries() {
     // Every fifth event fails twice before it is taken.
     let sink = Sink::start(|id, nth| {
         let n: usize = id[1..].parse().unwrap();
-        if n % 5 == 0 && nth < 2 {
+        if n.is_multiple_of(5) && nth < 2 {
             (503, Duration::ZERO)
         } else {
             (200, Duration::ZERO)

@@ -151,3 +151,44 @@ async fn a_held_message_is_kept_alive_and_a_dead_holders_comes_back() {
     assert!(started.elapsed() + Duration::from_millis(200) >= ack_wait);
     m.ack();
 }
+
+/// Issue 9 item 8: NATS streams had no `max_age` / `max_bytes`. Now they are bounded, the
+/// bound is applied to a stream made earlier without it, and a full stream refuses new
+/// events (503 at the ingress) instead of discarding acknowledged ones.
+#[tokio::test]
+async fn the_stream_is_bounded_and_refuses_rather_than_discards() {
+    let server = sluice_tests::start_nats().await;
+    let broker = Key::new("nats", "bounded");
+    let ch = channel(&server, "bounded", Duration::from_secs(30)).await;
+    drop(ch.subscribe(spec("t")).await.unwrap());
+    publish_eventually(&ch, event("first")).await;
+    drop(ch);
+
+    let mut settings = NatsSettings::for_broker(server.url(), &broker);
+    settings.max_bytes = 4096;
+    settings.publish_timeout = Duration::from_secs(3);
+    let ch = NatsChannel::connect(settings).await.unwrap();
+    let big = |i: usize| {
+        let mut e = event(&format!("big{i}"));
+        e.event.set_data(Bytes::from(vec![b'x'; 1000]), true);
+        e
+    };
+    let mut refused = None;
+    for i in 0..20 {
+        if let Err(e) = ch.publish(big(i)).await {
+            refused = Some(i);
+            eprintln!("refused as expected: {e}");
+            break;
+        }
+    }
+    let i = refused.expect("publishes beyond maxBytes must be refused");
+    assert!(
+        (2..=5).contains(&i),
+        "refused after {i} events of 1 KB with a 4 KiB bound"
+    );
+    // Nothing acknowledged was discarded to make room: the first event is still delivered.
+    let mut sub = ch.subscribe(spec("t")).await.unwrap();
+    let m = next(&mut sub).await;
+    assert_eq!(m.envelope.event.id(), "first");
+    m.ack();
+}

@@ -43,13 +43,23 @@ struct SinkState {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     script: Box<Script>,
+    /// Answer every 2xx with a reply event.
+    reply: bool,
 }
 
 impl Sink {
     async fn start(
         script: impl Fn(&str, usize) -> (u16, Duration) + Send + Sync + 'static,
     ) -> Sink {
+        Self::start_with(script, false).await
+    }
+
+    async fn start_with(
+        script: impl Fn(&str, usize) -> (u16, Duration) + Send + Sync + 'static,
+        reply: bool,
+    ) -> Sink {
         let state = Arc::new(SinkState {
+            reply,
             got: Mutex::default(),
             attempts: Mutex::default(),
             in_flight: AtomicUsize::new(0),
@@ -89,7 +99,8 @@ impl Sink {
     }
 }
 
-async fn handle(State(s): State<Arc<SinkState>>, headers: HeaderMap) -> StatusCode {
+async fn handle(State(s): State<Arc<SinkState>>, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let id = headers
         .get("ce-id")
         .and_then(|v| v.to_str().ok())
@@ -106,10 +117,25 @@ async fn handle(State(s): State<Arc<SinkState>>, headers: HeaderMap) -> StatusCo
     let (status, delay) = (s.script)(&id, nth);
     tokio::time::sleep(delay).await;
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
-    if (200..300).contains(&status) {
-        s.got.lock().unwrap().push(id);
+    let ok = (200..300).contains(&status);
+    if ok {
+        s.got.lock().unwrap().push(id.clone());
     }
-    StatusCode::from_u16(status).unwrap()
+    let status = StatusCode::from_u16(status).unwrap();
+    if ok && s.reply {
+        let reply_id = format!("reply-{id}");
+        return (
+            status,
+            [
+                ("ce-specversion", "1.0"),
+                ("ce-id", reply_id.as_str()),
+                ("ce-source", "/replier"),
+                ("ce-type", "reply"),
+            ],
+        )
+            .into_response();
+    }
+    status.into_response()
 }
 
 // ---------------------------------------------------------------- data plane
@@ -557,4 +583,27 @@ async fn a_worker_that_ends_is_restarted_and_reported() {
     .await;
     plane.send(ids(1)).await;
     sink.wait_for(1).await;
+}
+
+/// Issue 9 item 7: a reply that could not be stored was nacked with a fresh retry budget
+/// (and, on an ordered Kafka trigger, out of order). Now it is one more failed attempt of
+/// the same schedule: retried in place, then dead-lettered.
+#[tokio::test]
+async fn a_reply_that_cannot_be_stored_fails_the_attempt_under_the_same_schedule() {
+    let replier = Sink::start_with(|_, _| (200, Duration::ZERO), true).await;
+    let dls = Sink::ok().await;
+    let mut d = policy(2);
+    d.dead_letter_sink = Some(dls.endpoint());
+    let mut t = trigger("t", &replier, d);
+    t.ordered = true;
+    // Replies go to a broker that does not exist: storing them fails every time.
+    t.reply = ReplyTo::Broker(Key::new("ns", "nowhere"));
+    let plane = Plane::start(topology(broker(100), vec![t]), Factory::default()).await;
+    plane.send(ids(1)).await;
+    assert_eq!(dls.wait_for(1).await, ids(1));
+    assert_eq!(
+        replier.attempts(),
+        3,
+        "retry 2 = 3 attempts in all, no fresh budget"
+    );
 }

@@ -170,7 +170,20 @@ pub mod kafka {
             let assignment = tokio::task::spawn_blocking(move || {
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..PARTITIONS {
-                    let (_, high) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
+                    // A topic just created has no leaders for a moment (a real broker says
+                    // NotLeaderForPartition meanwhile): ask again for up to 10 s.
+                    let mut tries = 0;
+                    let high = loop {
+                        match c.fetch_watermarks(TOPIC, p, Duration::from_secs(10)) {
+                            Ok((_, high)) => break high,
+                            Err(e) if tries < 50 => {
+                                tries += 1;
+                                let _ = e;
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    };
                     tpl.add_partition_offset(TOPIC, p, Offset::Offset(high))?;
                 }
                 Ok::<_, rdkafka::error::KafkaError>(tpl)

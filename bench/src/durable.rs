@@ -166,29 +166,29 @@ pub mod kafka {
             let consumer = Arc::new(consumer);
             // Start exactly at the current end of each partition, so no event of a step is
             // skipped by an offset reset racing the first records.
-            let c = consumer.clone();
-            let assignment = tokio::task::spawn_blocking(move || {
-                let mut tpl = TopicPartitionList::new();
-                for p in 0..PARTITIONS {
-                    // A topic just created has no leaders for a moment (a real broker says
-                    // NotLeaderForPartition meanwhile): ask again for up to 10 s.
-                    let mut tries = 0;
-                    let high = loop {
-                        match c.fetch_watermarks(TOPIC, p, Duration::from_secs(10)) {
-                            Ok((_, high)) => break high,
-                            Err(e) if tries < 50 => {
-                                tries += 1;
-                                let _ = e;
-                                std::thread::sleep(Duration::from_millis(200));
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    };
-                    tpl.add_partition_offset(TOPIC, p, Offset::Offset(high))?;
+            // A topic just created has no partition leaders for a moment (a real broker
+            // answers NotLeaderForPartition meanwhile): ask again for up to 10 s.
+            let mut tries = 0;
+            let assignment = loop {
+                let c = consumer.clone();
+                let got = tokio::task::spawn_blocking(move || {
+                    let mut tpl = TopicPartitionList::new();
+                    for p in 0..PARTITIONS {
+                        let (_, high) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
+                        tpl.add_partition_offset(TOPIC, p, Offset::Offset(high))?;
+                    }
+                    Ok::<_, rdkafka::error::KafkaError>(tpl)
+                })
+                .await?;
+                match got {
+                    Ok(tpl) => break tpl,
+                    Err(_) if tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Ok::<_, rdkafka::error::KafkaError>(tpl)
-            })
-            .await??;
+            };
             consumer.assign(&assignment)?;
             let task = tokio::spawn(async move {
                 loop {

@@ -111,11 +111,13 @@ enum Durable {
 /// arrives and that only what was unrecorded at the crash (in flight, or finished since the
 /// last Kafka commit) arrives twice.
 async fn crash_and_restart(name: &str, durable: Durable, yaml_for_sink: impl Fn(&str) -> String) {
-    // A slow sink keeps deliveries in flight when the process dies: 10 slots at 50 ms each,
-    // about 200 deliveries a second, so the N events take well over a Kafka commit interval.
+    // A slow sink keeps deliveries in flight when the process dies: 10 slots at 150 ms
+    // each, about 66 deliveries a second, so the N events take several Kafka commit
+    // intervals and the crash comes well before the end even when producing them (one
+    // acknowledged request at a time) is slow.
     let sink = Sink::start_with_delay(
         |_, _| StatusCode::OK.into_response(),
-        Duration::from_millis(50),
+        Duration::from_millis(150),
     )
     .await;
     let dir = test_dir(name);

@@ -43,6 +43,9 @@ pub struct Defaults {
     pub memory_capacity: usize,
     /// Bytes an in-memory broker holds at most.
     pub memory_max_bytes: usize,
+    /// The cluster's DNS domain: a `v1` Service ref resolves to
+    /// `http://<name>.<namespace>.svc.<cluster domain>`.
+    pub cluster_domain: String,
 }
 
 impl Defaults {
@@ -53,6 +56,7 @@ impl Defaults {
             nats_url: None,
             memory_capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY,
             memory_max_bytes: ChannelConfig::DEFAULT_MEMORY_MAX_BYTES,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }
@@ -575,8 +579,8 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
                 .ok()
         }
         ("v1", "Service") => Url::parse(&format!(
-            "http://{}.{ns}.svc.cluster.local/",
-            reference.name
+            "http://{}.{ns}.svc.{}/",
+            reference.name, ctx.defaults.cluster_domain
         ))
         .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
         .ok(),

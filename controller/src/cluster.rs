@@ -106,7 +106,7 @@ where
 {
     let mut objects = store.state();
     // A stable order, so two snapshots of the same objects build the same topology.
-    objects.sort_by(|a, b| (a.namespace(), a.name_any()).cmp(&(b.namespace(), b.name_any())));
+    objects.sort_by_key(|o| (o.namespace(), o.name_any()));
     for o in objects {
         // Being deleted: gone for Sluice (no finalizers hold Sluice objects).
         if o.meta().deletion_timestamp.is_some() {

@@ -114,36 +114,33 @@ pub fn ready_admin_addresses(slices: &[EndpointSlice]) -> (usize, Vec<String>) {
     (ready, admins)
 }
 
-/// Looks at the data plane: the Service's EndpointSlices, then each ready replica's report.
+/// Where the data-plane replicas are.
+#[derive(Debug, Clone)]
+pub enum Replicas {
+    /// The ready endpoints of the ingress Service (in a cluster).
+    Service { namespace: String, service: String },
+    /// Fixed admin addresses (`host:port`): a controller run outside the cluster, or a data
+    /// plane that is not behind a Service (the API server refuses loopback addresses in
+    /// EndpointSlices, so local test processes are given this way).
+    Static(Vec<String>),
+}
+
+/// Looks at the data plane: which replicas are ready, then each one's report.
 pub async fn observe(
     client: &kube::Client,
     http: &reqwest::Client,
-    namespace: &str,
-    service: &str,
+    replicas: &Replicas,
 ) -> DataplaneView {
-    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
-    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-    let slices = match api.list(&lp).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            return DataplaneView {
-                problem: Some(format!(
-                    "cannot list the EndpointSlices of service {namespace}/{service}: {e}"
-                )),
-                ..Default::default()
-            }
+    let (ready_endpoints, admins, mut problem) = match replicas {
+        Replicas::Service { namespace, service } => {
+            from_endpoint_slices(client, namespace, service).await
         }
+        Replicas::Static(admins) => (0, admins.clone(), None),
     };
-    let (ready_endpoints, admins) = ready_admin_addresses(&slices);
     let mut view = DataplaneView {
         ready_endpoints,
         ..Default::default()
     };
-    if ready_endpoints == 0 {
-        view.problem = Some(format!(
-            "service {namespace}/{service} has no ready endpoint: is the sluice-dataplane Deployment running?"
-        ));
-    }
     let fetches = admins.iter().map(|a| async move {
         let url = format!("http://{a}/topology");
         let r = http
@@ -164,12 +161,43 @@ pub async fn observe(
     for r in futures::future::join_all(fetches).await {
         match r {
             Ok(report) => view.replicas.push(report),
-            Err(e) => {
-                view.problem = Some(format!("a data-plane replica did not answer: {e}"));
-            }
+            Err(e) => problem = Some(format!("a data-plane replica did not answer: {e}")),
         }
     }
+    if let Replicas::Static(_) = replicas {
+        // No Service to ask: a replica is ready when it answers.
+        view.ready_endpoints = view.replicas.len();
+    }
+    if view.ready_endpoints == 0 && problem.is_none() {
+        problem = Some("no data-plane replica answered".into());
+    }
+    view.problem = problem;
     view
+}
+
+async fn from_endpoint_slices(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+) -> (usize, Vec<String>, Option<String>) {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    match api.list(&lp).await {
+        Ok(l) => {
+            let (ready, admins) = ready_admin_addresses(&l.items);
+            let problem = (ready == 0).then(|| format!(
+                "service {namespace}/{service} has no ready endpoint: is the sluice-dataplane Deployment running?"
+            ));
+            (ready, admins, problem)
+        }
+        Err(e) => (
+            0,
+            Vec::new(),
+            Some(format!(
+                "cannot list the EndpointSlices of service {namespace}/{service}: {e}"
+            )),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use crate::cluster::Cluster;
 use crate::conditions::{conditions, Condition};
-use crate::dataplane::{observe, DataplaneView};
+use crate::dataplane::{observe, DataplaneView, Replicas};
 use crate::leader::{elect, LeaseConfig};
 use crate::status::{desired, Addressing, World};
 use k8s_openapi::jiff::Timestamp;
@@ -34,6 +34,8 @@ pub struct ControllerConfig {
     pub lease: LeaseConfig,
     /// How often the data plane is looked at when nothing else changes.
     pub resync: Duration,
+    /// Where the data-plane replicas are.
+    pub replicas: Replicas,
 }
 
 /// Runs until `stop` is cancelled.
@@ -71,13 +73,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         changes.borrow_and_update();
         let resources = cluster.snapshot();
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
-        let view: DataplaneView = observe(
-            &client,
-            &http,
-            &cfg.addressing.system_namespace,
-            &cfg.addressing.ingress_service,
-        )
-        .await;
+        let view: DataplaneView = observe(&client, &http, &cfg.replicas).await;
         let want = desired(&World {
             resources: &resources,
             topology: &topology,

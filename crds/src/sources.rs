@@ -23,11 +23,25 @@ pub struct CloudEventOverrides {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The events the source sends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ce_attributes: Vec<CeAttribute>,
     /// The resolved sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// One kind of event a source sends.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CeAttribute {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub source: String,
 }
 
 /// `sources.knative.dev/v1` PingSource: a fixed event on a cron schedule.

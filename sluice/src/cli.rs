@@ -28,6 +28,11 @@ pub enum Command {
     Get(GetArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crdgen,
+    /// Kubernetes mode: watch the Knative resources and write their status (one leader
+    /// among the replicas).
+    Controller(ControllerArgs),
+    /// Kubernetes mode: ingress, dispatchers and sources for the resources in the cluster.
+    Dataplane(DataplaneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -41,6 +46,16 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Do not reload the files when they change.
+    #[arg(long, env = "SLUICE_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+/// Settings of a data-plane process (`sluice run` and `sluice dataplane`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeFlags {
     /// Address the broker ingress listens on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_INGRESS_ADDR")]
     pub ingress: SocketAddr,
@@ -66,9 +81,73 @@ pub struct RunArgs {
     /// producers are answered 503) before exiting. ISO 8601 (PT30S) or seconds.
     #[arg(long, default_value = "PT30S", env = "SLUICE_DRAIN_PERIOD", value_parser = parse_period)]
     pub drain_period: std::time::Duration,
-    /// Do not reload the files when they change.
-    #[arg(long, env = "SLUICE_NO_WATCH")]
-    pub no_watch: bool,
+}
+
+/// What [`crate::run::serve`] needs of the flags.
+pub type NodeArgs = NodeFlags;
+
+impl NodeFlags {
+    /// The channel settings these flags give to resources that do not set their own.
+    pub fn apply_to(&self, defaults: &mut sluice_crds::Defaults) {
+        defaults.kafka_bootstrap_servers = self.kafka_bootstrap_servers.clone();
+        defaults.nats_url = self.nats_url.clone();
+        defaults.memory_capacity = self.queue_capacity.max(1);
+        defaults.memory_max_bytes = self.queue_max_bytes.max(1);
+    }
+}
+
+impl RunArgs {
+    pub fn node(&self) -> NodeArgs {
+        self.node.clone()
+    }
+}
+
+/// How to reach the Kubernetes API server and where Sluice lives in the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct KubeFlags {
+    /// A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// ServiceAccount.
+    #[arg(long, env = "SLUICE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Sluice's own namespace (the ingress Service, the leader Lease).
+    #[arg(long, default_value = "sluice-system", env = "SLUICE_SYSTEM_NAMESPACE")]
+    pub system_namespace: String,
+    /// The Service in front of the data plane's ingress; Broker addresses are
+    /// `http://<service>.<system namespace>.svc.<cluster domain>/<ns>/<name>`.
+    #[arg(long, default_value = "sluice-ingress", env = "SLUICE_INGRESS_SERVICE")]
+    pub ingress_service: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local", env = "SLUICE_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    /// This replica's name in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Admin addresses (`host:port`) of the data-plane replicas, instead of the ready
+    /// endpoints of the ingress Service (port named `admin`): for a controller run outside
+    /// the cluster. Repeatable.
+    #[arg(
+        long = "dataplane-admin",
+        env = "SLUICE_DATAPLANE_ADMIN",
+        value_delimiter = ','
+    )]
+    pub dataplane_admin: Vec<String>,
+    /// Address of the controller's health server (/healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9091", env = "SLUICE_ADMIN_ADDR")]
+    pub admin: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct DataplaneArgs {
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    #[command(flatten)]
+    pub node: NodeFlags,
 }
 
 fn parse_period(s: &str) -> Result<std::time::Duration, String> {

@@ -6,6 +6,7 @@ mod channels;
 mod cli;
 mod display;
 mod get;
+mod k8s;
 mod load;
 mod run;
 mod send;
@@ -32,6 +33,8 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Send(args) => send::send(args).await,
         cli::Command::Display(args) => display::display(args).await,
         cli::Command::Get(args) => get::get(args).await,
+        cli::Command::Controller(args) => k8s::controller(args).await,
+        cli::Command::Dataplane(args) => k8s::dataplane(args).await,
         cli::Command::Crdgen => {
             print!("{}", sluice_crds::crds_yaml());
             Ok(())

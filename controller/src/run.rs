@@ -54,6 +54,8 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
     // not cause another.
     let mut written: BTreeMap<ObjectRef, Value> = BTreeMap::new();
     let mut tick = tokio::time::interval(cfg.resync);
+    // Discovery of the kinds refs name, kept between passes.
+    let mut kinds = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -72,6 +74,9 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         tokio::time::sleep(Duration::from_millis(100)).await;
         changes.borrow_and_update();
         let resources = cluster.snapshot();
+        let mut defaults = defaults.clone();
+        let refs = sluice_crds::external_refs(&resources);
+        defaults.addressables = crate::resolve::lookup(&client, &refs, &mut kinds).await;
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
         let view: DataplaneView = observe(&client, &http, &cfg.replicas).await;
         let want = desired(&World {

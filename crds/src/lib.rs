@@ -18,7 +18,7 @@ pub mod load;
 pub mod sources;
 pub mod types;
 
-pub use convert::{build, build_lenient, Defaults};
+pub use convert::{build, build_lenient, external_refs, AddressableRef, Defaults};
 pub use load::{parse_yaml, parse_yaml_lenient, LoadError, Loaded, Resource};
 
 /// The CustomResourceDefinitions Sluice serves, as multi-document YAML (`sluice crdgen`).

@@ -119,10 +119,18 @@ async fn follow(
         tokio::time::sleep(Duration::from_millis(100)).await;
         changes.borrow_and_update();
         let previous = topology.borrow().clone();
-        let (t, problems) = load::rebuild(&cluster.snapshot(), Vec::new(), &defaults, &previous);
+        let (t, problems) = load::rebuild(&snapshot(&cluster), Vec::new(), &defaults, &previous);
         report(&t, &problems);
         topology.send_replace(Arc::new(t));
     }
+}
+
+/// The cluster's resources, with refs to kinds only the controller can read replaced by the
+/// URI it resolved (see `sluice_controller::resolve`).
+fn snapshot(cluster: &Cluster) -> Vec<sluice_crds::Loaded> {
+    let mut loaded = cluster.snapshot();
+    sluice_controller::resolve::use_resolved_status(&mut loaded);
+    loaded
 }
 
 fn report(t: &Topology, problems: &[String]) {

@@ -78,6 +78,25 @@ async fn install_crds(kube: &KubeServer) {
     }
 }
 
+/// A CRD of some other project whose objects are Addressable (`status.address.url`).
+const FUNCTION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: functions.example.dev}
+spec:
+  group: example.dev
+  scope: Namespaced
+  names: {plural: functions, singular: function, kind: Function}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
 fn addr() -> SocketAddr {
     format!("127.0.0.1:{}", sluice_tests::free_port())
         .parse()
@@ -199,6 +218,60 @@ spec:
     assert_eq!(post_event(&url, "e2", "other", &[], "{}").await, 202);
     let got = sink.wait_for(1, T).await;
     assert_eq!(got[0].header("ce-id"), Some("e1"));
+
+    // A subscriber of a kind Sluice does not run, resolved through its status.address.url
+    // (any Addressable): the controller resolves it, the data plane uses what it wrote.
+    apply(kube, FUNCTION_CRD).await;
+    kube.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/functions.example.dev",
+        "--timeout=60s",
+    ])
+    .await
+    .unwrap();
+    apply(
+        kube,
+        "apiVersion: example.dev/v1\nkind: Function\nmetadata: {name: fn, namespace: e2e}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: to-fn, namespace: e2e}\nspec:\n  broker: default\n  filter: {attributes: {type: for-fn}}\n  subscriber:\n    ref: {apiVersion: example.dev/v1, kind: Function, name: fn}\n",
+    )
+    .await;
+    let unresolved = wait_ready(kube, "e2e", "trigger/to-fn", "False").await;
+    let why = condition(&unresolved, "SubscriberResolved").unwrap();
+    assert!(
+        why["message"].as_str().unwrap().contains("no address"),
+        "{why}"
+    );
+    let fn_sink = Sink::ok().await;
+    kube.kubectl(&[
+        "patch",
+        "function/fn",
+        "-n",
+        "e2e",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"address":{{"url":"{}"}}}}}}"#,
+            fn_sink.url()
+        ),
+    ])
+    .await
+    .unwrap();
+    let resolved = wait_ready(kube, "e2e", "trigger/to-fn", "True").await;
+    assert_eq!(resolved["status"]["subscriberUri"], fn_sink.url());
+    // The data plane picks the resolved URI up from the Trigger's status.
+    eventually(
+        T,
+        "an event delivered to the Function's address",
+        || async {
+            assert_eq!(
+                post_event(&url, &format!("f{}", fn_sink.count()), "for-fn", &[], "{}").await,
+                202
+            );
+            (fn_sink.count() > 0).then_some(())
+        },
+    )
+    .await;
 
     // A Trigger on a Broker that does not exist: not ready, and why.
     apply(

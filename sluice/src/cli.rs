@@ -26,8 +26,17 @@ pub enum Command {
     Display(DisplayArgs),
     /// Show the brokers and triggers of a running `sluice run`.
     Get(GetArgs),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crdgen,
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crdgen(CrdgenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CrdgenArgs {
+    /// Write `<plural>.<group>.yaml` per CRD and a `kustomization.yaml` listing them into this
+    /// directory (removing other `*.yaml` files there) instead of printing one stream. The
+    /// repository keeps them in `crds/yaml/`.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -14,7 +14,7 @@
 //! what the API server refuses and what embedded mode refuses are written in one place.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, CustomResourceDefinitionVersion,
+    CustomResourceDefinition, CustomResourceDefinitionVersion, JSONSchemaProps,
 };
 use kube::CustomResourceExt;
 
@@ -77,8 +77,31 @@ fn finish(crd: &mut CustomResourceDefinition) {
                     schema.required = None;
                 }
             }
+            if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+                require_validated_fields(spec);
+            }
         }
     }
+}
+
+/// A spec field that embedded mode defaults (`#[serde(default)]`, so that its own error can
+/// name it) but that carries CEL rules is required in the CRD instead: the API server refuses
+/// a default that fails the field's own rules, and "Required value" names the field.
+fn require_validated_fields(spec: &mut JSONSchemaProps) {
+    let Some(props) = spec.properties.as_mut() else {
+        return;
+    };
+    let mut required = spec.required.take().unwrap_or_default();
+    for (name, field) in props.iter_mut() {
+        if field.default.is_some() && field.x_kubernetes_validations.is_some() {
+            field.default = None;
+            if !required.contains(name) {
+                required.push(name.clone());
+            }
+        }
+    }
+    required.sort();
+    spec.required = (!required.is_empty()).then_some(required);
 }
 
 /// `<plural>.<group>.yaml` and its text, for each CRD, each file starting with a comment that

@@ -100,10 +100,14 @@ pub struct DeliverySpec {
         name = "Reason",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    )
+    ),
+    // On the root: `spec` itself may be absent (a Broker with only a name), and a rule on a
+    // field only runs when the field exists in both the old and the new object.
+    validation = Rule::new("(has(self.spec) && has(self.spec.config)) == (has(oldSelf.spec) && has(oldSelf.spec.config))")
+        .message("Immutable fields changed: spec.config cannot be added or removed")
+        .field_path(".spec.config")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("has(self.config) == has(oldSelf.config)").message("Immutable fields changed: spec.config cannot be added or removed").field_path(".config"))]
 pub struct BrokerSpec {
     /// The ConfigMap holding the channel's settings (immutable).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,7 +39,10 @@ fn one_file_per_crd_named_plural_dot_group() {
         assert!(files.iter().any(|(n, _)| *n == want), "no {want}");
         let (_, text) = files.iter().find(|(n, _)| *n == want).unwrap();
         assert!(text.starts_with("# Generated"), "{want} has no header");
-        assert!(text.contains(REGENERATE), "{want} does not say how to regenerate it");
+        assert!(
+            text.contains(REGENERATE),
+            "{want} does not say how to regenerate it"
+        );
     }
     let (_, kustomization) = files
         .iter()
@@ -72,7 +75,10 @@ fn knative_versions_and_columns_are_served() {
     );
     assert_eq!(
         versions("eventtypes.eventing.knative.dev"),
-        [("v1beta3".to_string(), true), ("v1beta2".to_string(), false)]
+        [
+            ("v1beta3".to_string(), true),
+            ("v1beta2".to_string(), false)
+        ]
     );
     let columns = |name: &str| -> Vec<String> {
         get(name).spec.versions[0]
@@ -103,10 +109,10 @@ fn knative_versions_and_columns_are_served() {
         let categories = crd.spec.names.categories.clone().unwrap_or_default();
         assert!(categories.contains(&"sources".to_string()), "{name}");
         assert!(
-            crd.spec.versions.iter().all(|v| v
-                .subresources
-                .as_ref()
-                .is_some_and(|s| s.status.is_some())),
+            crd.spec
+                .versions
+                .iter()
+                .all(|v| v.subresources.as_ref().is_some_and(|s| s.status.is_some())),
             "{name} has no status subresource"
         );
     }

@@ -6,6 +6,9 @@
 //! serves `v1beta2` with this same schema: it accepts the v1beta2 fields too, and they survive
 //! being stored as `v1beta3` instead of being pruned (see `crate::crds`).
 
+// `#[kube(printcolumn(name = .., type_ = ..), printcolumn(..))]` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use crate::types::{Condition, KReference};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

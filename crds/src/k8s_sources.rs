@@ -5,6 +5,9 @@
 //! controller can report their status; nothing runs them yet, and embedded mode (`sluice run`)
 //! says so when it meets one (`load.rs`). Like the other specs these deny unknown fields.
 
+// `#[kube(printcolumn(name = .., type_ = ..), printcolumn(..))]` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use crate::sources::{any_object, CloudEventOverrides, SourceStatus};
 use crate::types::Destination;
 use kube::{CustomResource, KubeSchema};

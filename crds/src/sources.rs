@@ -4,6 +4,9 @@
 //! Knative serves KafkaSource as `v1beta1` (eventing-kafka-broker); the same spec is read
 //! under `v1` and `v1beta1` (see `load.rs`). Like the other specs these deny unknown fields.
 
+// `#[kube(printcolumn(name = .., type_ = ..), printcolumn(..))]` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use crate::types::{AuthStatus, Condition, DeliverySpec, Destination};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

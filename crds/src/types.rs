@@ -10,6 +10,9 @@
 //! names the field. The status structs carry what SEMANTICS.md §8 lists; the controller writes
 //! them, embedded mode ignores them on input.
 
+// `#[kube(printcolumn(name = .., type_ = ..), printcolumn(..))]` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -159,6 +159,7 @@ pub struct KafkaSourceSpec {
     /// Consumer group holding the committed offsets. Default
     /// `knative-kafka-source-<namespace>-<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("Immutable fields changed: spec.consumerGroup"))]
     pub consumer_group: Option<String>,
     /// `earliest` or `latest` (default): where a group without committed offsets starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -245,10 +245,12 @@ pub struct TriggerStatus {
 }
 
 /// Knative's legacy attribute filter (`spec.filter`).
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerFilter {
+    /// Attribute name → value; names are CloudEvents attribute names (`a-z`, `0-9`).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9]*$'))").message("filter.attributes keys must be CloudEvents attribute names: a lower-case letter, then lower-case letters and digits"))]
     pub attributes: BTreeMap<String, String>,
 }
 

@@ -509,6 +509,17 @@ async fn bad_objects_are_refused_with_the_field_and_what_is_wrong() {
     let e = refused(
         kube,
         ns,
+        "a filter on an attribute name that cannot exist",
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: key}\n\
+         spec: {broker: default, filter: {attributes: {Type: x}}, subscriber: {uri: 'http://s/'}}\n",
+    )
+    .await;
+    assert!(e.contains("spec.filter.attributes"), "{e}");
+    assert!(e.contains("CloudEvents attribute names"), "{e}");
+
+    let e = refused(
+        kube,
+        ns,
         "a misspelt field",
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: typo}\nspec: {brokr: default, subscriber: {uri: 'http://s/'}}\n",
     )
@@ -652,6 +663,31 @@ async fn bad_objects_are_refused_with_the_field_and_what_is_wrong() {
     )
     .await;
     assert!(e.contains("spec.topics"), "{e}");
+    // A KafkaSource's consumer group holds its offsets: it cannot change.
+    ok(kube
+        .kubectl_stdin(
+            &["apply", "-n", ns, "-f", "-"],
+            "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata: {name: k}\n\
+             spec: {bootstrapServers: ['k:9092'], topics: [t], consumerGroup: g1, sink: {uri: 'http://s/'}}\n",
+        )
+        .await);
+    let e = kube
+        .kubectl(&[
+            "patch",
+            "kafkasource",
+            "k",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"consumerGroup": "g2"}}"#,
+        ])
+        .await
+        .expect_err("changing spec.consumerGroup must be refused");
+    assert!(
+        e.contains("Immutable fields changed: spec.consumerGroup"),
+        "{e}"
+    );
     let e = refused(
         kube,
         ns,

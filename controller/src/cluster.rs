@@ -9,26 +9,26 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::{self, Store};
+use kube::api::{ApiResource, DynamicObject, TypeMeta};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, ResourceExt};
 use sluice_crds::sources::{KafkaSource, PingSource};
 use sluice_crds::types::{Broker, Trigger};
-use sluice_crds::{Loaded, Resource as R};
-use std::fmt::Debug;
+use sluice_crds::{LoadError, Loaded};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The reflector stores of every kind Sluice runs.
+///
+/// Objects are kept as the API server sends them ([`DynamicObject`]) and read through
+/// `sluice_crds::load::from_object`, the loader of embedded mode: defaults (a Broker with no
+/// `spec`) and messages are the same, and one object the types cannot read is reported as
+/// that object's problem instead of stopping the watch of its whole kind.
 #[derive(Clone)]
 pub struct Cluster {
-    brokers: Store<Broker>,
-    triggers: Store<Trigger>,
-    ping_sources: Store<PingSource>,
-    kafka_sources: Store<KafkaSource>,
-    config_maps: Store<ConfigMap>,
+    kinds: Vec<(ApiResource, Store<DynamicObject>)>,
     changes: watch::Receiver<u64>,
 }
 
@@ -43,29 +43,32 @@ impl Drop for Watches {
     }
 }
 
+/// The kinds watched: everything `sluice_crds` turns into topology.
+pub fn kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<Broker>(&()),
+        ApiResource::erase::<Trigger>(&()),
+        ApiResource::erase::<PingSource>(&()),
+        ApiResource::erase::<KafkaSource>(&()),
+    ]
+}
+
 impl Cluster {
     /// Starts watching every kind, cluster-wide.
     pub fn watch(client: Client) -> (Cluster, Watches) {
         let (tx, changes) = watch::channel(0u64);
         let tx = Arc::new(tx);
+        let mut stores = Vec::new();
         let mut tasks = Vec::new();
-        let (brokers, t) = watch_kind::<Broker>(&client, &tx);
-        tasks.push(t);
-        let (triggers, t) = watch_kind::<Trigger>(&client, &tx);
-        tasks.push(t);
-        let (ping_sources, t) = watch_kind::<PingSource>(&client, &tx);
-        tasks.push(t);
-        let (kafka_sources, t) = watch_kind::<KafkaSource>(&client, &tx);
-        tasks.push(t);
-        let (config_maps, t) = watch_kind::<ConfigMap>(&client, &tx);
-        tasks.push(t);
+        for ar in kinds() {
+            let (store, task) = watch_kind(&client, ar.clone(), &tx);
+            stores.push((ar, store));
+            tasks.push(task);
+        }
         (
             Cluster {
-                brokers,
-                triggers,
-                ping_sources,
-                kafka_sources,
-                config_maps,
+                kinds: stores,
                 changes,
             },
             Watches(tasks),
@@ -74,11 +77,9 @@ impl Cluster {
 
     /// Waits until every kind has been listed once (a first snapshot is then complete).
     pub async fn ready(&self) {
-        let _ = self.brokers.wait_until_ready().await;
-        let _ = self.triggers.wait_until_ready().await;
-        let _ = self.ping_sources.wait_until_ready().await;
-        let _ = self.kafka_sources.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
+        for (_, store) in &self.kinds {
+            let _ = store.wait_until_ready().await;
+        }
     }
 
     /// A receiver that changes whenever any object does.
@@ -86,55 +87,60 @@ impl Cluster {
         self.changes.clone()
     }
 
-    /// Every object, as embedded mode's loader would give it.
-    pub fn snapshot(&self) -> Vec<Loaded> {
+    /// Every object, as embedded mode's loader would give it, and the problems of the objects
+    /// it cannot read.
+    pub fn snapshot(&self) -> (Vec<Loaded>, Vec<LoadError>) {
         let mut out = Vec::new();
-        loaded(&self.config_maps, &mut out, |o| R::ConfigMap(Box::new(o)));
-        loaded(&self.brokers, &mut out, |o| R::Broker(Box::new(o)));
-        loaded(&self.triggers, &mut out, |o| R::Trigger(Box::new(o)));
-        loaded(&self.ping_sources, &mut out, |o| R::PingSource(Box::new(o)));
-        loaded(&self.kafka_sources, &mut out, |o| {
-            R::KafkaSource(Box::new(o))
-        });
-        out
-    }
-}
-
-fn loaded<K>(store: &Store<K>, out: &mut Vec<Loaded>, wrap: impl Fn(K) -> R)
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let mut objects = store.state();
-    // A stable order, so two snapshots of the same objects build the same topology.
-    objects.sort_by_key(|o| (o.namespace(), o.name_any()));
-    for o in objects {
-        // Being deleted: gone for Sluice (no finalizers hold Sluice objects).
-        if o.meta().deletion_timestamp.is_some() {
-            continue;
+        let mut errors = Vec::new();
+        for (ar, store) in &self.kinds {
+            let mut objects = store.state();
+            // A stable order, so two snapshots of the same objects build the same topology.
+            objects.sort_by_key(|o| (o.namespace(), o.name_any()));
+            for o in objects {
+                // Being deleted: gone for Sluice (no finalizers hold Sluice objects).
+                if o.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let mut o = (*o).clone();
+                // List items of built-in kinds come without apiVersion/kind.
+                o.types = Some(TypeMeta {
+                    api_version: ar.api_version.clone(),
+                    kind: ar.kind.clone(),
+                });
+                let origin = format!(
+                    "{} {}/{}",
+                    ar.kind,
+                    o.namespace().unwrap_or_default(),
+                    o.name_any()
+                );
+                let value = serde_json::to_value(&o).unwrap_or_default();
+                match sluice_crds::load::from_object(value, origin) {
+                    Ok(l) => out.push(l),
+                    Err(e) => errors.push(e),
+                }
+            }
         }
-        let namespace = o.namespace().unwrap_or_else(|| "default".into());
-        let name = o.name_any();
-        out.push(Loaded {
-            origin: format!("{} {namespace}/{name}", K::kind(&())),
-            namespace,
-            name,
-            resource: wrap((*o).clone()),
-        });
+        (out, errors)
     }
 }
 
-fn watch_kind<K>(client: &Client, changed: &Arc<watch::Sender<u64>>) -> (Store<K>, JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let api: Api<K> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
+fn watch_kind(
+    client: &Client,
+    ar: ApiResource,
+    changed: &Arc<watch::Sender<u64>>,
+) -> (Store<DynamicObject>, JoinHandle<()>) {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let writer = Writer::new(ar.clone());
+    let reader = writer.as_reader();
     let changed = changed.clone();
     let stream =
         reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let resource = if ar.group.is_empty() {
+        ar.plural.clone()
+    } else {
+        format!("{}.{}", ar.plural, ar.group)
+    };
     let task = tokio::spawn(async move {
-        let kind = K::plural(&()).to_string();
-        let group = K::group(&()).to_string();
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
@@ -144,11 +150,6 @@ where
                     changed.send_modify(|n| *n += 1);
                 }
                 Err(e) => {
-                    let resource = if group.is_empty() {
-                        kind.clone()
-                    } else {
-                        format!("{kind}.{group}")
-                    };
                     tracing::warn!(
                         resource,
                         error = %e,

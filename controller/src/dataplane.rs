@@ -1,8 +1,9 @@
 //! What the data-plane replicas say: which are ready, and the status each gives every object.
 //!
-//! The replicas are found the way Kubernetes routes to them: the EndpointSlices of the ingress
-//! Service (label `kubernetes.io/service-name`). Each ready endpoint's admin port (the
-//! EndpointSlice port named `admin`) serves `/topology`, the same JSON `sluice get` reads, and
+//! The replicas are found the way Kubernetes routes to them: the EndpointSlices (label
+//! `kubernetes.io/service-name`) of the Service in front of their admin port (`sluice-admin`
+//! in `deploy/`). Each ready endpoint's admin port (the EndpointSlice port named `admin`)
+//! serves `/topology`, the same JSON `sluice get` reads, and
 //! the controller folds those reports into Knative's conditions (IngressReady, FilterReady,
 //! TriggerChannelReady, SubscriptionReady, ...). Parsing and folding are pure; only
 //! [`observe`] does I/O.
@@ -34,7 +35,7 @@ pub struct ReplicaReport {
 /// The data plane as the controller last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataplaneView {
-    /// Ready endpoints of the ingress Service.
+    /// Ready data-plane endpoints.
     pub ready_endpoints: usize,
     /// Reports of the ready replicas that answered.
     pub replicas: Vec<ReplicaReport>,
@@ -117,7 +118,7 @@ pub fn ready_admin_addresses(slices: &[EndpointSlice]) -> (usize, Vec<String>) {
 /// Where the data-plane replicas are.
 #[derive(Debug, Clone)]
 pub enum Replicas {
-    /// The ready endpoints of the ingress Service (in a cluster).
+    /// The ready endpoints of the data plane's admin Service (in a cluster).
     Service { namespace: String, service: String },
     /// Fixed admin addresses (`host:port`): a controller run outside the cluster, or a data
     /// plane that is not behind a Service (the API server refuses loopback addresses in

@@ -73,7 +73,10 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         // Gather a burst of changes into one pass.
         tokio::time::sleep(Duration::from_millis(100)).await;
         changes.borrow_and_update();
-        let resources = cluster.snapshot();
+        let (resources, unreadable) = cluster.snapshot();
+        for e in &unreadable {
+            tracing::warn!(problem = %e, "an object cannot be read; it gets no status");
+        }
         let mut defaults = defaults.clone();
         let refs = sluice_crds::external_refs(&resources);
         defaults.addressables = crate::resolve::lookup(&client, &refs, &mut kinds).await;

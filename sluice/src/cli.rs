@@ -26,13 +26,22 @@ pub enum Command {
     Display(DisplayArgs),
     /// Show the brokers and triggers of a running `sluice run`.
     Get(GetArgs),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crdgen,
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crdgen(CrdgenArgs),
     /// Kubernetes mode: watch the Knative resources and write their status (one leader
     /// among the replicas).
     Controller(ControllerArgs),
     /// Kubernetes mode: ingress, dispatchers and sources for the resources in the cluster.
     Dataplane(DataplaneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CrdgenArgs {
+    /// Write `<plural>.<group>.yaml` per CRD and a `kustomization.yaml` listing them into this
+    /// directory (removing other `*.yaml` files there) instead of printing one stream. The
+    /// repository keeps them in `crds/yaml/`.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -128,9 +137,13 @@ pub struct ControllerArgs {
     /// This replica's name in the leader Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The Service in front of the data plane's admin port (port named `admin`): its ready
+    /// endpoints are the data-plane replicas whose reports become status.
+    #[arg(long, default_value = "sluice-admin", env = "SLUICE_DATAPLANE_SERVICE")]
+    pub dataplane_service: String,
     /// Admin addresses (`host:port`) of the data-plane replicas, instead of the ready
-    /// endpoints of the ingress Service (port named `admin`): for a controller run outside
-    /// the cluster. Repeatable.
+    /// endpoints of `--dataplane-service`: for a controller run outside the cluster.
+    /// Repeatable.
     #[arg(
         long = "dataplane-admin",
         env = "SLUICE_DATAPLANE_ADMIN",

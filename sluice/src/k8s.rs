@@ -56,7 +56,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         replicas: if args.dataplane_admin.is_empty() {
             Replicas::Service {
                 namespace: args.kube.system_namespace.clone(),
-                service: args.kube.ingress_service.clone(),
+                service: args.dataplane_service.clone(),
             }
         } else {
             Replicas::Static(args.dataplane_admin.clone())
@@ -93,12 +93,8 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     let (cluster, _watches) = Cluster::watch(client);
     tracing::info!("listing the resources in the cluster");
     cluster.ready().await;
-    let (first, problems) = load::rebuild(
-        &cluster.snapshot(),
-        Vec::new(),
-        &defaults,
-        &Topology::default(),
-    );
+    let (loaded, unreadable) = snapshot(&cluster);
+    let (first, problems) = load::rebuild(&loaded, unreadable, &defaults, &Topology::default());
     report(&first, &problems);
     let (topology_tx, topology_rx) = watch::channel(Arc::new(first));
     let follower = tokio::spawn(follow(cluster, defaults, topology_tx));
@@ -119,7 +115,8 @@ async fn follow(
         tokio::time::sleep(Duration::from_millis(100)).await;
         changes.borrow_and_update();
         let previous = topology.borrow().clone();
-        let (t, problems) = load::rebuild(&snapshot(&cluster), Vec::new(), &defaults, &previous);
+        let (loaded, unreadable) = snapshot(&cluster);
+        let (t, problems) = load::rebuild(&loaded, unreadable, &defaults, &previous);
         report(&t, &problems);
         topology.send_replace(Arc::new(t));
     }
@@ -127,10 +124,10 @@ async fn follow(
 
 /// The cluster's resources, with refs to kinds only the controller can read replaced by the
 /// URI it resolved (see `sluice_controller::resolve`).
-fn snapshot(cluster: &Cluster) -> Vec<sluice_crds::Loaded> {
-    let mut loaded = cluster.snapshot();
+fn snapshot(cluster: &Cluster) -> (Vec<sluice_crds::Loaded>, Vec<sluice_crds::LoadError>) {
+    let (mut loaded, unreadable) = cluster.snapshot();
     sluice_controller::resolve::use_resolved_status(&mut loaded);
-    loaded
+    (loaded, unreadable)
 }
 
 fn report(t: &Topology, problems: &[String]) {

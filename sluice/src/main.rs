@@ -35,10 +35,7 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Get(args) => get::get(args).await,
         cli::Command::Controller(args) => k8s::controller(args).await,
         cli::Command::Dataplane(args) => k8s::dataplane(args).await,
-        cli::Command::Crdgen => {
-            print!("{}", sluice_crds::crds_yaml());
-            Ok(())
-        }
+        cli::Command::Crdgen(args) => crdgen(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -47,4 +44,20 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice crdgen`: the CRDs on stdout, or one file each in `--out-dir`.
+fn crdgen(args: cli::CrdgenArgs) -> anyhow::Result<()> {
+    match args.out_dir {
+        None => print!("{}", sluice_crds::crds_yaml()),
+        Some(dir) => {
+            let written = sluice_crds::write_crd_files(&dir).map_err(|e| {
+                anyhow::anyhow!("cannot write the CRDs into {}: {e}", dir.display())
+            })?;
+            for path in written {
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
 }

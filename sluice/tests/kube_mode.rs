@@ -174,7 +174,6 @@ async fn kubectl_apply_gives_ready_brokers_and_delivered_events() {
             r#"apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {{name: default, namespace: e2e}}
-spec: {{}}
 ---
 apiVersion: eventing.knative.dev/v1
 kind: Trigger
@@ -210,6 +209,20 @@ spec:
             "{c}: {broker:#}"
         );
     }
+    // What a platform team looks at: Knative's columns, filled by the controller.
+    let table = kube
+        .kubectl(&["get", "brokers", "-n", "e2e"])
+        .await
+        .unwrap();
+    assert!(
+        table.contains("URL") && table.contains("READY") && table.contains("REASON"),
+        "{table}"
+    );
+    assert!(
+        table.contains("http://sluice-ingress.sluice-system.svc.cluster.local/e2e/default")
+            && table.contains("True"),
+        "{table}"
+    );
     let trigger = wait_ready(kube, "e2e", "trigger/display", "True").await;
     assert_eq!(trigger["status"]["subscriberUri"], sink.url());
 

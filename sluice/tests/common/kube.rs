@@ -3,7 +3,7 @@
 
 use super::binary;
 use serde_json::Value;
-use sluice_tests::{eventually, KubeServer};
+use sluice_tests::KubeServer;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -103,12 +103,26 @@ pub fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
 
 /// Waits until `kind/name` in `ns` has condition Ready with `status`, returning the object.
 pub async fn wait_ready(kube: &KubeServer, ns: &str, what: &str, status: &str) -> Value {
-    eventually(T, &format!("{what} Ready={status}"), || async {
-        let obj = get_json(kube, &[what, "-n", ns]).await?;
-        let ready = condition(&obj, "Ready")?;
-        (ready["status"] == status).then_some(obj)
+    let last = std::sync::Mutex::new(Value::Null);
+    let found = tokio::time::timeout(T, async {
+        loop {
+            if let Some(obj) = get_json(kube, &[what, "-n", ns]).await {
+                let ok = condition(&obj, "Ready").is_some_and(|r| r["status"] == status);
+                if ok {
+                    return obj;
+                }
+                *last.lock().unwrap() = obj;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     })
-    .await
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "timed out after {T:?} waiting for {what} Ready={status}; last seen status: {:#}",
+            last.lock().unwrap()["status"]
+        )
+    })
 }
 
 /// Who holds the controller's leader Lease (in `sluice-system`).

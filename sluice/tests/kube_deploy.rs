@@ -184,3 +184,68 @@ spec:
     })
     .await;
 }
+
+/// The Helm chart renders (`helm template`, helm built by scripts/install-kube.sh) to objects
+/// the real API server accepts (server-side dry run: no kubelet runs the pods here), with the
+/// image and replicas from values.
+#[tokio::test]
+async fn the_helm_chart_renders_objects_the_api_server_accepts() {
+    let kube = shared_kube().await;
+    let helm = std::env::var_os("SLUICE_HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
+                });
+            cache.join("sluice/helm-v4.3.2/helm")
+        });
+    assert!(
+        helm.exists(),
+        "{} is missing: run scripts/install-test-deps.sh (it builds helm from its Go module)",
+        helm.display()
+    );
+    let chart = format!("{}/../deploy/helm/sluice", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(&helm)
+        .args([
+            "template",
+            "sluice",
+            &chart,
+            "-n",
+            "helm-test",
+            "--set",
+            "image.tag=v9.9.9",
+            "--set",
+            "dataplane.replicas=5",
+        ])
+        .output()
+        .await
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    assert!(rendered.contains("image: \"ghcr.io/sluice-mesh/sluice:v9.9.9\""));
+    assert!(rendered.contains("replicas: 5"));
+    let _ = kube.kubectl(&["create", "namespace", "helm-test"]).await;
+    let applied = kube
+        .kubectl_stdin(
+            &["apply", "--dry-run=server", "-n", "helm-test", "-f", "-"],
+            &rendered,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refuses the chart: {e}"));
+    for object in [
+        "deployment.apps/sluice-controller",
+        "deployment.apps/sluice-dataplane",
+        "service/sluice-ingress",
+        "service/sluice-admin",
+        "clusterrole.rbac.authorization.k8s.io/sluice-controller",
+        "poddisruptionbudget.policy/sluice-dataplane",
+    ] {
+        assert!(applied.contains(object), "{object} not in: {applied}");
+    }
+}

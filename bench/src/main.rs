@@ -92,7 +92,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub fifo: i32,
     /// Instead of the scenarios: one step at this rate straight to the sink, then one through
-    /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf).
+    /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf). With
+    /// `--only s3`: one step of the raw Kafka client, then one through a Kafka broker.
     #[arg(long)]
     pub probe: Option<u64>,
     /// p99 end-to-end latency a sustained rate must keep on Kafka (S3 and its raw-client

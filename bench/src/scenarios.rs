@@ -682,6 +682,48 @@ impl Bench<'_> {
         Outcome::Ran(Durable { raw, sluice })
     }
 
+    /// `--probe RATE --only s3`: one step of the raw Kafka client, then one through a Sluice
+    /// broker of class Kafka, on the same server (for profiling with perf).
+    async fn probe_kafka(&self, rate: u64) -> anyhow::Result<()> {
+        let kafka = tokio::spawn(sluice_tests::start_kafka()).await?;
+        let class = Class::Kafka {
+            bootstrap_servers: kafka.bootstrap_servers(),
+        };
+        let secs = self.args.step_secs();
+        let drain = Duration::from_secs(20);
+        let p99 = self.p99_ms(&class);
+        #[cfg(feature = "kafka")]
+        {
+            let bs = kafka.bootstrap_servers();
+            let (fetch_wait, recorder) = (self.args.raw_kafka_fetch_wait_ms, self.sink.recorder());
+            let raw = self
+                .sink_rt
+                .spawn(async move {
+                    crate::durable::kafka::KafkaRaw::start(&bs, fetch_wait, recorder).await
+                })
+                .await??;
+            eprintln!("probe: raw kafka client");
+            let driver = Driver::Kafka(Arc::new(raw));
+            self.step(&driver, p99, 1, DEFAULT_SIZE, rate, secs, drain)
+                .await;
+        }
+        let s = self.start_sluice(&class, &match_all()).await?;
+        eprintln!("probe: sluice (kafka) pid {}", s.pid);
+        self.step(
+            &Self::sluice_target(&s),
+            p99,
+            1,
+            DEFAULT_SIZE,
+            rate,
+            secs,
+            drain,
+        )
+        .await;
+        s.stop().await;
+        drop(kafka);
+        Ok(())
+    }
+
     /// The raw-client search on the same server.
     async fn raw_search(&self, label: &str, class: &Class) -> Outcome<SearchResult> {
         let recorder = self.sink.recorder();
@@ -777,6 +819,10 @@ pub async fn run_all(
     let started = now_rfc3339();
     let not_requested = || Outcome::NotRun("not requested (--only)".into());
 
+    if let (Some(rate), true) = (args.probe, args.only == ["s3"]) {
+        b.probe_kafka(rate).await?;
+        std::process::exit(0);
+    }
     if let Some(rate) = args.probe {
         let size = args.sizes.first().copied().unwrap_or(DEFAULT_SIZE);
         let secs = args.step_secs();

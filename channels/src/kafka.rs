@@ -107,10 +107,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the pump thread waits in one poll: the longest a close takes to be noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Most records the pump takes from librdkafka per wake-up (one lock, one hand-over).
+const POLL_BATCH: usize = 256;
+/// How long the pump leaves a full queue be (not polling, librdkafka's prefetch kept) before
+/// it pauses the partitions and polls on, so that rebalances are served while a subscriber
+/// is stuck.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// librdkafka settings of every trigger consumer (a subscription's client properties may
 /// override them).
-const CONSUMER_TUNABLES: [(&str, &str); 5] = [
+const CONSUMER_TUNABLES: [(&str, &str); 6] = [
     // librdkafka prefetches up to 64 MiB per consumer by default; one consumer per trigger
     // makes that too much.
     ("queued.max.messages.kbytes", "8192"),
@@ -124,6 +130,10 @@ const CONSUMER_TUNABLES: [(&str, &str); 5] = [
     // while it was parked, after a rebalance — so 100 ms: at most ten idle fetches a second per
     // consumer, and an event is never held half a second at moderate load.
     ("fetch.wait.max.ms", "100"),
+    // When the prefetch queue is over `queued.max.messages.kbytes` (the subscriber is behind),
+    // librdkafka postpones the next fetch by this much: 1 s by default, a second without
+    // records each time the subscriber catches up. 20 ms keeps the queue fed.
+    ("fetch.queue.backoff.ms", "20"),
     // A replica that dies without leaving its group holds its partitions until its session
     // expires; 45 s (librdkafka's default) is a long pause in delivery. 10 s tolerates GC-free
     // Rust processes on a busy machine and bounds the pause.
@@ -616,8 +626,10 @@ impl Channel for KafkaChannel {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
+            room: Condvar::new(),
             tx,
             queued: AtomicUsize::new(0),
+            resume_at: settings.max_buffered.max(1) / 2,
             topic: settings.topic.clone(),
             revoke_timeout: settings.revoke_timeout,
         });
@@ -890,9 +902,15 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever a handed-out message is acked or nacked (a revocation waits on it).
     settled: Condvar,
+    /// Signalled when `next()` brought the queue down to `resume_at` (the pump waits on it
+    /// while the queue is full).
+    room: Condvar,
     tx: mpsc::UnboundedSender<Item>,
     /// Items in the queue, for flow control.
     queued: AtomicUsize,
+    /// The pump, stopped because the queue is full, polls again once no more than this many
+    /// are queued.
+    resume_at: usize,
     topic: String,
     revoke_timeout: Duration,
 }
@@ -922,6 +940,67 @@ struct Part {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues what the pump polled (in order, so each partition's order is kept): records of
+    /// partitions still assigned are tracked and handed to `next()`; the rest belong to the
+    /// next owner and are dropped. Empties `batch`.
+    fn hand_out(&self, batch: &mut Vec<Polled>) {
+        let mut items = Vec::with_capacity(batch.len());
+        {
+            let mut st = self.lock();
+            for polled in batch.drain(..) {
+                match polled {
+                    Polled::Error(e) => items.push(Item::Error(e)),
+                    Polled::Record {
+                        partition,
+                        offset,
+                        decoded,
+                    } => {
+                        let Some(part) = st.parts.get(&partition).copied().filter(|p| p.live)
+                        else {
+                            continue;
+                        };
+                        st.tracker.received(partition, offset);
+                        match decoded {
+                            Ok(envelope) => items.push(Item::Message {
+                                envelope: Arc::new(envelope),
+                                partition,
+                                epoch: part.epoch,
+                                offset,
+                                count: 1,
+                            }),
+                            Err(DecodeError(reason)) => {
+                                tracing::warn!(partition, offset, %reason, "skipping a kafka record that is not a CloudEvent");
+                                st.tracker.finished(partition, offset);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for item in items {
+            self.push(item);
+        }
+    }
+
+    /// Blocks the pump until at most `resume_at` items are queued, or `timeout` passed.
+    fn wait_for_room(&self, timeout: Duration) {
+        let st = self.lock();
+        let _ = self.room.wait_timeout_while(st, timeout, |_| {
+            self.queued.load(Ordering::SeqCst) > self.resume_at
+        });
+    }
+
+    /// `next()` took an item off the queue: wake the pump if that made room (it waits in
+    /// [`Shared::wait_for_room`] while the queue is full).
+    fn taken(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::SeqCst);
+        if before == self.resume_at + 1 {
+            // Taking the lock orders this with the pump's check of the count.
+            drop(self.lock());
+            self.room.notify_all();
+        }
     }
 
     fn push(&self, item: Item) {
@@ -1096,7 +1175,10 @@ impl Pump {
         } = self;
         let mut last_commit = Instant::now();
         let mut paused = false;
+        // Since when the queue has been full without a pause.
+        let mut full_since: Option<Instant> = None;
         let mut last_was_error = false;
+        let mut batch: Vec<Polled> = Vec::with_capacity(POLL_BATCH);
         while !*close.borrow() {
             if last_commit.elapsed() >= commit_interval {
                 commit(&consumer, &shared, CommitMode::Async);
@@ -1104,59 +1186,55 @@ impl Pump {
             }
             let queued = shared.queued.load(Ordering::SeqCst);
             let reassigned = std::mem::take(&mut shared.lock().reassigned);
-            if queued >= max_buffered && (!paused || reassigned) {
-                if let Ok(a) = consumer.assignment() {
-                    paused = consumer.pause(&a).is_ok();
+            if queued >= max_buffered {
+                // Full. For a while, simply stop polling: librdkafka keeps what it fetched
+                // (bounded by `queued.max.messages.kbytes`) and the subscriber takes the
+                // queue down in a moment. Pausing would throw the prefetched records away
+                // and refetch them on resume, a gap of up to `fetch.queue.backoff.ms` each
+                // time. Rebalance callbacks run inside `poll`, though, so a subscriber that
+                // stays stuck gets its partitions paused and the pump goes on polling.
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if !paused && since.elapsed() < PAUSE_AFTER {
+                    shared.wait_for_room(POLL_INTERVAL);
+                    continue;
                 }
-            } else if paused && queued <= max_buffered / 2 {
-                if let Ok(a) = consumer.assignment() {
-                    paused = consumer.resume(&a).is_err();
+                if !paused || reassigned {
+                    if let Ok(a) = consumer.assignment() {
+                        paused = consumer.pause(&a).is_ok();
+                    }
+                }
+            } else {
+                full_since = None;
+                if paused && queued <= max_buffered / 2 {
+                    if let Ok(a) = consumer.assignment() {
+                        paused = consumer.resume(&a).is_err();
+                    }
                 }
             }
-            match consumer.poll(POLL_INTERVAL) {
-                None => {}
-                Some(Ok(m)) => {
-                    last_was_error = false;
-                    let (partition, offset) = (m.partition(), m.offset());
-                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    let decoded = match m.headers() {
-                        Some(h) => wire::decode(
-                            h.iter().map(|h| (h.key, h.value.unwrap_or_default())),
-                            payload,
-                            &wire::KAFKA,
-                        ),
-                        None => wire::decode([], payload, &wire::KAFKA),
-                    };
-                    drop(m);
-                    let mut st = shared.lock();
-                    let Some(part) = st.parts.get(&partition).copied().filter(|p| p.live) else {
-                        continue;
-                    };
-                    st.tracker.received(partition, offset);
-                    match decoded {
-                        Ok(envelope) => {
-                            drop(st);
-                            shared.push(Item::Message {
-                                envelope: Arc::new(envelope),
-                                partition,
-                                epoch: part.epoch,
-                                offset,
-                                count: 1,
-                            });
+            // One poll that may wait, then whatever else is already there (up to the room
+            // left), so the records of a fetch cost one lock and one wake-up of the
+            // subscriber, not one each.
+            let room = max_buffered.saturating_sub(queued).clamp(1, POLL_BATCH);
+            let mut timeout = POLL_INTERVAL;
+            while batch.len() < room {
+                match consumer.poll(timeout) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        last_was_error = false;
+                        batch.push(Polled::take(&m));
+                    }
+                    Some(Err(e)) => {
+                        if !last_was_error {
+                            batch.push(Polled::Error(unavailable("consuming", &e)));
                         }
-                        Err(DecodeError(reason)) => {
-                            tracing::warn!(partition, offset, %reason, "skipping a kafka record that is not a CloudEvent");
-                            st.tracker.finished(partition, offset);
-                        }
+                        last_was_error = true;
+                        tracing::debug!(error = %e, "kafka consumer error");
                     }
                 }
-                Some(Err(e)) => {
-                    if !last_was_error {
-                        shared.push(Item::Error(unavailable("consuming", &e)));
-                    }
-                    last_was_error = true;
-                    tracing::debug!(error = %e, "kafka consumer error");
-                }
+                timeout = Duration::ZERO;
+            }
+            if !batch.is_empty() {
+                shared.hand_out(&mut batch);
             }
         }
         commit(&consumer, &shared, CommitMode::Sync);
@@ -1164,6 +1242,35 @@ impl Pump {
         drop(consumer);
         drop(shared);
         done.send_replace(true);
+    }
+}
+
+/// What one poll returned, decoded outside the subscription's lock.
+enum Polled {
+    Record {
+        partition: i32,
+        offset: i64,
+        decoded: Result<Envelope, DecodeError>,
+    },
+    Error(ChannelError),
+}
+
+impl Polled {
+    fn take(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let decoded = match m.headers() {
+            Some(h) => wire::decode(
+                h.iter().map(|h| (h.key, h.value.unwrap_or_default())),
+                payload,
+                &wire::KAFKA,
+            ),
+            None => wire::decode([], payload, &wire::KAFKA),
+        };
+        Polled::Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            decoded,
+        }
     }
 }
 
@@ -1221,7 +1328,7 @@ impl Subscription for KafkaSubscription {
                 _ = self.closed.changed() => return None,
                 item = self.rx.recv() => item?,
             };
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            self.shared.taken();
             match item {
                 Item::Error(e) => return Some(Err(e)),
                 Item::Message {

@@ -109,9 +109,18 @@ pub struct Args {
     /// consumers use), to see what the setting costs.
     #[arg(long)]
     pub raw_kafka_fetch_wait_ms: Option<u32>,
+    /// Records the raw Kafka / NATS clients may have awaiting their acknowledgement at once
+    /// (default: `--connections`, what the HTTP generator can have awaiting a 202, as a
+    /// producer with that many connections would); 0 for no limit.
+    #[arg(long)]
+    pub raw_in_flight: Option<usize>,
 }
 
 impl Args {
+    /// The raw clients' limit on unacknowledged records (0: none).
+    pub fn raw_in_flight(&self) -> usize {
+        self.raw_in_flight.unwrap_or(self.connections)
+    }
     pub fn step_secs(&self) -> f64 {
         self.step_secs.unwrap_or(if self.quick { 1.0 } else { 3.0 })
     }

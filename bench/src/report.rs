@@ -528,12 +528,26 @@ pub fn render(args: &Args, r: &Results) -> String {
          match-all trigger, 1 KiB events. Raw client: the same open-model load produced \
          straight to the server (rdkafka with acks=all, idempotence, linger 1 ms — the \
          settings of Sluice's Kafka channel — to a 10-partition topic; async-nats JetStream \
-         publish with ack to a file stream) and consumed back by the bench (a consumer \
+         publish with ack to a file stream) {}, and consumed back by the bench (a consumer \
          assigned every partition; a durable pull consumer with explicit acks), latency \
          from the scheduled send to consumption. A sustained rate must keep p99 ≤ {} ms on \
          Kafka and ≤ {} ms on NATS (raw and Sluice alike; both Kafka consumers use \
          `fetch.wait.max.ms` 100 ms, which Kafka cuts short as soon as records arrive). Server CPU is not in the figures (the servers are separate \
          processes; librdkafka's own threads are not counted as generator CPU either).{}\n",
+        match args.raw_in_flight() {
+            0 => "with no limit on the records awaiting their acknowledgement \
+                  (`--raw-in-flight 0`)"
+                .to_string(),
+            n if n == args.connections => format!(
+                "with at most {n} records awaiting their acknowledgement at once: as many \
+                 as the HTTP generator has connections, each awaiting one 202, the \
+                 concurrency Sluice's producer has (`--raw-in-flight 0` lifts the limit)"
+            ),
+            n => format!(
+                "with at most {n} records awaiting their acknowledgement at once \
+                 (`--raw-in-flight`)"
+            ),
+        },
         args.kafka_p99_ms,
         args.nats_p99_ms,
         args.raw_kafka_fetch_wait_ms

@@ -268,7 +268,11 @@ impl Bench<'_> {
             size,
             rate,
             duration: Duration::from_secs_f64(secs),
-            connections: self.args.connections,
+            connections: match driver {
+                Driver::Http(_) => self.args.connections,
+                #[allow(unreachable_patterns)]
+                _ => self.args.raw_in_flight(),
+            },
             step: id,
         };
         let step = Arc::new(Step::new(id, l.events(), fanout));

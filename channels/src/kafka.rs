@@ -473,7 +473,45 @@ impl CommittedOffsets {
     }
 }
 
+/// A record's headers: the event's attributes in Kafka binary content mode.
+fn record_headers(encoded: &wire::Encoded) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(encoded.headers.len());
+    for (k, v) in &encoded.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    headers
+}
+
 impl Inner {
+    /// A delivery report said the record is stored.
+    fn published(&self) -> Result<(), ChannelError> {
+        set_health(&self.health, Health::Ready);
+        Ok(())
+    }
+
+    /// The producer refused a record or failed to store it.
+    fn publish_failed(&self, e: KafkaError) -> ChannelError {
+        if e == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+            return ChannelError::Full("kafka producer queue is full".into());
+        }
+        let err = unavailable(&format!("publishing to {}", self.settings.topic), e);
+        set_health(&self.health, Health::NotReady(err.to_string()));
+        err
+    }
+
+    /// No delivery report came in time.
+    fn no_report(&self) -> ChannelError {
+        let err = unavailable(
+            &format!("publishing to {}", self.settings.topic),
+            "no delivery report in time",
+        );
+        set_health(&self.health, Health::NotReady(err.to_string()));
+        err
+    }
+
     async fn ensure_topic(&self) -> Result<(), ChannelError> {
         let s = &self.settings;
         let topic = NewTopic::new(
@@ -554,13 +592,7 @@ impl Channel for KafkaChannel {
     async fn publish(&self, envelope: Envelope) -> Result<(), ChannelError> {
         let inner = &self.inner;
         let encoded = wire::encode(&envelope, &wire::KAFKA)?;
-        let mut headers = OwnedHeaders::new_with_capacity(encoded.headers.len());
-        for (k, v) in &encoded.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
+        let headers = record_headers(&encoded);
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&inner.settings.topic)
             .payload(&encoded.payload[..])
             .headers(headers);
@@ -576,26 +608,67 @@ impl Channel for KafkaChannel {
         )
         .await;
         match sent {
-            Ok(Ok(_delivery)) => {
-                set_health(&inner.health, Health::Ready);
-                Ok(())
+            Ok(Ok(_delivery)) => inner.published(),
+            Ok(Err((e, _))) => Err(inner.publish_failed(e)),
+            Err(_) => Err(inner.no_report()),
+        }
+    }
+
+    /// All records are handed to the producer first (in order: the idempotent producer keeps
+    /// each partition's order), then their delivery reports are awaited together, so a batch
+    /// costs about one `acks=all` round trip, not one per event. Returns once every record
+    /// is acknowledged; on a failure, records of the batch other than the failed one may be
+    /// stored (the producer's retry duplicates them: at-least-once, never lost).
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), ChannelError> {
+        let inner = &self.inner;
+        let mut pending = Vec::with_capacity(envelopes.len());
+        let mut failed = None;
+        for envelope in &envelopes {
+            let encoded = match wire::encode(envelope, &wire::KAFKA) {
+                Ok(e) => e,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let headers = record_headers(&encoded);
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&inner.settings.topic)
+                .payload(&encoded.payload[..])
+                .headers(headers);
+            if let Some(key) = &encoded.key {
+                record = record.key(key.as_str());
             }
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => {
-                Err(ChannelError::Full("kafka producer queue is full".into()))
+            match inner.producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => {
+                    failed = Some(inner.publish_failed(e));
+                    break;
+                }
             }
-            Ok(Err((e, _))) => {
-                let err = unavailable(&format!("publishing to {}", inner.settings.topic), e);
-                set_health(&inner.health, Health::NotReady(err.to_string()));
-                Err(err)
-            }
-            Err(_) => {
-                let err = unavailable(
-                    &format!("publishing to {}", inner.settings.topic),
-                    "no delivery report in time",
-                );
-                set_health(&inner.health, Health::NotReady(err.to_string()));
-                Err(err)
-            }
+        }
+        // Wait for what was handed over even after a failure, so that the request's answer
+        // comes after everything it started.
+        let reports = tokio::time::timeout(
+            inner.settings.publish_timeout + Duration::from_secs(1),
+            futures::future::join_all(pending),
+        )
+        .await;
+        let result = match reports {
+            Err(_) => Err(inner.no_report()),
+            Ok(reports) => reports
+                .into_iter()
+                .map(|r| match r {
+                    Ok(Ok(_delivery)) => inner.published(),
+                    Ok(Err((e, _))) => Err(inner.publish_failed(e)),
+                    // The producer went away with the record (only when it is dropped).
+                    Err(_) => Err(inner.no_report()),
+                })
+                .find(Result::is_err)
+                .unwrap_or(Ok(())),
+        };
+        match failed {
+            Some(e) => Err(e),
+            None => result,
         }
     }
 

@@ -729,12 +729,13 @@ impl Channel for KafkaChannel {
             match fixed {
                 Ok(()) => break,
                 // The group's coordinator is moving or loading (a cluster that just started,
-                // a broker restart): it answers shortly.
-                Err(StartError::Coordinator(e)) if Instant::now() < deadline => {
-                    tracing::debug!(subscription = %spec.id, error = %e, "group coordinator not ready; retrying");
+                // a broker restart), or the topic was just created and its partitions have
+                // no leader yet: it answers shortly.
+                Err(StartError::NotReady(e)) if Instant::now() < deadline => {
+                    tracing::debug!(subscription = %spec.id, error = %e, "group coordinator or partition leaders not ready; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(StartError::Coordinator(e) | StartError::Other(e)) => {
+                Err(StartError::NotReady(e) | StartError::Other(e)) => {
                     return Err(unavailable(&format!("subscription {}", spec.id), e))
                 }
             }
@@ -883,7 +884,7 @@ fn fix_start_position(
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     if partitions.is_empty() {
-        return Err(StartError::Other(format!(
+        return Err(StartError::NotReady(format!(
             "topic {topic} has no partitions (yet)"
         )));
     }
@@ -948,8 +949,9 @@ fn fix_start_position(
 
 /// Why the start position could not be fixed.
 enum StartError {
-    /// The group's coordinator is not ready (moving, loading): worth retrying at once.
-    Coordinator(String),
+    /// The group's coordinator is not ready (moving, loading), or the topic's partitions have
+    /// no leader yet (just created): worth retrying at once.
+    NotReady(String),
     Other(String),
 }
 
@@ -960,8 +962,11 @@ impl StartError {
             Some(
                 RDKafkaErrorCode::NotCoordinator
                 | RDKafkaErrorCode::CoordinatorLoadInProgress
-                | RDKafkaErrorCode::CoordinatorNotAvailable,
-            ) => StartError::Coordinator(text),
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            ) => StartError::NotReady(text),
             _ => StartError::Other(text),
         }
     }

@@ -142,6 +142,32 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 .map(|((k, s1), raw)| k as f64 >= 0.5 * s1.min(raw as f64)),
         ),
     });
+    t.push(Target {
+        what: "S3 Kafka ≥ 0.5× raw Kafka client (same in-flight limit)".into(),
+        figure: match (kafka, raw_kafka) {
+            (Some(k), Some(raw)) => format!(
+                "{}/s vs {}/s = {}",
+                stats::rate(k),
+                stats::rate(raw),
+                ratio(k as f64, raw as f64)
+            ),
+            _ => "not run".into(),
+        },
+        verdict: Verdict::of(
+            kafka
+                .zip(raw_kafka)
+                .map(|(k, raw)| k as f64 >= 0.5 * raw as f64),
+        ),
+    });
+    let at_1000 = match &r.s3 {
+        Outcome::Ran(d) => d.fixed.iter().find(|s| s.rate == 1000),
+        Outcome::NotRun(_) => None,
+    };
+    t.push(Target {
+        what: "S3 Kafka e2e p99 ≤ 50 ms at 1 000/s".into(),
+        figure: at_1000.map_or_else(|| "not run".into(), |s| ms(s.e2e.p99) + " ms"),
+        verdict: Verdict::of(at_1000.map(|s| s.e2e.p99 <= 50_000 && s.acc.lost == 0)),
+    });
     let nats = durable_rate(&r.s4);
     t.push(Target {
         what: "S4 NATS ≥ 0.7× S1".into(),
@@ -556,6 +582,35 @@ pub fn render(args: &Args, r: &Results) -> String {
     );
     for (name, d) in [("S3 Kafka", &r.s3), ("S4 NATS", &r.s4)] {
         if let Outcome::Ran(d) = d {
+            if !d.fixed.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "**{name} via Sluice at fixed rates** ({} s each, 1 KiB, before the search):\n",
+                    args.half_secs()
+                );
+                let _ = writeln!(
+                    o,
+                    "| rate | e2e p50 / p99 / max ms | producer 202 p50 / p99 ms | sent | lost | dup | send lag p99 ms | CPU load / sink / sluice | steal |"
+                );
+                let _ = writeln!(o, "|---:|---|---|---:|---:|---:|---:|---|---:|");
+                for st in &d.fixed {
+                    let _ = writeln!(
+                        o,
+                        "| {}/s | {} | {} / {} | {} | {} | {} | {} | {} | {:.0} % |",
+                        stats::rate(st.rate),
+                        lat(&st.e2e),
+                        ms(st.producer.p50),
+                        ms(st.producer.p99),
+                        st.acc.sent,
+                        st.acc.lost,
+                        st.acc.duplicated,
+                        ms(st.send_lag.p99),
+                        cpu(st),
+                        st.steal
+                    );
+                }
+                let _ = writeln!(o);
+            }
             if let Outcome::Ran(s) = &d.raw {
                 steps_table(&mut o, &format!("{name} raw client"), s);
             }

@@ -167,7 +167,13 @@ pub struct Durable {
     /// What ran against the server directly (None: not run, with the reason).
     pub raw: Outcome<SearchResult>,
     pub sluice: Outcome<SearchResult>,
+    /// Sluice held at [`DURABLE_LATENCY_RATES`] for `--half-secs` each (latency at moderate
+    /// load, whatever the highest sustained rate).
+    pub fixed: Vec<StepResult>,
 }
+
+/// The rates at which S3/S4 measure Sluice's latency beside the search.
+pub const DURABLE_LATENCY_RATES: [u64; 2] = [1000, 2000];
 
 /// Everything a run measured.
 #[derive(Debug, Clone)]
@@ -666,13 +672,25 @@ impl Bench<'_> {
             }
         };
         let raw = self.raw_search(label, &class).await;
+        let mut fixed = Vec::new();
         let sluice = match self.start_sluice(&class, &match_all()).await {
             Ok(s) => {
+                let target = Self::sluice_target(&s);
+                let p99 = self.p99_ms(&class);
+                for rate in DURABLE_LATENCY_RATES {
+                    eprintln!("{label} via Sluice: latency at {rate}/s");
+                    let drain = Duration::from_secs(20);
+                    let secs = self.args.half_secs();
+                    fixed.push(
+                        self.step(&target, p99, 1, DEFAULT_SIZE, rate, secs, drain)
+                            .await,
+                    );
+                }
                 let r = self
                     .search(
                         &format!("{label} via Sluice"),
-                        &Self::sluice_target(&s),
-                        self.p99_ms(&class),
+                        &target,
+                        p99,
                         1,
                         DEFAULT_SIZE,
                     )
@@ -683,7 +701,7 @@ impl Bench<'_> {
             Err(e) => Outcome::NotRun(format!("{e:#}")),
         };
         drop(server);
-        Outcome::Ran(Durable { raw, sluice })
+        Outcome::Ran(Durable { raw, sluice, fixed })
     }
 
     /// `--probe RATE --only s3`: one step of the raw Kafka client, then one through a Sluice

@@ -1003,6 +1003,8 @@ struct State {
     in_flight: HashMap<(i32, u64), usize>,
     /// The assignment changed since the pump last paused fetching.
     reassigned: bool,
+    /// A revocation waits on `settled` for in-flight messages to settle.
+    revoking: bool,
 }
 
 /// One assigned partition. Each assignment gets a new epoch, so that what was handed out
@@ -1100,8 +1102,12 @@ impl Shared {
         if finished && st.parts.get(&partition).is_some_and(|p| p.epoch == epoch) {
             st.tracker.finished(partition, offset);
         }
+        // Only a revocation waits on `settled`: spare every other ack the wake-up syscall.
+        let waiting = st.revoking;
         drop(st);
-        self.settled.notify_all();
+        if waiting {
+            self.settled.notify_all();
+        }
     }
 
     fn assigned(&self, tpl: &TopicPartitionList) {
@@ -1134,12 +1140,15 @@ impl Shared {
                 keys.push((*p, part.epoch));
             }
         }
+        // Set and checked under the lock, so no ack between the check and the wait is missed.
+        st.revoking = true;
         let (mut st, timed_out) = self
             .settled
             .wait_timeout_while(st, deadline, |st| {
                 keys.iter().any(|k| st.in_flight.contains_key(k))
             })
             .unwrap_or_else(|e| e.into_inner());
+        st.revoking = false;
         if timed_out.timed_out() {
             tracing::warn!(topic = %self.topic, partitions = ?revoked, timeout_ms = self.revoke_timeout.as_millis() as u64, "kafka partitions revoked with deliveries still in flight; the next owner delivers them again");
         }

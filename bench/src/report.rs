@@ -307,8 +307,10 @@ trigger (the probe prints the pid).
   the prefetch queue over `queued.max.messages.kbytes`, librdkafka then postpones the next \
   fetch by `fetch.queue.backoff.ms` (1 s by default). Result: one pause/resume per second, \
   ~10 empty 100 ms polls per second, 1 000–3 000 records/s polled, so a consumer that fell \
-  behind once never caught up. The 3 s search steps often finish before that starts, which \
-  is why searches found 9 000–12 500/s while longer held loads failed. \
+  behind once never caught up. It takes the subscriber falling 1 000 events behind once \
+  (a stall, a burst, CPU taken by other work), so it does not happen every time: the 3 s \
+  search steps mostly end first (searches found 9 000–12 500/s), and two later 15 s probes at \
+  8 000/s ran clear. \
   **Changed** (`channels/src/kafka.rs`): while the queue is full the pump stops polling \
   (waits on a condvar that `next()` signals at half full) and keeps librdkafka's prefetch \
   (bounded by `queued.max.messages.kbytes`, 8 MiB); only if the queue stays full for 1 s (a \

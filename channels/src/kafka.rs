@@ -17,7 +17,9 @@
 //! [`KafkaSettings::publish_timeout`] (cluster unreachable, topic missing) fails with
 //! [`ChannelError::Unavailable`]; librdkafka's own queue being full is [`ChannelError::Full`].
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread
-//! over partitions. Events are stored in binary content mode ([`crate::wire`]).
+//! over partitions. Events are stored in binary content mode ([`crate::wire`]). Concurrent
+//! publishes are pipelined by librdkafka (`linger.ms` 1); `publish_batch` hands every record
+//! of a batch over before awaiting their reports together.
 //!
 //! **Consumers and the group.** Each subscription has its own consumer, which joins the
 //! consumer group `knative-trigger-<ns>-<name>` with the `cooperative-sticky` assignor. Every
@@ -69,9 +71,13 @@
 //! [`Channel::redelivers_with_delay`] is false: the dispatcher may as well wait in-process.
 //!
 //! **Order and flow control.** Every message's lane is its partition, so an ordered trigger
-//! can serialise per partition; unordered triggers take messages as fast as they like. The
-//! pump pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for
-//! `next()`.
+//! can serialise per partition; unordered triggers take messages as fast as they like. While
+//! [`KafkaSettings::max_buffered`] messages wait for `next()`, the pump stops polling until
+//! half of them are taken; librdkafka keeps what it prefetched meanwhile (at most
+//! `queued.max.messages.kbytes`). Pausing the partitions instead would make librdkafka drop
+//! its prefetch and refetch it on resume, after a fetch backoff: a consumer that fell behind
+//! once then never caught up (issue 10). Only a queue full for a second (a stuck subscriber)
+//! pauses the partitions, so that the pump can go on polling and serving rebalances.
 //!
 //! **Latency.** See `CONSUMER_TUNABLES` (`fetch.wait.max.ms`) and the producer's `linger.ms`:
 //! both chosen for low latency at moderate load.

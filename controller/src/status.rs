@@ -22,6 +22,9 @@ pub struct Addressing {
     pub ingress_service: String,
     pub system_namespace: String,
     pub cluster_domain: String,
+    /// The API server's URL as the data plane reaches it: the `source` of ApiServerSource
+    /// events (their status' `ceAttributes`).
+    pub api_server_url: Option<String>,
 }
 
 impl Default for Addressing {
@@ -30,6 +33,7 @@ impl Default for Addressing {
             ingress_service: "sluice-ingress".into(),
             system_namespace: "sluice-system".into(),
             cluster_domain: "cluster.local".into(),
+            api_server_url: None,
         }
     }
 }
@@ -102,6 +106,11 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
             Resource::PingSource(p) => source(world, r, p.metadata.generation, errs, "Deployed"),
             Resource::KafkaSource(k) => {
                 source(world, r, k.metadata.generation, errs, "ConsumerGroup")
+            }
+            Resource::ApiServerSource(a) => {
+                let mut d = source(world, r, a.metadata.generation, errs, "Deployed");
+                apiserver_source(world, r, a, &mut d);
+                d
             }
             Resource::Broker(_) | Resource::ConfigMap(_) => continue,
         };
@@ -283,6 +292,11 @@ fn source(
             .ping_sources
             .get(&key)
             .map(|p| p.sink.to_string()),
+        Kind::ApiServerSource => world
+            .topology
+            .apiserver_sources
+            .get(&key)
+            .map(|p| p.sink.to_string()),
         _ => world
             .topology
             .kafka_sources
@@ -320,7 +334,7 @@ fn source(
         );
     }
     let mut conditions = vec![sink_cond, running_cond];
-    if obj.kind == Kind::PingSource {
+    if matches!(obj.kind, Kind::PingSource | Kind::ApiServerSource) {
         conditions.push(Cond::ok_because("OIDCIdentityCreated", OIDC_DISABLED, ""));
     }
     Desired {
@@ -328,6 +342,52 @@ fn source(
         conditions,
         fields,
     }
+}
+
+/// The reason a data plane reports for an ApiServerSource whose identity may not get, list
+/// and watch what it should (its message says which verbs on which resource).
+pub const NO_SUFFICIENT_PERMISSIONS: &str = "NoSufficientPermissions";
+
+/// ApiServerSource beyond the common source conditions: `SufficientPermissions` (a denied
+/// permission check is reported by the data plane under [`NO_SUFFICIENT_PERMISSIONS`]; the
+/// source is then deployed, waiting for the rights) and `ceAttributes` (the mode's three
+/// types, `source` = the API server URL).
+fn apiserver_source(
+    world: &World,
+    r: &Loaded,
+    a: &sluice_crds::k8s_sources::ApiServerSource,
+    d: &mut Desired,
+) {
+    let deployed = d.conditions.iter_mut().find(|c| c.type_ == "Deployed");
+    let permissions = match deployed {
+        Some(c) if c.reason == NO_SUFFICIENT_PERMISSIONS => {
+            let denied = Cond::failed(
+                "SufficientPermissions",
+                NO_SUFFICIENT_PERMISSIONS,
+                c.message.clone(),
+            );
+            *c = Cond::ok("Deployed");
+            denied
+        }
+        Some(c) if c.status == State::True => Cond::ok("SufficientPermissions"),
+        _ => Cond::unknown(
+            "SufficientPermissions",
+            "NotChecked",
+            "the permissions are checked when the data plane runs the source",
+        ),
+    };
+    d.conditions.push(permissions);
+    let mode = match a.spec.mode.as_deref() {
+        Some("Resource") => "resource",
+        _ => "ref",
+    };
+    let source = world.addressing.api_server_url.clone().unwrap_or_default();
+    let attrs: Vec<Value> = ["add", "update", "delete"]
+        .iter()
+        .map(|c| json!({"type": format!("dev.knative.apiserver.{mode}.{c}"), "source": source}))
+        .collect();
+    let _ = r;
+    d.fields.insert("ceAttributes".into(), Value::Array(attrs));
 }
 
 /// `DeadLetterSinkResolved`, and `deadLetterSinkUri` when there is one.

@@ -544,12 +544,12 @@ async fn targets(client: &kube::Client, spec: &ApiServerSource) -> Result<Vec<Ta
     Ok(out)
 }
 
-/// Whether the identity may get, list and watch every target; else the message.
+/// Whether the identity may get, list and watch every target; else why not.
 async fn check_permissions(
     client: &kube::Client,
     spec: &ApiServerSource,
     targets: &[Target],
-) -> Result<(), String> {
+) -> Result<(), Health> {
     let api = Api::<SelfSubjectAccessReview>::all(client.clone());
     for t in targets {
         let mut missing = Vec::new();
@@ -571,7 +571,9 @@ async fn check_permissions(
             let allowed = api
                 .create(&PostParams::default(), &review)
                 .await
-                .map_err(|e| format!("cannot check the source's permissions: {e}"))?
+                .map_err(|e| {
+                    Health::NotReady(format!("cannot check the source's permissions: {e}"))
+                })?
                 .status
                 .is_some_and(|s| s.allowed);
             if !allowed {
@@ -580,13 +582,13 @@ async fn check_permissions(
         }
         if !missing.is_empty() {
             let user = user_name(client, spec).await;
-            return Err(permission_message(
+            return Err(Health::Denied(permission_message(
                 &user,
                 &missing,
                 &t.ar.plural,
                 &t.ar.group,
                 t.namespace.as_deref(),
-            ));
+            )));
         }
     }
     Ok(())
@@ -628,9 +630,9 @@ pub(crate) async fn run(
     let mut backoff = BACKOFF_MIN;
     let targets = loop {
         let attempt = async {
-            let t = targets(&client, &spec).await?;
+            let t = targets(&client, &spec).await.map_err(Health::NotReady)?;
             check_permissions(&client, &spec, &t).await?;
-            Ok::<_, String>(t)
+            Ok::<_, Health>(t)
         };
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -638,9 +640,9 @@ pub(crate) async fn run(
         };
         match result {
             Ok(t) => break t,
-            Err(reason) => {
-                tracing::warn!(source = %spec.key, %reason, "ApiServerSource cannot watch yet; retrying");
-                set(&health, Health::NotReady(reason));
+            Err(h) => {
+                tracing::warn!(source = %spec.key, reason = ?h, "ApiServerSource cannot watch yet; retrying");
+                set(&health, h);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

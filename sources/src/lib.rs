@@ -102,6 +102,9 @@ pub enum Health {
     Ready,
     /// Why not (the Kafka cluster is unreachable, a topic is missing, …); it keeps retrying.
     NotReady(String),
+    /// The identity it runs as lacks a permission (an ApiServerSource: which verbs on which
+    /// resource); it checks again from time to time.
+    Denied(String),
 }
 
 /// A source's state, for `/topology` and `sluice get`.

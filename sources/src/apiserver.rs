@@ -64,6 +64,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const WATCH_TIMEOUT_SECS: u32 = 290;
 /// Objects per page when listing.
 const LIST_PAGE: u32 = 500;
+/// Longest pause between two permission checks of a denied source.
+const RECHECK_MAX: Duration = Duration::from_secs(10);
 /// Changes waiting for delivery; the watches pause when the sink falls this far behind.
 const QUEUE: usize = 1024;
 
@@ -647,7 +649,7 @@ pub(crate) async fn run(
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = (backoff * 2).min(RECHECK_MAX);
             }
         }
     };

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sluice_tests::kube::{shared_kube, KubeServer};
+use sluice_tests::{shared_kube, KubeServer};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);

@@ -317,20 +317,34 @@ fn is_gone(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 410)
 }
 
+/// What one watch reads.
+pub struct Watched {
+    /// Namespaced or cluster-wide.
+    pub api: Api<DynamicObject>,
+    pub ar: ApiResource,
+    /// A `labelSelector` query; empty: every object.
+    pub selector: String,
+    /// Only objects with an owner reference of this `(apiVersion, kind)`.
+    pub owner: Option<(String, String)>,
+}
+
 /// Runs one watch until `cancel`: list when there is no resourceVersion to resume from,
 /// watch, follow bookmarks, re-list on 410 Gone, back off on errors. Changes go to `out` in
 /// the order the API server reported them. `on_listed` is called after every successful list
 /// (the source is ready once each of its watches listed).
 pub async fn watch(
-    api: Api<DynamicObject>,
-    ar: ApiResource,
-    selector: String,
-    owner: Option<(String, String)>,
+    target: Watched,
     state: &mut WatchState,
     out: mpsc::Sender<Change>,
     cancel: CancellationToken,
     mut on_result: impl FnMut(Result<(), String>),
 ) {
+    let Watched {
+        api,
+        ar,
+        selector,
+        owner,
+    } = target;
     let mut backoff = BACKOFF_MIN;
     let keep = |v: &serde_json::Value| owner.as_ref().is_none_or(|o| owned_by(v, o));
     loop {
@@ -672,25 +686,22 @@ pub(crate) async fn run(
         let owner = spec.owner.clone();
         watches.spawn(async move {
             let mut state = state.lock().await;
-            watch(
+            let target = Watched {
                 api,
-                t.ar,
-                t.selector,
+                ar: t.ar,
+                selector: t.selector,
                 owner,
-                &mut state,
-                tx,
-                cancel,
-                |r| match r {
-                    Ok(()) => {
-                        let mut l = listed.lock().unwrap_or_else(|e| e.into_inner());
-                        l[i] = true;
-                        if l.iter().all(|x| *x) {
-                            set(&health, Health::Ready);
-                        }
+            };
+            watch(target, &mut state, tx, cancel, |r| match r {
+                Ok(()) => {
+                    let mut l = listed.lock().unwrap_or_else(|e| e.into_inner());
+                    l[i] = true;
+                    if l.iter().all(|x| *x) {
+                        set(&health, Health::Ready);
                     }
-                    Err(reason) => set(&health, Health::NotReady(reason)),
-                },
-            )
+                }
+                Err(reason) => set(&health, Health::NotReady(reason)),
+            })
             .await
         });
     }

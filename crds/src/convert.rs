@@ -1249,6 +1249,92 @@ mod apiserver_tests {
         }
     }
 
+    fn defaults() -> Defaults {
+        Defaults::new(Url::parse("http://127.0.0.1:8080/").unwrap())
+    }
+
+    #[test]
+    fn an_apiserver_source_compiles_to_plain_values() {
+        let yaml = r#"apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: team}
+---
+apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: watch, namespace: team}
+spec:
+  mode: Resource
+  serviceAccountName: watcher
+  resources:
+    - apiVersion: v1
+      kind: ConfigMap
+      selector: {matchLabels: {app: web}}
+    - apiVersion: apps/v1
+      kind: Deployment
+  owner: {apiVersion: apps/v1, kind: ReplicaSet}
+  namespaceSelector: {matchExpressions: [{key: env, operator: In, values: [dev]}]}
+  ceOverrides: {extensions: {team: blue}}
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+"#;
+        let loaded = crate::load::parse_yaml(yaml, "f.yaml").unwrap();
+        let t = build(&loaded, &defaults()).unwrap();
+        let a = &t.apiserver_sources[&Key::new("team", "watch")];
+        assert_eq!(a.mode, ApiServerMode::Resource);
+        assert_eq!(
+            a.resources,
+            [
+                WatchedResource {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    label_selector: "app=web".into()
+                },
+                WatchedResource {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    label_selector: "".into()
+                },
+            ]
+        );
+        assert_eq!(a.owner, Some(("apps/v1".into(), "ReplicaSet".into())));
+        assert_eq!(
+            a.namespaces,
+            NamespaceScope::Selector("env in (dev)".into())
+        );
+        assert_eq!(a.service_account.as_deref(), Some("watcher"));
+        assert_eq!(a.extensions.get("team").map(String::as_str), Some("blue"));
+        assert_eq!(a.sink.to_string(), "http://127.0.0.1:8080/team/default");
+        assert!(a.filter.is_none());
+    }
+
+    #[test]
+    fn apiserver_source_problems_are_reported_together() {
+        let yaml = r#"apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: bad}
+spec:
+  mode: Everything
+  resources:
+    - apiVersion: Apps/v1
+      kind: Deployment
+      selector: {matchExpressions: [{key: tier, operator: In}]}
+  sink: {uri: "http://s/"}
+"#;
+        let loaded = crate::load::parse_yaml(yaml, "f.yaml").unwrap();
+        let errs: Vec<_> = build(&loaded, &defaults())
+            .unwrap_err()
+            .iter()
+            .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "spec.resources[0].apiVersion: `Apps/v1` is not an apiVersion (`v1`, `apps/v1`, `<group>/<version>`)",
+                "spec.resources[0].selector.matchExpressions[0].values: operator In needs at least one value",
+                "spec.mode: `Everything` is not a mode; use `Reference` (events carry a reference to the object) or `Resource` (the whole object)",
+            ]
+        );
+    }
+
     #[test]
     fn api_versions() {
         for ok in ["v1", "apps/v1", "sources.knative.dev/v1beta1"] {

@@ -142,7 +142,8 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
                 let sink = st.sink_uri.clone();
                 replace(&mut a.spec.sink, sink);
             }
-            Resource::ConfigMap(_) => {}
+            // Not read from the cluster (embedded mode only).
+            Resource::ContainerSource(_) | Resource::ConfigMap(_) => {}
         }
     }
 }

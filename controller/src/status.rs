@@ -112,7 +112,8 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
                 apiserver_source(world, r, a, &mut d);
                 d
             }
-            Resource::Broker(_) | Resource::ConfigMap(_) => continue,
+            // ContainerSource runs in embedded mode only: the cluster watch does not read it.
+            Resource::Broker(_) | Resource::ConfigMap(_) | Resource::ContainerSource(_) => continue,
         };
         out.insert(obj, d);
     }

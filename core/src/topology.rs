@@ -129,6 +129,7 @@ pub enum Kind {
     PingSource,
     KafkaSource,
     ApiServerSource,
+    ContainerSource,
     ConfigMap,
 }
 
@@ -140,6 +141,7 @@ impl Kind {
             Kind::PingSource => "PingSource",
             Kind::KafkaSource => "KafkaSource",
             Kind::ApiServerSource => "ApiServerSource",
+            Kind::ContainerSource => "ContainerSource",
             Kind::ConfigMap => "ConfigMap",
         }
     }
@@ -353,6 +355,24 @@ pub struct ApiServerSource {
     pub fingerprint: u64,
 }
 
+/// A ContainerSource (`sources.knative.dev/v1`) in embedded mode: the first container of its
+/// pod template run as a local process that sends events to `K_SINK`.
+#[derive(Debug, Clone)]
+pub struct ContainerSource {
+    pub key: Key,
+    /// `command` followed by `args`: the program and its arguments (at least the program).
+    pub argv: Vec<String>,
+    /// `env` (`name`/`value` pairs), before `K_SINK` and `K_CE_OVERRIDES`.
+    pub env: Vec<(String, String)>,
+    /// The container's `workingDir`, if set.
+    pub working_dir: Option<String>,
+    /// `ceOverrides.extensions`, names already validated (given as `K_CE_OVERRIDES`).
+    pub extensions: BTreeMap<String, String>,
+    pub sink: Endpoint,
+    /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
+    pub fingerprint: u64,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -362,6 +382,7 @@ pub struct Topology {
     pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
     pub apiserver_sources: BTreeMap<Key, Arc<ApiServerSource>>,
+    pub container_sources: BTreeMap<Key, Arc<ContainerSource>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -394,10 +415,13 @@ impl Topology {
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
         let apiservers = (self.apiserver_sources.keys().cloned())
             .map(|k| ObjectRef::new(Kind::ApiServerSource, k));
+        let containers = (self.container_sources.keys().cloned())
+            .map(|k| ObjectRef::new(Kind::ContainerSource, k));
         brokers
             .chain(subs)
             .chain(pings)
             .chain(kafkas)
             .chain(apiservers)
+            .chain(containers)
     }
 }

@@ -10,9 +10,9 @@ use crate::types::{DeliverySpec, Destination, KReference};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Endpoint, Format};
 use sluice_core::topology::{
-    ApiServerMode, ApiServerSource, Broker, ChannelConfig, InitialOffset, KafkaSource, Key,
-    NamespaceScope, ObjectRef, PingSource, ReplyTo, StartFrom, Subscription, Topology,
-    WatchedResource,
+    ApiServerMode, ApiServerSource, Broker, ChannelConfig, ContainerSource, InitialOffset,
+    KafkaSource, Key, NamespaceScope, ObjectRef, PingSource, ReplyTo, StartFrom, Subscription,
+    Topology, WatchedResource,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -126,7 +126,8 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
             Resource::Trigger(_)
             | Resource::PingSource(_)
             | Resource::KafkaSource(_)
-            | Resource::ApiServerSource(_) => {}
+            | Resource::ApiServerSource(_)
+            | Resource::ContainerSource(_) => {}
         }
     }
 
@@ -169,6 +170,13 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
                 if let Some(source) = apiserver_source(&mut ctx, r, a) {
                     topology
                         .apiserver_sources
+                        .insert(source.key.clone(), Arc::new(source));
+                }
+            }
+            Resource::ContainerSource(c) => {
+                if let Some(source) = container_source(&mut ctx, r, c) {
+                    topology
+                        .container_sources
                         .insert(source.key.clone(), Arc::new(source));
                 }
             }
@@ -695,6 +703,7 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
             out.extend(dls(k.spec.delivery.as_ref()));
         }
         Resource::ApiServerSource(a) => out.push(&a.spec.sink),
+        Resource::ContainerSource(c) => out.push(&c.spec.sink),
         Resource::ConfigMap(_) => {}
     }
     out
@@ -1155,6 +1164,87 @@ fn apiserver_source(
     })
 }
 
+/// A ContainerSource in embedded mode: `template.spec.containers[0]`'s `command` + `args`,
+/// `env` and `workingDir` run as a local process (there is no image runtime; `image` is
+/// ignored).
+fn container_source(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    c: &crate::k8s_sources::ContainerSource,
+) -> Option<ContainerSource> {
+    let before = ctx.errors.len();
+    let spec = &c.spec;
+    let base = "spec.template.spec.containers[0]";
+    let container = spec.template.pointer("/spec/containers/0");
+    let strings = |ctx: &mut Ctx, field: &str| -> Vec<String> {
+        match container.and_then(|c| c.get(field)) {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(a)) if a.iter().all(|v| v.is_string()) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(_) => {
+                ctx.error(r, &format!("{base}.{field}"), "must be a list of strings");
+                Vec::new()
+            }
+        }
+    };
+    if container.is_none() {
+        ctx.error(
+            r,
+            "spec.template.spec.containers",
+            "needs one container: embedded mode runs its `command` (and `args`) as a local process",
+        );
+    }
+    let mut argv = strings(ctx, "command");
+    argv.extend(strings(ctx, "args"));
+    if container.is_some() && argv.is_empty() {
+        ctx.error(
+            r,
+            &format!("{base}.command"),
+            "is required in embedded mode: Sluice runs the container's command as a local process (it does not pull or run images)",
+        );
+    }
+    let mut env = Vec::new();
+    if let Some(list) = container.and_then(|c| c.get("env")) {
+        for (i, e) in list.as_array().into_iter().flatten().enumerate() {
+            let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            if name.is_empty() {
+                ctx.error(r, &format!("{base}.env[{i}].name"), "is required");
+            } else if e.get("valueFrom").is_some() {
+                ctx.error(
+                    r,
+                    &format!("{base}.env[{i}].valueFrom"),
+                    "is not supported in embedded mode (there are no Secrets or ConfigMaps to read); give a `value`",
+                );
+            } else {
+                let value = e.get("value").and_then(|v| v.as_str()).unwrap_or("");
+                env.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    let working_dir = container
+        .and_then(|c| c.get("workingDir"))
+        .and_then(|w| w.as_str())
+        .map(str::to_string);
+    let extensions = ce_overrides(ctx, r, spec.ce_overrides.as_ref());
+    let sink = resolve(ctx, r, &spec.sink, "spec.sink");
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let sink = sink?;
+    let fingerprint = fingerprint_of(spec, &sink.to_string());
+    Some(ContainerSource {
+        key: Key::new(&r.namespace, &r.name),
+        argv,
+        env,
+        working_dir,
+        extensions,
+        sink,
+        fingerprint,
+    })
+}
+
 /// `v1` or `<group>/<version>`.
 fn valid_api_version(v: &str) -> bool {
     let version_ok = |s: &str| {
@@ -1331,6 +1421,52 @@ spec:
                 "spec.resources[0].apiVersion: `Apps/v1` is not an apiVersion (`v1`, `apps/v1`, `<group>/<version>`)",
                 "spec.resources[0].selector.matchExpressions[0].values: operator In needs at least one value",
                 "spec.mode: `Everything` is not a mode; use `Reference` (events carry a reference to the object) or `Resource` (the whole object)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_container_source_runs_its_command_and_refuses_what_embedded_mode_cannot_do() {
+        let ok = r#"apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {name: c}
+spec:
+  template:
+    spec:
+      containers:
+        - image: x
+          command: [/bin/sh, -c]
+          args: ["echo hi"]
+          env: [{name: A, value: "1"}]
+          workingDir: /tmp
+  sink: {uri: "http://s/"}
+"#;
+        let t = build(&crate::load::parse_yaml(ok, "f").unwrap(), &defaults()).unwrap();
+        let c = &t.container_sources[&Key::new("default", "c")];
+        assert_eq!(c.argv, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(c.env, [("A".to_string(), "1".to_string())]);
+        assert_eq!(c.working_dir.as_deref(), Some("/tmp"));
+        let bad = r#"apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {name: c}
+spec:
+  template:
+    spec:
+      containers:
+        - image: x
+          env: [{name: A, valueFrom: {secretKeyRef: {name: s, key: k}}}]
+  sink: {uri: "http://s/"}
+"#;
+        let errs: Vec<_> = build(&crate::load::parse_yaml(bad, "f").unwrap(), &defaults())
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "spec.template.spec.containers[0].command",
+                "spec.template.spec.containers[0].env[0].valueFrom"
             ]
         );
     }

@@ -3,7 +3,7 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
-use crate::k8s_sources::ApiServerSource;
+use crate::k8s_sources::{ApiServerSource, ContainerSource};
 use crate::sources::{KafkaSource, PingSource};
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -24,6 +24,7 @@ pub enum Resource {
     PingSource(Box<PingSource>),
     KafkaSource(Box<KafkaSource>),
     ApiServerSource(Box<ApiServerSource>),
+    ContainerSource(Box<ContainerSource>),
 }
 
 impl Resource {
@@ -35,6 +36,7 @@ impl Resource {
             Resource::PingSource(_) => "PingSource",
             Resource::KafkaSource(_) => "KafkaSource",
             Resource::ApiServerSource(_) => "ApiServerSource",
+            Resource::ContainerSource(_) => "ContainerSource",
         }
     }
 }
@@ -59,6 +61,7 @@ impl Loaded {
             Resource::PingSource(_) => Kind::PingSource,
             Resource::KafkaSource(_) => Kind::KafkaSource,
             Resource::ApiServerSource(_) => Kind::ApiServerSource,
+            Resource::ContainerSource(_) => Kind::ContainerSource,
         };
         ObjectRef::new(kind, Key::new(&self.namespace, &self.name))
     }
@@ -116,7 +119,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource, ApiServerSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
@@ -124,7 +127,6 @@ pub const KUBERNETES_ONLY: &[(&str, &str)] = &[
     ("eventing.knative.dev/v1beta3", "EventType"),
     ("eventing.knative.dev/v1beta2", "EventType"),
     ("sources.knative.dev/v1", "SinkBinding"),
-    ("sources.knative.dev/v1", "ContainerSource"),
 ];
 
 /// Parses every document of a YAML file. `file` names it in errors.
@@ -265,6 +267,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "PingSource" => Some(Kind::PingSource),
         "KafkaSource" => Some(Kind::KafkaSource),
         "ApiServerSource" => Some(Kind::ApiServerSource),
+        "ContainerSource" => Some(Kind::ContainerSource),
         "ConfigMap" => Some(Kind::ConfigMap),
         _ => None,
     }
@@ -282,6 +285,9 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         }
         ("sources.knative.dev/v1", "ApiServerSource") => {
             Resource::ApiServerSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("sources.knative.dev/v1", "ContainerSource") => {
+            Resource::ContainerSource(Box::new(typed(value, &origin, &describe, &object)?))
         }
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
@@ -391,14 +397,14 @@ data:
         assert!(e.to_string().contains("not supported"), "{e}");
 
         let e = parse_yaml(
-            "apiVersion: sources.knative.dev/v1\nkind: ContainerSource\nmetadata: {name: c}\nspec: {}\n",
+            "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {name: c}\nspec: {}\n",
             "c.yaml",
         )
         .unwrap_err();
-        assert_eq!(e.resource.as_deref(), Some("ContainerSource default/c"));
+        assert_eq!(e.resource.as_deref(), Some("SinkBinding default/c"));
         assert!(
             e.message.contains(
-                "`sources.knative.dev/v1` `ContainerSource` is not supported in embedded mode yet"
+                "`sources.knative.dev/v1` `SinkBinding` is not supported in embedded mode yet"
             ),
             "{e}"
         );

@@ -159,7 +159,10 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 }
                 triggers.push(v);
             }
-            Kind::PingSource | Kind::KafkaSource | Kind::ApiServerSource => {
+            Kind::PingSource
+            | Kind::KafkaSource
+            | Kind::ApiServerSource
+            | Kind::ContainerSource => {
                 let sink = match obj.kind {
                     Kind::PingSource => t.ping_sources.get(&obj.key).map(|p| p.sink.to_string()),
                     Kind::ApiServerSource => {

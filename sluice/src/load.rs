@@ -181,6 +181,11 @@ fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
                 t.apiserver_sources.insert(obj.key.clone(), s.clone());
             }
         }
+        Kind::ContainerSource => {
+            if let Some(s) = previous.container_sources.get(&obj.key) {
+                t.container_sources.insert(obj.key.clone(), s.clone());
+            }
+        }
         Kind::ConfigMap => {}
     }
 }

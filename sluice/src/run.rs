@@ -137,7 +137,10 @@ pub async fn serve(
             admin = %node.admin,
             brokers = t.brokers.len(),
             triggers = t.subscriptions.len(),
-            sources = t.ping_sources.len() + t.kafka_sources.len() + t.apiserver_sources.len(),
+            sources = t.ping_sources.len()
+                + t.kafka_sources.len()
+                + t.apiserver_sources.len()
+                + t.container_sources.len(),
             "sluice is running; POST events to http://{}/<namespace>/<broker>", node.ingress
         );
     }
@@ -205,6 +208,7 @@ fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {
             sluice_sources::Kind::Ping => Kind::PingSource,
             sluice_sources::Kind::Kafka => Kind::KafkaSource,
             sluice_sources::Kind::ApiServer => Kind::ApiServerSource,
+            sluice_sources::Kind::Container => Kind::ContainerSource,
         };
         let obj = ObjectRef::new(kind, s.key.clone());
         let status = match (&s.health, t.invalid.get(&obj)) {
@@ -225,6 +229,7 @@ fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {
         Kind::PingSource => t.ping_sources.contains_key(&o.key),
         Kind::KafkaSource => t.kafka_sources.contains_key(&o.key),
         Kind::ApiServerSource => t.apiserver_sources.contains_key(&o.key),
+        Kind::ContainerSource => t.container_sources.contains_key(&o.key),
         _ => true,
     });
 }

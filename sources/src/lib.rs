@@ -24,6 +24,9 @@
 //!   server (the one of [`Sources::with_kube`]) turned into `dev.knative.apiserver.*` events;
 //!   the module says why this crate, and not only the controller, uses `kube`.
 //!
+//! - [`container`]: a ContainerSource's first container run as a local process (embedded
+//!   mode) with `K_SINK` and `K_CE_OVERRIDES`, restarted with backoff when it exits.
+//!
 //! [`Sources`] is the supervisor, the sources' counterpart of the dispatcher's `Dataplane`:
 //! [`Sources::apply`] starts what is new, restarts what changed (by fingerprint) and stops
 //! what was removed; unchanged sources keep running across reloads. It counts
@@ -33,6 +36,7 @@
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
 pub mod clock;
+pub mod container;
 #[cfg(feature = "kafka")]
 mod kafka;
 pub mod ping;
@@ -83,6 +87,7 @@ pub enum Kind {
     Ping,
     Kafka,
     ApiServer,
+    Container,
 }
 
 impl Kind {
@@ -92,6 +97,7 @@ impl Kind {
             Kind::Ping => "PingSource",
             Kind::Kafka => "KafkaSource",
             Kind::ApiServer => "ApiServerSource",
+            Kind::Container => "ContainerSource",
         }
     }
 }
@@ -227,6 +233,7 @@ impl Sources {
             Kind::Ping => topology.ping_sources.get(key).map(|s| s.fingerprint),
             Kind::Kafka => topology.kafka_sources.get(key).map(|s| s.fingerprint),
             Kind::ApiServer => topology.apiserver_sources.get(key).map(|s| s.fingerprint),
+            Kind::Container => topology.container_sources.get(key).map(|s| s.fingerprint),
         };
         let stale: Vec<_> = self
             .running
@@ -290,6 +297,25 @@ impl Sources {
             );
         }
         self.start_apiserver_sources(topology);
+        for (key, spec) in &topology.container_sources {
+            let id = (Kind::Container, key.clone());
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let health = Arc::new(Mutex::new(Health::NotReady("starting".into())));
+            let task = tokio::spawn(container::run(spec.clone(), cancel.clone(), health.clone()));
+            self.running.insert(
+                id,
+                Running {
+                    fingerprint: spec.fingerprint,
+                    sink: spec.sink.url().clone(),
+                    cancel,
+                    task: Some(task),
+                    health,
+                },
+            );
+        }
     }
 
     fn start_apiserver_sources(&mut self, topology: &Topology) {

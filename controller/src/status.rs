@@ -109,7 +109,7 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
             }
             Resource::ApiServerSource(a) => {
                 let mut d = source(world, r, a.metadata.generation, errs, "Deployed");
-                apiserver_source(world, r, a, &mut d);
+                apiserver_source(world, a, &mut d);
                 d
             }
             // ContainerSource runs in embedded mode only: the cluster watch does not read it.
@@ -353,12 +353,7 @@ pub const NO_SUFFICIENT_PERMISSIONS: &str = "NoSufficientPermissions";
 /// permission check is reported by the data plane under [`NO_SUFFICIENT_PERMISSIONS`]; the
 /// source is then deployed, waiting for the rights) and `ceAttributes` (the mode's three
 /// types, `source` = the API server URL).
-fn apiserver_source(
-    world: &World,
-    r: &Loaded,
-    a: &sluice_crds::k8s_sources::ApiServerSource,
-    d: &mut Desired,
-) {
+fn apiserver_source(world: &World, a: &sluice_crds::k8s_sources::ApiServerSource, d: &mut Desired) {
     let deployed = d.conditions.iter_mut().find(|c| c.type_ == "Deployed");
     let permissions = match deployed {
         Some(c) if c.reason == NO_SUFFICIENT_PERMISSIONS => {
@@ -387,7 +382,6 @@ fn apiserver_source(
         .iter()
         .map(|c| json!({"type": format!("dev.knative.apiserver.{mode}.{c}"), "source": source}))
         .collect();
-    let _ = r;
     d.fields.insert("ceAttributes".into(), Value::Array(attrs));
 }
 
@@ -491,5 +485,93 @@ impl DataplaneView {
                 "the data-plane replicas have not applied this object yet",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod apiserver_source_tests {
+    use super::*;
+    use crate::dataplane::{ReplicaReport, Reported};
+
+    const YAML: &str = r#"apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: watch, namespace: ns, generation: 2}
+spec:
+  mode: Resource
+  resources: [{apiVersion: v1, kind: ConfigMap}]
+  sink: {uri: "http://sink/"}
+"#;
+
+    fn desired_with(report: Option<Reported>) -> Desired {
+        let resources = sluice_crds::load::parse_yaml(YAML, "f").unwrap();
+        let addressing = Addressing {
+            api_server_url: Some("https://10.0.0.1:443".into()),
+            ..Addressing::default()
+        };
+        let (topology, errors) = sluice_crds::build_lenient(&resources, &addressing.defaults());
+        let obj = ObjectRef::new(Kind::ApiServerSource, Key::new("ns", "watch"));
+        let dataplane = DataplaneView {
+            ready_endpoints: 1,
+            replicas: vec![ReplicaReport {
+                admin: "a".into(),
+                objects: report.into_iter().map(|r| (obj.clone(), r)).collect(),
+            }],
+            problem: None,
+        };
+        let world = World {
+            resources: &resources,
+            topology: &topology,
+            errors: &errors,
+            dataplane: &dataplane,
+            addressing: &addressing,
+        };
+        desired(&world).remove(&obj).expect("a status")
+    }
+
+    fn cond<'a>(d: &'a Desired, t: &str) -> &'a Cond {
+        d.conditions.iter().find(|c| c.type_ == t).expect(t)
+    }
+
+    #[test]
+    fn running_source_has_sufficient_permissions_and_the_modes_types() {
+        let d = desired_with(Some(Reported {
+            state: State::True,
+            reason: String::new(),
+            message: String::new(),
+        }));
+        for t in [
+            "SinkProvided",
+            "Deployed",
+            "SufficientPermissions",
+            "OIDCIdentityCreated",
+        ] {
+            assert_eq!(cond(&d, t).status, State::True, "{t}");
+        }
+        assert_eq!(d.generation, 2);
+        assert_eq!(d.fields["sinkUri"], "http://sink/");
+        assert_eq!(
+            d.fields["ceAttributes"],
+            json!([
+                {"type": "dev.knative.apiserver.resource.add", "source": "https://10.0.0.1:443"},
+                {"type": "dev.knative.apiserver.resource.update", "source": "https://10.0.0.1:443"},
+                {"type": "dev.knative.apiserver.resource.delete", "source": "https://10.0.0.1:443"},
+            ])
+        );
+    }
+
+    #[test]
+    fn a_denied_permission_check_is_sufficient_permissions_false() {
+        let msg = "User system:serviceaccount:ns:default cannot list, watch resource \"configmaps\" in API group \"\" in namespace \"ns\"";
+        let d = desired_with(Some(Reported {
+            state: State::False,
+            reason: NO_SUFFICIENT_PERMISSIONS.into(),
+            message: msg.into(),
+        }));
+        let p = cond(&d, "SufficientPermissions");
+        assert_eq!((p.status, p.message.as_str()), (State::False, msg));
+        assert_eq!(cond(&d, "Deployed").status, State::True);
+        // Not reported yet: unknown, not a guess.
+        let d = desired_with(None);
+        assert_eq!(cond(&d, "SufficientPermissions").status, State::Unknown);
     }
 }

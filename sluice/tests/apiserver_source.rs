@@ -383,3 +383,80 @@ async fn without_rights_the_source_is_not_ready_with_the_missing_verbs_until_gra
     );
     wait_ready(&s, ns, "watch").await;
 }
+
+#[tokio::test]
+async fn a_namespace_selector_follows_namespaces_labelled_later() {
+    let kube = shared_kube().await;
+    let (home, a, b) = ("apisrc-nssel", "apisrc-nssel-a", "apisrc-nssel-b");
+    for ns in [home, a, b] {
+        namespace(kube, ns).await;
+    }
+    kubectl(kube, &["label", "namespace", a, "sluice-test=watched"]).await;
+    kubectl(kube, &["create", "configmap", "x", "-n", b]).await;
+    let sink = Sink::ok().await;
+    let dir = test_dir("apisrc-nssel");
+    let yaml = format!(
+        r#"apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {{name: watch, namespace: {home}}}
+spec:
+  namespaceSelector: {{matchLabels: {{sluice-test: watched}}}}
+  resources: [{{apiVersion: v1, kind: ConfigMap}}]
+  sink: {{uri: "{}"}}
+"#,
+        sink.url()
+    );
+    std::fs::write(dir.join("resources.yaml"), yaml).unwrap();
+    let kc = kube.kubeconfig_path().to_str().unwrap().to_string();
+    let s = Sluice::start_in(dir, &["--kubeconfig", &kc]).await;
+    wait_ready(&s, home, "watch").await;
+
+    kubectl(kube, &["create", "configmap", "c1", "-n", a]).await;
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(
+        seen(&got),
+        [format!(
+            "dev.knative.apiserver.ref.add /apis/v1/namespaces/{a}/configmaps/c1"
+        )]
+    );
+
+    // `b` gets the label: the source starts watching it (its existing objects are the new
+    // watch's baseline). Touch `x` until an update shows the watch is there.
+    kubectl(kube, &["label", "namespace", b, "sluice-test=watched"]).await;
+    let mut touch = 0;
+    let sink_ref = &sink;
+    eventually(T, "an update of b/x", || {
+        touch += 1;
+        let t = touch;
+        async move {
+            kubectl(
+                kube,
+                &[
+                    "annotate",
+                    "--overwrite",
+                    "configmap",
+                    "x",
+                    "-n",
+                    b,
+                    &format!("t={t}"),
+                ],
+            )
+            .await;
+            (sink_ref.count() > 1).then_some(())
+        }
+    })
+    .await;
+    kubectl(kube, &["delete", "configmap", "x", "-n", b]).await;
+    let delete = format!("dev.knative.apiserver.ref.delete /apis/v1/namespaces/{b}/configmaps/x");
+    let got = eventually(T, "the delete of b/x", || async {
+        let got = seen(&sink.received());
+        got.contains(&delete).then_some(got)
+    })
+    .await;
+    let update = format!("dev.knative.apiserver.ref.update /apis/v1/namespaces/{b}/configmaps/x");
+    assert_eq!(got.last(), Some(&delete));
+    assert!(
+        got[1..got.len() - 1].iter().all(|e| *e == update),
+        "only updates of x before its delete (no add): {got:?}"
+    );
+}

@@ -34,6 +34,8 @@
 //!   uid: `add` only for new uids, `update` for a changed resourceVersion, `delete` for uids
 //!   that vanished. Knative drops what changed while it re-listed; we emit it once instead, and
 //!   never a spurious add for an object already seen.
+//! - A namespace that starts matching `namespaceSelector` (listed again every
+//!   5 s) gets a new watch, whose first list is its baseline.
 //! - A restart of the source inside the process (its spec changed, a reload) keeps the state,
 //!   resumes the watch where it was, and so neither loses nor repeats anything. A restart of
 //!   the process starts from a new baseline: changes made while it was down are not emitted.
@@ -642,25 +644,91 @@ pub(crate) async fn run(
         }
     };
     tracing::info!(source = %spec.key, server = %source_url, sink = %spec.sink, "ApiServerSource starting");
+    let counters = Counters::new(&env.metrics, &spec.key, "ApiServerSource");
+    // One round per set of namespaces: when the namespaces matching `namespaceSelector`
+    // change, the watches are restarted on the new set (each keeps its state, so the ones that
+    // stay resume where they were).
+    let ctx = RunCtx {
+        spec,
+        env,
+        client,
+        source_url,
+        memory,
+        health,
+        counters,
+    };
+    loop {
+        let round = cancel.child_token();
+        if run_round(&ctx, &round, &cancel).await.is_none() || cancel.is_cancelled() {
+            break;
+        }
+        tracing::info!(source = %ctx.spec.key, "the namespaces matching namespaceSelector changed; watching the new set");
+    }
+    tracing::info!(source = %ctx.spec.key, "ApiServerSource stopped");
+}
+
+/// What every round of a source shares.
+struct RunCtx {
+    spec: Arc<ApiServerSource>,
+    env: Env,
+    client: kube::Client,
+    source_url: String,
+    memory: Memory,
+    health: Arc<Mutex<Health>>,
+    counters: Counters,
+}
+
+/// How often the namespaces matching a `namespaceSelector` are listed again.
+const NAMESPACE_POLL: Duration = Duration::from_secs(5);
+
+async fn namespaces_now(client: &kube::Client, query: &str) -> Option<Vec<String>> {
+    let list = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default().labels(query))
+        .await
+        .ok()?;
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// Discovery, the permission check, then the watches and deliveries until `round` is
+/// cancelled (`Some(())`: the namespace set changed, run another round) or the source stops
+/// (`None`).
+async fn run_round(
+    ctx: &RunCtx,
+    round: &CancellationToken,
+    stop: &CancellationToken,
+) -> Option<()> {
+    let RunCtx {
+        spec,
+        client,
+        memory,
+        health,
+        ..
+    } = ctx;
     // Discovery and the permission check, retried with backoff until they pass.
     let mut backoff = BACKOFF_MIN;
     let targets = loop {
         let attempt = async {
-            let t = targets(&client, &spec).await.map_err(Health::NotReady)?;
-            check_permissions(&client, &spec, &t).await?;
+            let t = targets(client, spec).await.map_err(Health::NotReady)?;
+            check_permissions(client, spec, &t).await?;
             Ok::<_, Health>(t)
         };
         let result = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = round.cancelled() => return None,
             r = attempt => r,
         };
         match result {
             Ok(t) => break t,
             Err(h) => {
                 tracing::warn!(source = %spec.key, reason = ?h, "ApiServerSource cannot watch yet; retrying");
-                set(&health, h);
+                set(health, h);
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = round.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(RECHECK_MAX);
@@ -670,6 +738,30 @@ pub(crate) async fn run(
     let (tx, mut rx) = mpsc::channel::<Change>(QUEUE);
     let listed = Arc::new(Mutex::new(vec![false; targets.len()]));
     let mut watches = tokio::task::JoinSet::new();
+    if let NamespaceScope::Selector(q) = &spec.namespaces {
+        if !q.is_empty() {
+            let mut watched: Vec<String> =
+                targets.iter().filter_map(|t| t.namespace.clone()).collect();
+            watched.sort();
+            watched.dedup();
+            let (client, q, round) = (client.clone(), q.clone(), round.clone());
+            watches.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = round.cancelled() => return,
+                        _ = tokio::time::sleep(NAMESPACE_POLL) => {}
+                    }
+                    if let Some(now) = namespaces_now(&client, &q).await {
+                        if now != watched {
+                            round.cancel();
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let n = targets.len();
     for (i, t) in targets.into_iter().enumerate() {
         let state = memory
             .lock()
@@ -682,7 +774,7 @@ pub(crate) async fn run(
             None => Api::<DynamicObject>::all_with(client.clone(), &t.ar),
         };
         let (tx, cancel, health, listed) =
-            (tx.clone(), cancel.clone(), health.clone(), listed.clone());
+            (tx.clone(), round.clone(), health.clone(), listed.clone());
         let owner = spec.owner.clone();
         watches.spawn(async move {
             let mut state = state.lock().await;
@@ -705,44 +797,61 @@ pub(crate) async fn run(
             .await
         });
     }
+    if n == 0 {
+        // No namespace matches (yet): nothing to watch, which is not an error.
+        set(health, Health::Ready);
+    }
     drop(tx);
-    let counters = Counters::new(&env.metrics, &spec.key, "ApiServerSource");
     // Deliveries one at a time, in the order of the changes (Knative's adapter sends
     // synchronously too).
     loop {
         let change = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = round.cancelled() => break,
             c = rx.recv() => match c { Some(c) => c, None => break },
         };
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let event = change_event(
-            &spec,
-            &source_url,
-            change.kind,
-            &change.object,
-            uuid::Uuid::new_v4().to_string(),
-            time,
-        );
-        if spec.filter.as_ref().is_some_and(|f| !f.matches(&event)) {
-            continue;
-        }
-        counters.produced.inc();
-        let envelope = Envelope::new(event);
-        let report = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = env.sender.deliver(Request {
-                url: &spec.sink,
-                envelope: &envelope,
-                policy: &spec.delivery,
-                namespace: Some(&spec.key.namespace),
-            }) => r,
-        };
-        counters.count(&report);
-        crate::log_failure(&spec.key, envelope.event.id(), &report);
+        deliver(ctx, change, stop).await?;
     }
-    cancel.cancel();
+    round.cancel();
     while watches.join_next().await.is_some() {}
-    tracing::info!(source = %spec.key, "ApiServerSource stopped");
+    if stop.is_cancelled() {
+        return None;
+    }
+    // The namespace set changed: what the watches queued is still sent.
+    while let Ok(change) = rx.try_recv() {
+        deliver(ctx, change, stop).await?;
+    }
+    Some(())
+}
+
+/// Sends one change (unless the source's `filters` drop it); `None` when stopped meanwhile.
+async fn deliver(ctx: &RunCtx, change: Change, stop: &CancellationToken) -> Option<()> {
+    let spec = &ctx.spec;
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let event = change_event(
+        spec,
+        &ctx.source_url,
+        change.kind,
+        &change.object,
+        uuid::Uuid::new_v4().to_string(),
+        time,
+    );
+    if spec.filter.as_ref().is_some_and(|f| !f.matches(&event)) {
+        return Some(());
+    }
+    ctx.counters.produced.inc();
+    let envelope = Envelope::new(event);
+    let report = tokio::select! {
+        _ = stop.cancelled() => return None,
+        r = ctx.env.sender.deliver(Request {
+            url: &spec.sink,
+            envelope: &envelope,
+            policy: &spec.delivery,
+            namespace: Some(&spec.key.namespace),
+        }) => r,
+    };
+    ctx.counters.count(&report);
+    crate::log_failure(&spec.key, envelope.event.id(), &report);
+    Some(())
 }
 
 #[cfg(test)]

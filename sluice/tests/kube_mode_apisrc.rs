@@ -6,106 +6,12 @@
 
 mod common;
 
+use common::kube::*;
 use common::*;
-use serde_json::Value;
-use sluice_tests::eventually;
-use sluice_tests::{shared_kube, KubeServer};
-use std::net::SocketAddr;
-use std::process::Stdio;
+use sluice_tests::shared_kube;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(60);
-
-/// A `sluice controller` or `sluice dataplane` process, killed on drop.
-struct Proc {
-    _child: Child,
-}
-
-impl Proc {
-    fn spawn(kube: &KubeServer, args: &[&str]) -> Proc {
-        let child = Command::new(binary())
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(kube.kubeconfig_path())
-            .env(
-                "SLUICE_LOG",
-                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("SLUICE_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting sluice");
-        Proc { _child: child }
-    }
-}
-
-async fn apply(kube: &KubeServer, yaml: &str) {
-    kube.kubectl_stdin(&["apply", "-f", "-"], yaml)
-        .await
-        .unwrap_or_else(|e| panic!("kubectl apply: {e}\n{yaml}"));
-}
-
-async fn install_crds(kube: &KubeServer) {
-    let out = std::process::Command::new(binary())
-        .arg("crdgen")
-        .output()
-        .expect("sluice crdgen");
-    assert!(out.status.success());
-    apply(kube, &String::from_utf8(out.stdout).unwrap()).await;
-    for crd in [
-        "brokers.eventing.knative.dev",
-        "triggers.eventing.knative.dev",
-        "pingsources.sources.knative.dev",
-        "kafkasources.sources.knative.dev",
-        "apiserversources.sources.knative.dev",
-    ] {
-        kube.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            &format!("crd/{crd}"),
-            "--timeout=60s",
-        ])
-        .await
-        .unwrap();
-    }
-}
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", sluice_tests::free_port())
-        .parse()
-        .unwrap()
-}
-
-async fn get_json(kube: &KubeServer, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    let out = kube.kubectl(&a).await.ok()?;
-    serde_json::from_str(&out).ok()
-}
-
-fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-}
-
-/// Waits until `kind/name` in `ns` has condition Ready with `status`, returning the object.
-async fn wait_ready(kube: &KubeServer, ns: &str, what: &str, status: &str) -> Value {
-    eventually(T, &format!("{what} Ready={status}"), || async {
-        let obj = get_json(kube, &[what, "-n", ns]).await?;
-        let ready = condition(&obj, "Ready")?;
-        (ready["status"] == status).then_some(obj)
-    })
-    .await
-}
 
 #[tokio::test]
 async fn the_dataplane_runs_an_apiserver_source_and_the_controller_reports_its_status() {

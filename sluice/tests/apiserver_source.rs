@@ -460,3 +460,59 @@ spec:
         "only updates of x before its delete (no add): {got:?}"
     );
 }
+
+#[tokio::test]
+async fn without_a_cluster_the_source_says_so_and_a_bad_kubeconfig_is_refused() {
+    let sink = Sink::ok().await;
+    let dir = test_dir("apisrc-nocluster");
+    std::fs::write(
+        dir.join("resources.yaml"),
+        source_yaml("default", "Reference", &sink.url(), ""),
+    )
+    .unwrap();
+    // No --kubeconfig and nothing to infer: the rest runs, the source is not ready.
+    let missing = dir.join("no-such-kubeconfig");
+    let missing = missing.to_str().unwrap();
+    let s = Sluice::start_in_env(
+        dir.clone(),
+        &[],
+        &[
+            ("KUBECONFIG", missing),
+            ("HOME", missing),
+            ("KUBERNETES_SERVICE_HOST", ""),
+        ],
+    )
+    .await;
+    let st = eventually(T, "the source not ready", || async {
+        let st = source_status(&s, "default", "watch").await?;
+        (st["status"] == "False").then_some(st)
+    })
+    .await;
+    assert_eq!(
+        st["message"],
+        "no Kubernetes API server to watch: give `sluice run` a --kubeconfig (or set KUBECONFIG)"
+    );
+    s.kill().await;
+
+    // A --kubeconfig that cannot be read stops the start with a message naming it.
+    let out = tokio::process::Command::new(binary())
+        .args([
+            "run",
+            "--no-watch",
+            "-f",
+            dir.to_str().unwrap(),
+            "--kubeconfig",
+            missing,
+        ])
+        .args(["--ingress", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot read the kubeconfig {missing}")),
+        "{stderr}"
+    );
+}

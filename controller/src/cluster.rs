@@ -13,6 +13,7 @@ use kube::api::{ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use sluice_crds::k8s_sources::ApiServerSource;
 use sluice_crds::sources::{KafkaSource, PingSource};
 use sluice_crds::types::{Broker, Trigger};
 use sluice_crds::{LoadError, Loaded};
@@ -51,6 +52,7 @@ pub fn kinds() -> Vec<ApiResource> {
         ApiResource::erase::<Trigger>(&()),
         ApiResource::erase::<PingSource>(&()),
         ApiResource::erase::<KafkaSource>(&()),
+        ApiResource::erase::<ApiServerSource>(&()),
     ]
 }
 

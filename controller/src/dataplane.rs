@@ -51,6 +51,7 @@ fn kind_of(s: &str) -> Option<Kind> {
         "Trigger" => Kind::Trigger,
         "PingSource" => Kind::PingSource,
         "KafkaSource" => Kind::KafkaSource,
+        "ApiServerSource" => Kind::ApiServerSource,
         _ => return None,
     })
 }

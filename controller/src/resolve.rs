@@ -132,7 +132,18 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
                 let sink = st.sink_uri.clone();
                 replace(&mut k.spec.sink, sink);
             }
-            Resource::ConfigMap(_) => {}
+            Resource::ApiServerSource(a) => {
+                let Some(st) = &a.status else { continue };
+                if st.observed_generation.is_none()
+                    || st.observed_generation != a.metadata.generation
+                {
+                    continue;
+                }
+                let sink = st.sink_uri.clone();
+                replace(&mut a.spec.sink, sink);
+            }
+            // Not read from the cluster (embedded mode only).
+            Resource::ContainerSource(_) | Resource::ConfigMap(_) => {}
         }
     }
 }

@@ -17,6 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::{json, Value};
 use sluice_core::topology::{Kind, ObjectRef};
+use sluice_crds::k8s_sources::{ApiServerSource, ContainerSource};
 use sluice_crds::sources::{KafkaSource, PingSource};
 use sluice_crds::types::{Broker, Trigger};
 use sluice_crds::{Loaded, Resource as R};
@@ -144,6 +145,8 @@ fn current_status(r: &Loaded) -> Value {
         R::Trigger(o) => serde_json::to_value(&o.status),
         R::PingSource(o) => serde_json::to_value(&o.status),
         R::KafkaSource(o) => serde_json::to_value(&o.status),
+        R::ApiServerSource(o) => serde_json::to_value(&o.status),
+        R::ContainerSource(o) => serde_json::to_value(&o.status),
         R::ConfigMap(_) => return Value::Null,
     };
     v.unwrap_or(Value::Null)
@@ -155,6 +158,8 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::Trigger => apply::<Trigger>(client, r, status).await,
         Kind::PingSource => apply::<PingSource>(client, r, status).await,
         Kind::KafkaSource => apply::<KafkaSource>(client, r, status).await,
+        Kind::ApiServerSource => apply::<ApiServerSource>(client, r, status).await,
+        Kind::ContainerSource => apply::<ContainerSource>(client, r, status).await,
         Kind::ConfigMap => Ok(()),
     }
 }

@@ -22,6 +22,9 @@ pub struct Addressing {
     pub ingress_service: String,
     pub system_namespace: String,
     pub cluster_domain: String,
+    /// The API server's URL as the data plane reaches it: the `source` of ApiServerSource
+    /// events (their status' `ceAttributes`).
+    pub api_server_url: Option<String>,
 }
 
 impl Default for Addressing {
@@ -30,6 +33,7 @@ impl Default for Addressing {
             ingress_service: "sluice-ingress".into(),
             system_namespace: "sluice-system".into(),
             cluster_domain: "cluster.local".into(),
+            api_server_url: None,
         }
     }
 }
@@ -103,7 +107,13 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
             Resource::KafkaSource(k) => {
                 source(world, r, k.metadata.generation, errs, "ConsumerGroup")
             }
-            Resource::Broker(_) | Resource::ConfigMap(_) => continue,
+            Resource::ApiServerSource(a) => {
+                let mut d = source(world, r, a.metadata.generation, errs, "Deployed");
+                apiserver_source(world, a, &mut d);
+                d
+            }
+            // ContainerSource runs in embedded mode only: the cluster watch does not read it.
+            Resource::Broker(_) | Resource::ConfigMap(_) | Resource::ContainerSource(_) => continue,
         };
         out.insert(obj, d);
     }
@@ -283,6 +293,11 @@ fn source(
             .ping_sources
             .get(&key)
             .map(|p| p.sink.to_string()),
+        Kind::ApiServerSource => world
+            .topology
+            .apiserver_sources
+            .get(&key)
+            .map(|p| p.sink.to_string()),
         _ => world
             .topology
             .kafka_sources
@@ -320,7 +335,7 @@ fn source(
         );
     }
     let mut conditions = vec![sink_cond, running_cond];
-    if obj.kind == Kind::PingSource {
+    if matches!(obj.kind, Kind::PingSource | Kind::ApiServerSource) {
         conditions.push(Cond::ok_because("OIDCIdentityCreated", OIDC_DISABLED, ""));
     }
     Desired {
@@ -328,6 +343,46 @@ fn source(
         conditions,
         fields,
     }
+}
+
+/// The reason a data plane reports for an ApiServerSource whose identity may not get, list
+/// and watch what it should (its message says which verbs on which resource).
+pub const NO_SUFFICIENT_PERMISSIONS: &str = "NoSufficientPermissions";
+
+/// ApiServerSource beyond the common source conditions: `SufficientPermissions` (a denied
+/// permission check is reported by the data plane under [`NO_SUFFICIENT_PERMISSIONS`]; the
+/// source is then deployed, waiting for the rights) and `ceAttributes` (the mode's three
+/// types, `source` = the API server URL).
+fn apiserver_source(world: &World, a: &sluice_crds::k8s_sources::ApiServerSource, d: &mut Desired) {
+    let deployed = d.conditions.iter_mut().find(|c| c.type_ == "Deployed");
+    let permissions = match deployed {
+        Some(c) if c.reason == NO_SUFFICIENT_PERMISSIONS => {
+            let denied = Cond::failed(
+                "SufficientPermissions",
+                NO_SUFFICIENT_PERMISSIONS,
+                c.message.clone(),
+            );
+            *c = Cond::ok("Deployed");
+            denied
+        }
+        Some(c) if c.status == State::True => Cond::ok("SufficientPermissions"),
+        _ => Cond::unknown(
+            "SufficientPermissions",
+            "NotChecked",
+            "the permissions are checked when the data plane runs the source",
+        ),
+    };
+    d.conditions.push(permissions);
+    let mode = match a.spec.mode.as_deref() {
+        Some("Resource") => "resource",
+        _ => "ref",
+    };
+    let source = world.addressing.api_server_url.clone().unwrap_or_default();
+    let attrs: Vec<Value> = ["add", "update", "delete"]
+        .iter()
+        .map(|c| json!({"type": format!("dev.knative.apiserver.{mode}.{c}"), "source": source}))
+        .collect();
+    d.fields.insert("ceAttributes".into(), Value::Array(attrs));
 }
 
 /// `DeadLetterSinkResolved`, and `deadLetterSinkUri` when there is one.
@@ -430,5 +485,93 @@ impl DataplaneView {
                 "the data-plane replicas have not applied this object yet",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod apiserver_source_tests {
+    use super::*;
+    use crate::dataplane::{ReplicaReport, Reported};
+
+    const YAML: &str = r#"apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: watch, namespace: ns, generation: 2}
+spec:
+  mode: Resource
+  resources: [{apiVersion: v1, kind: ConfigMap}]
+  sink: {uri: "http://sink/"}
+"#;
+
+    fn desired_with(report: Option<Reported>) -> Desired {
+        let resources = sluice_crds::load::parse_yaml(YAML, "f").unwrap();
+        let addressing = Addressing {
+            api_server_url: Some("https://10.0.0.1:443".into()),
+            ..Addressing::default()
+        };
+        let (topology, errors) = sluice_crds::build_lenient(&resources, &addressing.defaults());
+        let obj = ObjectRef::new(Kind::ApiServerSource, Key::new("ns", "watch"));
+        let dataplane = DataplaneView {
+            ready_endpoints: 1,
+            replicas: vec![ReplicaReport {
+                admin: "a".into(),
+                objects: report.into_iter().map(|r| (obj.clone(), r)).collect(),
+            }],
+            problem: None,
+        };
+        let world = World {
+            resources: &resources,
+            topology: &topology,
+            errors: &errors,
+            dataplane: &dataplane,
+            addressing: &addressing,
+        };
+        desired(&world).remove(&obj).expect("a status")
+    }
+
+    fn cond<'a>(d: &'a Desired, t: &str) -> &'a Cond {
+        d.conditions.iter().find(|c| c.type_ == t).expect(t)
+    }
+
+    #[test]
+    fn running_source_has_sufficient_permissions_and_the_modes_types() {
+        let d = desired_with(Some(Reported {
+            state: State::True,
+            reason: String::new(),
+            message: String::new(),
+        }));
+        for t in [
+            "SinkProvided",
+            "Deployed",
+            "SufficientPermissions",
+            "OIDCIdentityCreated",
+        ] {
+            assert_eq!(cond(&d, t).status, State::True, "{t}");
+        }
+        assert_eq!(d.generation, 2);
+        assert_eq!(d.fields["sinkUri"], "http://sink/");
+        assert_eq!(
+            d.fields["ceAttributes"],
+            json!([
+                {"type": "dev.knative.apiserver.resource.add", "source": "https://10.0.0.1:443"},
+                {"type": "dev.knative.apiserver.resource.update", "source": "https://10.0.0.1:443"},
+                {"type": "dev.knative.apiserver.resource.delete", "source": "https://10.0.0.1:443"},
+            ])
+        );
+    }
+
+    #[test]
+    fn a_denied_permission_check_is_sufficient_permissions_false() {
+        let msg = "User system:serviceaccount:ns:default cannot list, watch resource \"configmaps\" in API group \"\" in namespace \"ns\"";
+        let d = desired_with(Some(Reported {
+            state: State::False,
+            reason: NO_SUFFICIENT_PERMISSIONS.into(),
+            message: msg.into(),
+        }));
+        let p = cond(&d, "SufficientPermissions");
+        assert_eq!((p.status, p.message.as_str()), (State::False, msg));
+        assert_eq!(cond(&d, "Deployed").status, State::True);
+        // Not reported yet: unknown, not a guess.
+        let d = desired_with(None);
+        assert_eq!(cond(&d, "SufficientPermissions").status, State::Unknown);
     }
 }

@@ -128,6 +128,8 @@ pub enum Kind {
     Trigger,
     PingSource,
     KafkaSource,
+    ApiServerSource,
+    ContainerSource,
     ConfigMap,
 }
 
@@ -138,6 +140,8 @@ impl Kind {
             Kind::Trigger => "Trigger",
             Kind::PingSource => "PingSource",
             Kind::KafkaSource => "KafkaSource",
+            Kind::ApiServerSource => "ApiServerSource",
+            Kind::ContainerSource => "ContainerSource",
             Kind::ConfigMap => "ConfigMap",
         }
     }
@@ -296,6 +300,79 @@ pub struct KafkaSource {
     pub fingerprint: u64,
 }
 
+/// One kind of object an ApiServerSource watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedResource {
+    /// e.g. `v1` or `apps/v1`.
+    pub api_version: String,
+    pub kind: String,
+    /// The `selector`, already validated and written the way the API server reads a
+    /// `labelSelector` query (`app=web,tier in (a,b),!legacy`); empty: every object.
+    pub label_selector: String,
+}
+
+/// What the events of an ApiServerSource carry as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApiServerMode {
+    /// `{kind, namespace, name, apiVersion}` of the object (`dev.knative.apiserver.ref.*`).
+    #[default]
+    Reference,
+    /// The whole object (`dev.knative.apiserver.resource.*`).
+    Resource,
+}
+
+/// Which namespaces an ApiServerSource watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// The source's own namespace (no `namespaceSelector`).
+    Own,
+    /// The namespaces whose labels match (a `labelSelector` query, empty: every namespace).
+    Selector(String),
+}
+
+/// An ApiServerSource (`sources.knative.dev/v1`): additions, updates and deletions of
+/// Kubernetes objects as events.
+#[derive(Debug, Clone)]
+pub struct ApiServerSource {
+    pub key: Key,
+    /// At least one.
+    pub resources: Vec<WatchedResource>,
+    /// `owner`: only objects with an owner reference of this `(apiVersion, kind)`.
+    pub owner: Option<(String, String)>,
+    pub mode: ApiServerMode,
+    pub namespaces: NamespaceScope,
+    /// `serviceAccountName`: when set, the watches impersonate
+    /// `system:serviceaccount:<namespace>:<name>`; otherwise they run as the process.
+    pub service_account: Option<String>,
+    /// `filters` (Subscriptions API), compiled: events that do not pass are not sent.
+    pub filter: Option<Arc<dyn EventFilter>>,
+    /// `ceOverrides.extensions`, names already validated.
+    pub extensions: BTreeMap<String, String>,
+    pub sink: Endpoint,
+    /// Knative's ApiServerSource has no `spec.delivery`: the default policy.
+    pub delivery: DeliveryPolicy,
+    /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// A ContainerSource (`sources.knative.dev/v1`) in embedded mode: the first container of its
+/// pod template run as a local process that sends events to `K_SINK`.
+#[derive(Debug, Clone)]
+pub struct ContainerSource {
+    pub key: Key,
+    /// `command` followed by `args`: the program and its arguments (at least the program).
+    pub argv: Vec<String>,
+    /// `env` (`name`/`value` pairs), before `K_SINK` and `K_CE_OVERRIDES`.
+    pub env: Vec<(String, String)>,
+    /// The container's `workingDir`, if set.
+    pub working_dir: Option<String>,
+    /// `ceOverrides.extensions`, names already validated (given as `K_CE_OVERRIDES`).
+    pub extensions: BTreeMap<String, String>,
+    pub sink: Endpoint,
+    /// Changes whenever anything above changes (see [`Trigger::fingerprint`]).
+    pub fingerprint: u64,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -304,6 +381,8 @@ pub struct Topology {
     pub subscriptions: BTreeMap<ObjectRef, Arc<Subscription>>,
     pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
+    pub apiserver_sources: BTreeMap<Key, Arc<ApiServerSource>>,
+    pub container_sources: BTreeMap<Key, Arc<ContainerSource>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -334,6 +413,15 @@ impl Topology {
             (self.ping_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::PingSource, k));
         let kafkas =
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
-        brokers.chain(subs).chain(pings).chain(kafkas)
+        let apiservers = (self.apiserver_sources.keys().cloned())
+            .map(|k| ObjectRef::new(Kind::ApiServerSource, k));
+        let containers = (self.container_sources.keys().cloned())
+            .map(|k| ObjectRef::new(Kind::ContainerSource, k));
+        brokers
+            .chain(subs)
+            .chain(pings)
+            .chain(kafkas)
+            .chain(apiservers)
+            .chain(containers)
     }
 }

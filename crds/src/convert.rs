@@ -10,8 +10,9 @@ use crate::types::{DeliverySpec, Destination, KReference};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Endpoint, Format};
 use sluice_core::topology::{
-    Broker, ChannelConfig, InitialOffset, KafkaSource, Key, ObjectRef, PingSource, ReplyTo,
-    StartFrom, Subscription, Topology,
+    ApiServerMode, ApiServerSource, Broker, ChannelConfig, ContainerSource, InitialOffset,
+    KafkaSource, Key, NamespaceScope, ObjectRef, PingSource, ReplyTo, StartFrom, Subscription,
+    Topology, WatchedResource,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -122,7 +123,11 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
             Resource::ConfigMap(cm) => {
                 ctx.config_maps.insert(key, cm);
             }
-            Resource::Trigger(_) | Resource::PingSource(_) | Resource::KafkaSource(_) => {}
+            Resource::Trigger(_)
+            | Resource::PingSource(_)
+            | Resource::KafkaSource(_)
+            | Resource::ApiServerSource(_)
+            | Resource::ContainerSource(_) => {}
         }
     }
 
@@ -158,6 +163,20 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
                 if let Some(source) = kafka_source(&mut ctx, r, k) {
                     topology
                         .kafka_sources
+                        .insert(source.key.clone(), Arc::new(source));
+                }
+            }
+            Resource::ApiServerSource(a) => {
+                if let Some(source) = apiserver_source(&mut ctx, r, a) {
+                    topology
+                        .apiserver_sources
+                        .insert(source.key.clone(), Arc::new(source));
+                }
+            }
+            Resource::ContainerSource(c) => {
+                if let Some(source) = container_source(&mut ctx, r, c) {
+                    topology
+                        .container_sources
                         .insert(source.key.clone(), Arc::new(source));
                 }
             }
@@ -691,6 +710,8 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
             out.push(&k.spec.sink);
             out.extend(dls(k.spec.delivery.as_ref()));
         }
+        Resource::ApiServerSource(a) => out.push(&a.spec.sink),
+        Resource::ContainerSource(c) => out.push(&c.spec.sink),
         Resource::ConfigMap(_) => {}
     }
     out
@@ -962,4 +983,509 @@ fn kafka_source(ctx: &mut Ctx, r: &Loaded, k: &crate::sources::KafkaSource) -> O
         delivery,
         fingerprint,
     })
+}
+
+/// A `metav1.LabelSelector` as the `labelSelector` query the API server reads
+/// (`a=b,k in (x,y),k notin (z),k,!k`), or what is wrong with it (`field` names the requirement).
+/// An empty selector gives an empty query: everything matches.
+pub fn label_selector_query(
+    selector: &crate::k8s_sources::LabelSelector,
+) -> Result<String, (String, String)> {
+    let mut parts = Vec::new();
+    let valid_value = |v: &str| {
+        v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let valid_key = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 317
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    };
+    for (k, v) in &selector.match_labels {
+        if !valid_key(k) {
+            return Err((
+                format!("matchLabels.{k}"),
+                format!("`{k}` is not a label key"),
+            ));
+        }
+        if !valid_value(v) {
+            return Err((
+                format!("matchLabels.{k}"),
+                format!("`{v}` is not a label value (at most 63 of a-z, A-Z, 0-9, `-`, `_`, `.`)"),
+            ));
+        }
+        parts.push(format!("{k}={v}"));
+    }
+    for (i, e) in selector.match_expressions.iter().enumerate() {
+        let field = format!("matchExpressions[{i}]");
+        if !valid_key(&e.key) {
+            return Err((
+                format!("{field}.key"),
+                format!("`{}` is not a label key", e.key),
+            ));
+        }
+        if let Some(v) = e.values.iter().find(|v| !valid_value(v)) {
+            return Err((
+                format!("{field}.values"),
+                format!("`{v}` is not a label value"),
+            ));
+        }
+        let list = || e.values.join(",");
+        match (e.operator.as_str(), e.values.is_empty()) {
+            ("In", false) => parts.push(format!("{} in ({})", e.key, list())),
+            ("NotIn", false) => parts.push(format!("{} notin ({})", e.key, list())),
+            ("Exists", true) => parts.push(e.key.clone()),
+            ("DoesNotExist", true) => parts.push(format!("!{}", e.key)),
+            ("In" | "NotIn", true) => {
+                return Err((
+                    format!("{field}.values"),
+                    format!("operator {} needs at least one value", e.operator),
+                ))
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err((
+                    format!("{field}.values"),
+                    format!("operator {} takes no values", e.operator),
+                ))
+            }
+            (other, _) => {
+                return Err((
+                    format!("{field}.operator"),
+                    format!("`{other}` is not an operator; use In, NotIn, Exists or DoesNotExist"),
+                ))
+            }
+        }
+    }
+    Ok(parts.join(","))
+}
+
+fn apiserver_source(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    a: &crate::k8s_sources::ApiServerSource,
+) -> Option<ApiServerSource> {
+    let before = ctx.errors.len();
+    let spec = &a.spec;
+    if spec.resources.is_empty() {
+        ctx.error(
+            r,
+            "spec.resources",
+            "is required: list at least one {apiVersion, kind} to watch, e.g. `- apiVersion: v1` / `kind: ConfigMap`",
+        );
+    }
+    let mut resources = Vec::new();
+    for (i, res) in spec.resources.iter().enumerate() {
+        let field = format!("spec.resources[{i}]");
+        if !valid_api_version(&res.api_version) {
+            ctx.error(
+                r,
+                &format!("{field}.apiVersion"),
+                format!(
+                    "`{}` is not an apiVersion (`v1`, `apps/v1`, `<group>/<version>`)",
+                    res.api_version
+                ),
+            );
+        }
+        if res.kind.is_empty() || !res.kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            ctx.error(
+                r,
+                &format!("{field}.kind"),
+                format!("`{}` is not a kind (e.g. `ConfigMap`)", res.kind),
+            );
+        }
+        let label_selector = match res.selector.as_ref().map(label_selector_query) {
+            None => String::new(),
+            Some(Ok(q)) => q,
+            Some(Err((f, m))) => {
+                ctx.error(r, &format!("{field}.selector.{f}"), m);
+                String::new()
+            }
+        };
+        resources.push(WatchedResource {
+            api_version: res.api_version.clone(),
+            kind: res.kind.clone(),
+            label_selector,
+        });
+    }
+    let mode = match spec.mode.as_deref() {
+        None | Some("Reference") => ApiServerMode::Reference,
+        Some("Resource") => ApiServerMode::Resource,
+        Some(other) => {
+            ctx.error(
+                r,
+                "spec.mode",
+                format!("`{other}` is not a mode; use `Reference` (events carry a reference to the object) or `Resource` (the whole object)"),
+            );
+            ApiServerMode::Reference
+        }
+    };
+    let namespaces = match spec.namespace_selector.as_ref().map(label_selector_query) {
+        None => NamespaceScope::Own,
+        Some(Ok(q)) => NamespaceScope::Selector(q),
+        Some(Err((f, m))) => {
+            ctx.error(r, &format!("spec.namespaceSelector.{f}"), m);
+            NamespaceScope::Own
+        }
+    };
+    let owner = spec
+        .owner
+        .as_ref()
+        .map(|o| (o.api_version.clone(), o.kind.clone()));
+    let service_account = spec
+        .service_account_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let filter = match sluice_filter::compile(None, &spec.filters) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            ctx.error(r, "", format!("invalid filter: spec.{e}"));
+            None
+        }
+    };
+    let extensions = ce_overrides(ctx, r, spec.ce_overrides.as_ref());
+    let sink = resolve(ctx, r, &spec.sink, "spec.sink");
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let sink = sink?;
+    let delivery = DeliveryPolicy::default();
+    let fingerprint = fingerprint_of(spec, &format!("{sink} {delivery:?}"));
+    Some(ApiServerSource {
+        key: Key::new(&r.namespace, &r.name),
+        resources,
+        owner,
+        mode,
+        namespaces,
+        service_account,
+        filter: (!spec.filters.is_empty())
+            .then_some(filter)
+            .flatten()
+            .map(|f| Arc::new(f) as Arc<dyn sluice_core::topology::EventFilter>),
+        extensions,
+        sink,
+        delivery,
+        fingerprint,
+    })
+}
+
+/// A ContainerSource in embedded mode: `template.spec.containers[0]`'s `command` + `args`,
+/// `env` and `workingDir` run as a local process (there is no image runtime; `image` is
+/// ignored).
+fn container_source(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    c: &crate::k8s_sources::ContainerSource,
+) -> Option<ContainerSource> {
+    let before = ctx.errors.len();
+    let spec = &c.spec;
+    let base = "spec.template.spec.containers[0]";
+    let container = spec.template.pointer("/spec/containers/0");
+    let strings = |ctx: &mut Ctx, field: &str| -> Vec<String> {
+        match container.and_then(|c| c.get(field)) {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(a)) if a.iter().all(|v| v.is_string()) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(_) => {
+                ctx.error(r, &format!("{base}.{field}"), "must be a list of strings");
+                Vec::new()
+            }
+        }
+    };
+    if container.is_none() {
+        ctx.error(
+            r,
+            "spec.template.spec.containers",
+            "needs one container: embedded mode runs its `command` (and `args`) as a local process",
+        );
+    }
+    let mut argv = strings(ctx, "command");
+    argv.extend(strings(ctx, "args"));
+    if container.is_some() && argv.is_empty() {
+        ctx.error(
+            r,
+            &format!("{base}.command"),
+            "is required in embedded mode: Sluice runs the container's command as a local process (it does not pull or run images)",
+        );
+    }
+    let mut env = Vec::new();
+    if let Some(list) = container.and_then(|c| c.get("env")) {
+        for (i, e) in list.as_array().into_iter().flatten().enumerate() {
+            let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            if name.is_empty() {
+                ctx.error(r, &format!("{base}.env[{i}].name"), "is required");
+            } else if e.get("valueFrom").is_some() {
+                ctx.error(
+                    r,
+                    &format!("{base}.env[{i}].valueFrom"),
+                    "is not supported in embedded mode (there are no Secrets or ConfigMaps to read); give a `value`",
+                );
+            } else {
+                let value = e.get("value").and_then(|v| v.as_str()).unwrap_or("");
+                env.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    let working_dir = container
+        .and_then(|c| c.get("workingDir"))
+        .and_then(|w| w.as_str())
+        .map(str::to_string);
+    let extensions = ce_overrides(ctx, r, spec.ce_overrides.as_ref());
+    let sink = resolve(ctx, r, &spec.sink, "spec.sink");
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let sink = sink?;
+    let fingerprint = fingerprint_of(spec, &sink.to_string());
+    Some(ContainerSource {
+        key: Key::new(&r.namespace, &r.name),
+        argv,
+        env,
+        working_dir,
+        extensions,
+        sink,
+        fingerprint,
+    })
+}
+
+/// `v1` or `<group>/<version>`.
+fn valid_api_version(v: &str) -> bool {
+    let version_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    match v.split_once('/') {
+        None => version_ok(v),
+        Some((group, version)) => {
+            !group.is_empty()
+                && group.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
+                })
+                && version_ok(version)
+        }
+    }
+}
+
+#[cfg(test)]
+mod apiserver_tests {
+    use super::*;
+    use crate::k8s_sources::{LabelSelector, LabelSelectorRequirement};
+
+    fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn label_selectors_become_api_server_queries() {
+        let table: Vec<(LabelSelector, Result<&str, &str>)> = vec![
+            (LabelSelector::default(), Ok("")),
+            (
+                LabelSelector {
+                    match_labels: [("app".to_string(), "web".to_string()), ("a/b".into(), "c".into())].into(),
+                    match_expressions: vec![],
+                },
+                Ok("a/b=c,app=web"),
+            ),
+            (
+                LabelSelector {
+                    match_labels: Default::default(),
+                    match_expressions: vec![
+                        req("tier", "In", &["a", "b"]),
+                        req("env", "NotIn", &["prod"]),
+                        req("watched", "Exists", &[]),
+                        req("legacy", "DoesNotExist", &[]),
+                    ],
+                },
+                Ok("tier in (a,b),env notin (prod),watched,!legacy"),
+            ),
+            (
+                LabelSelector {
+                    match_labels: Default::default(),
+                    match_expressions: vec![req("tier", "In", &[])],
+                },
+                Err("matchExpressions[0].values: operator In needs at least one value"),
+            ),
+            (
+                LabelSelector {
+                    match_labels: Default::default(),
+                    match_expressions: vec![req("tier", "Exists", &["x"])],
+                },
+                Err("matchExpressions[0].values: operator Exists takes no values"),
+            ),
+            (
+                LabelSelector {
+                    match_labels: Default::default(),
+                    match_expressions: vec![req("tier", "Like", &["x"])],
+                },
+                Err("matchExpressions[0].operator: `Like` is not an operator; use In, NotIn, Exists or DoesNotExist"),
+            ),
+            (
+                LabelSelector {
+                    match_labels: [("app".to_string(), "a b".to_string())].into(),
+                    match_expressions: vec![],
+                },
+                Err("matchLabels.app: `a b` is not a label value (at most 63 of a-z, A-Z, 0-9, `-`, `_`, `.`)"),
+            ),
+        ];
+        for (selector, want) in table {
+            let got = label_selector_query(&selector).map_err(|(f, m)| format!("{f}: {m}"));
+            assert_eq!(
+                got,
+                want.map(str::to_string).map_err(str::to_string),
+                "{selector:?}"
+            );
+        }
+    }
+
+    fn defaults() -> Defaults {
+        Defaults::new(Url::parse("http://127.0.0.1:8080/").unwrap())
+    }
+
+    #[test]
+    fn an_apiserver_source_compiles_to_plain_values() {
+        let yaml = r#"apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: team}
+---
+apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: watch, namespace: team}
+spec:
+  mode: Resource
+  serviceAccountName: watcher
+  resources:
+    - apiVersion: v1
+      kind: ConfigMap
+      selector: {matchLabels: {app: web}}
+    - apiVersion: apps/v1
+      kind: Deployment
+  owner: {apiVersion: apps/v1, kind: ReplicaSet}
+  namespaceSelector: {matchExpressions: [{key: env, operator: In, values: [dev]}]}
+  ceOverrides: {extensions: {team: blue}}
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+"#;
+        let loaded = crate::load::parse_yaml(yaml, "f.yaml").unwrap();
+        let t = build(&loaded, &defaults()).unwrap();
+        let a = &t.apiserver_sources[&Key::new("team", "watch")];
+        assert_eq!(a.mode, ApiServerMode::Resource);
+        assert_eq!(
+            a.resources,
+            [
+                WatchedResource {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    label_selector: "app=web".into()
+                },
+                WatchedResource {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    label_selector: "".into()
+                },
+            ]
+        );
+        assert_eq!(a.owner, Some(("apps/v1".into(), "ReplicaSet".into())));
+        assert_eq!(
+            a.namespaces,
+            NamespaceScope::Selector("env in (dev)".into())
+        );
+        assert_eq!(a.service_account.as_deref(), Some("watcher"));
+        assert_eq!(a.extensions.get("team").map(String::as_str), Some("blue"));
+        assert_eq!(a.sink.to_string(), "http://127.0.0.1:8080/team/default");
+        assert!(a.filter.is_none());
+    }
+
+    #[test]
+    fn apiserver_source_problems_are_reported_together() {
+        let yaml = r#"apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: bad}
+spec:
+  mode: Everything
+  resources:
+    - apiVersion: Apps/v1
+      kind: Deployment
+      selector: {matchExpressions: [{key: tier, operator: In}]}
+  sink: {uri: "http://s/"}
+"#;
+        let loaded = crate::load::parse_yaml(yaml, "f.yaml").unwrap();
+        let errs: Vec<_> = build(&loaded, &defaults())
+            .unwrap_err()
+            .iter()
+            .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "spec.resources[0].apiVersion: `Apps/v1` is not an apiVersion (`v1`, `apps/v1`, `<group>/<version>`)",
+                "spec.resources[0].selector.matchExpressions[0].values: operator In needs at least one value",
+                "spec.mode: `Everything` is not a mode; use `Reference` (events carry a reference to the object) or `Resource` (the whole object)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_container_source_runs_its_command_and_refuses_what_embedded_mode_cannot_do() {
+        let ok = r#"apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {name: c}
+spec:
+  template:
+    spec:
+      containers:
+        - image: x
+          command: [/bin/sh, -c]
+          args: ["echo hi"]
+          env: [{name: A, value: "1"}]
+          workingDir: /tmp
+  sink: {uri: "http://s/"}
+"#;
+        let t = build(&crate::load::parse_yaml(ok, "f").unwrap(), &defaults()).unwrap();
+        let c = &t.container_sources[&Key::new("default", "c")];
+        assert_eq!(c.argv, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(c.env, [("A".to_string(), "1".to_string())]);
+        assert_eq!(c.working_dir.as_deref(), Some("/tmp"));
+        let bad = r#"apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {name: c}
+spec:
+  template:
+    spec:
+      containers:
+        - image: x
+          env: [{name: A, valueFrom: {secretKeyRef: {name: s, key: k}}}]
+  sink: {uri: "http://s/"}
+"#;
+        let errs: Vec<_> = build(&crate::load::parse_yaml(bad, "f").unwrap(), &defaults())
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "spec.template.spec.containers[0].command",
+                "spec.template.spec.containers[0].env[0].valueFrom"
+            ]
+        );
+    }
+
+    #[test]
+    fn api_versions() {
+        for ok in ["v1", "apps/v1", "sources.knative.dev/v1beta1"] {
+            assert!(valid_api_version(ok), "{ok}");
+        }
+        for bad in ["", "/v1", "apps/", "Apps/v1", "v1/"] {
+            assert!(!valid_api_version(bad), "{bad}");
+        }
+    }
 }

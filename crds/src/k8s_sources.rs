@@ -1,9 +1,11 @@
 //! The sources that only make sense inside a cluster: `sources.knative.dev/v1` ApiServerSource,
 //! SinkBinding and ContainerSource, field for field as Knative spells them.
 //!
-//! Their CRDs are served (`crate::crds`) so that Knative YAML applies unchanged, and the
-//! controller can report their status; nothing runs them yet, and embedded mode (`sluice run`)
-//! says so when it meets one (`load.rs`). Like the other specs these deny unknown fields.
+//! Their CRDs are served (`crate::crds`) so that Knative YAML applies unchanged. An
+//! ApiServerSource runs in both modes (it becomes a `sluice_core::topology::ApiServerSource`
+//! in `convert.rs`; `sluice_sources::apiserver` watches the cluster); a ContainerSource runs
+//! in embedded mode as a local process (`sluice_sources::container`); nothing runs
+//! SinkBinding yet, and embedded mode (`sluice run`) says so when it meets one (`load.rs`). Like the other specs these deny unknown fields.
 
 // `#[kube(printcolumn(name = .., type_ = ..), printcolumn(..))]` repeats keys by design.
 #![allow(clippy::duplicated_attributes)]

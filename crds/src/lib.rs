@@ -12,8 +12,8 @@
 //! Embedded mode feeds files through this; Kubernetes mode will feed reflector caches through
 //! the same `build`, so both report the same messages.
 //!
-//! Kubernetes mode also serves kinds that do not run yet (EventType, ApiServerSource,
-//! SinkBinding, ContainerSource): their types are here so that their CRDs ([`crds`]) accept
+//! Kubernetes mode also serves kinds that do not run there yet (EventType, SinkBinding,
+//! ContainerSource): their types are here so that their CRDs ([`crds`]) accept
 //! Knative YAML unchanged and the controller can give them a status.
 
 pub mod convert;

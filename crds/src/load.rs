@@ -3,6 +3,7 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
+use crate::k8s_sources::{ApiServerSource, ContainerSource};
 use crate::sources::{KafkaSource, PingSource};
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -22,6 +23,8 @@ pub enum Resource {
     ConfigMap(Box<ConfigMap>),
     PingSource(Box<PingSource>),
     KafkaSource(Box<KafkaSource>),
+    ApiServerSource(Box<ApiServerSource>),
+    ContainerSource(Box<ContainerSource>),
 }
 
 impl Resource {
@@ -32,6 +35,8 @@ impl Resource {
             Resource::ConfigMap(_) => "ConfigMap",
             Resource::PingSource(_) => "PingSource",
             Resource::KafkaSource(_) => "KafkaSource",
+            Resource::ApiServerSource(_) => "ApiServerSource",
+            Resource::ContainerSource(_) => "ContainerSource",
         }
     }
 }
@@ -55,6 +60,8 @@ impl Loaded {
             Resource::ConfigMap(_) => Kind::ConfigMap,
             Resource::PingSource(_) => Kind::PingSource,
             Resource::KafkaSource(_) => Kind::KafkaSource,
+            Resource::ApiServerSource(_) => Kind::ApiServerSource,
+            Resource::ContainerSource(_) => Kind::ContainerSource,
         };
         ObjectRef::new(kind, Key::new(&self.namespace, &self.name))
     }
@@ -112,16 +119,14 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
 pub const KUBERNETES_ONLY: &[(&str, &str)] = &[
     ("eventing.knative.dev/v1beta3", "EventType"),
     ("eventing.knative.dev/v1beta2", "EventType"),
-    ("sources.knative.dev/v1", "ApiServerSource"),
     ("sources.knative.dev/v1", "SinkBinding"),
-    ("sources.knative.dev/v1", "ContainerSource"),
 ];
 
 /// Parses every document of a YAML file. `file` names it in errors.
@@ -261,6 +266,8 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "Trigger" => Some(Kind::Trigger),
         "PingSource" => Some(Kind::PingSource),
         "KafkaSource" => Some(Kind::KafkaSource),
+        "ApiServerSource" => Some(Kind::ApiServerSource),
+        "ContainerSource" => Some(Kind::ContainerSource),
         "ConfigMap" => Some(Kind::ConfigMap),
         _ => None,
     }
@@ -275,6 +282,12 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         ("v1", "ConfigMap") => Resource::ConfigMap(Box::new(typed(value, &origin, &describe, &object)?)),
         ("sources.knative.dev/v1", "PingSource") => {
             Resource::PingSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("sources.knative.dev/v1", "ApiServerSource") => {
+            Resource::ApiServerSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("sources.knative.dev/v1", "ContainerSource") => {
+            Resource::ContainerSource(Box::new(typed(value, &origin, &describe, &object)?))
         }
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
@@ -384,14 +397,14 @@ data:
         assert!(e.to_string().contains("not supported"), "{e}");
 
         let e = parse_yaml(
-            "apiVersion: sources.knative.dev/v1\nkind: ContainerSource\nmetadata: {name: c}\nspec: {}\n",
+            "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {name: c}\nspec: {}\n",
             "c.yaml",
         )
         .unwrap_err();
-        assert_eq!(e.resource.as_deref(), Some("ContainerSource default/c"));
+        assert_eq!(e.resource.as_deref(), Some("SinkBinding default/c"));
         assert!(
             e.message.contains(
-                "`sources.knative.dev/v1` `ContainerSource` is not supported in embedded mode yet"
+                "`sources.knative.dev/v1` `SinkBinding` is not supported in embedded mode yet"
             ),
             "{e}"
         );

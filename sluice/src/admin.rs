@@ -159,9 +159,15 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 }
                 triggers.push(v);
             }
-            Kind::PingSource | Kind::KafkaSource => {
+            Kind::PingSource
+            | Kind::KafkaSource
+            | Kind::ApiServerSource
+            | Kind::ContainerSource => {
                 let sink = match obj.kind {
                     Kind::PingSource => t.ping_sources.get(&obj.key).map(|p| p.sink.to_string()),
+                    Kind::ApiServerSource => {
+                        (t.apiserver_sources.get(&obj.key)).map(|a| a.sink.to_string())
+                    }
                     _ => t.kafka_sources.get(&obj.key).map(|k| k.sink.to_string()),
                 };
                 m.insert("sink".into(), sink.into());

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Do not reload the files when they change.
     #[arg(long, env = "SLUICE_NO_WATCH")]
     pub no_watch: bool,
+    /// The cluster ApiServerSources watch: a kubeconfig file; default: $KUBECONFIG or
+    /// ~/.kube/config when there is one.
+    #[arg(long, env = "SLUICE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Settings of a data-plane process (`sluice run` and `sluice dataplane`).

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-async fn client(flags: &KubeFlags) -> anyhow::Result<kube::Client> {
-    let config = match &flags.kubeconfig {
+/// The client configuration of a kubeconfig file, else inferred ($KUBECONFIG,
+/// ~/.kube/config, the in-cluster ServiceAccount).
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
@@ -28,11 +30,12 @@ async fn client(flags: &KubeFlags) -> anyhow::Result<kube::Client> {
             "no Kubernetes configuration found: give --kubeconfig, set KUBECONFIG, or run in a pod",
         )?,
     };
-    kube::Client::try_from(config).context("cannot make a Kubernetes client")
+    Ok(config)
 }
 
 fn addressing(flags: &KubeFlags) -> Addressing {
     Addressing {
+        api_server_url: None,
         ingress_service: flags.ingress_service.clone(),
         system_namespace: flags.system_namespace.clone(),
         cluster_domain: flags.cluster_domain.clone(),
@@ -40,7 +43,13 @@ fn addressing(flags: &KubeFlags) -> Addressing {
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = client(&args.kube).await?;
+    let kube_config = config(args.kube.kubeconfig.as_deref()).await?;
+    let api_server_url = kube_config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = kube::Client::try_from(kube_config).context("cannot make a Kubernetes client")?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice-controller".into())
     });
@@ -52,7 +61,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut defaults = addressing(&args.kube).defaults();
     args.storage.apply_to(&mut defaults);
     let cfg = ControllerConfig {
-        addressing: addressing(&args.kube),
+        addressing: Addressing {
+            api_server_url: Some(api_server_url),
+            ..addressing(&args.kube)
+        },
         defaults,
         lease: sluice_controller::leader::LeaseConfig::new(&args.kube.system_namespace, &identity),
         resync: Duration::from_secs(5),
@@ -90,7 +102,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
-    let client = client(&args.kube).await?;
+    let kube_config = config(args.kube.kubeconfig.as_deref()).await?;
+    let client =
+        kube::Client::try_from(kube_config.clone()).context("cannot make a Kubernetes client")?;
     let mut defaults = addressing(&args.kube).defaults();
     args.node.apply_to(&mut defaults);
     let (cluster, _watches) = Cluster::watch(client);
@@ -101,7 +115,13 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     report(&first, &problems);
     let (topology_tx, topology_rx) = watch::channel(Arc::new(first));
     let follower = tokio::spawn(follow(cluster, defaults, topology_tx));
-    let result = serve(&args.node, topology_rx, wait_for_signal()).await;
+    let result = serve(
+        &args.node,
+        topology_rx,
+        Some(kube_config),
+        wait_for_signal(),
+    )
+    .await;
     follower.abort();
     result
 }
@@ -143,7 +163,7 @@ fn report(t: &Topology, problems: &[String]) {
     tracing::info!(
         brokers = t.brokers.len(),
         triggers = t.subscriptions.len(),
-        sources = t.ping_sources.len() + t.kafka_sources.len(),
+        sources = t.ping_sources.len() + t.kafka_sources.len() + t.apiserver_sources.len(),
         invalid = t.invalid.len(),
         "resources applied from the cluster"
     );

@@ -176,6 +176,16 @@ fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
                 t.kafka_sources.insert(obj.key.clone(), s.clone());
             }
         }
+        Kind::ApiServerSource => {
+            if let Some(s) = previous.apiserver_sources.get(&obj.key) {
+                t.apiserver_sources.insert(obj.key.clone(), s.clone());
+            }
+        }
+        Kind::ContainerSource => {
+            if let Some(s) = previous.container_sources.get(&obj.key) {
+                t.container_sources.insert(obj.key.clone(), s.clone());
+            }
+        }
         Kind::ConfigMap => {}
     }
 }

@@ -41,7 +41,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(watch_files(&args.files, tx).context("cannot watch the resource files")?)
     };
     let reloader = tokio::spawn(reload_loop(rx, args.files.clone(), defaults, topology_tx));
-    let result = serve(&args.node(), topology_rx, wait_for_signal()).await;
+    // The cluster ApiServerSources watch: the kubeconfig given must work; an inferred one is
+    // optional (without one, ApiServerSources say they have no cluster).
+    let kube_config = match &args.kubeconfig {
+        Some(path) => Some(crate::k8s::config(Some(path)).await?),
+        None => match crate::k8s::config(None).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "no Kubernetes configuration: ApiServerSources cannot run");
+                None
+            }
+        },
+    };
+    let result = serve(&args.node(), topology_rx, kube_config, wait_for_signal()).await;
     reloader.abort();
     result
 }
@@ -53,6 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 pub async fn serve(
     node: &NodeArgs,
     topology_rx: watch::Receiver<Arc<Topology>>,
+    kube_config: Option<kube::Config>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -69,7 +82,7 @@ pub async fn serve(
     // Sources start once the brokers they may send to are there.
     let sources_stop = CancellationToken::new();
     let sources_task = tokio::spawn(sources_loop(
-        Sources::new(metrics.clone()),
+        Sources::new(metrics.clone()).with_kube(kube_config),
         topology_rx.clone(),
         status.clone(),
         sources_stop.clone(),
@@ -124,7 +137,10 @@ pub async fn serve(
             admin = %node.admin,
             brokers = t.brokers.len(),
             triggers = t.subscriptions.len(),
-            sources = t.ping_sources.len() + t.kafka_sources.len(),
+            sources = t.ping_sources.len()
+                + t.kafka_sources.len()
+                + t.apiserver_sources.len()
+                + t.container_sources.len(),
             "sluice is running; POST events to http://{}/<namespace>/<broker>", node.ingress
         );
     }
@@ -191,6 +207,8 @@ fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {
         let kind = match s.kind {
             sluice_sources::Kind::Ping => Kind::PingSource,
             sluice_sources::Kind::Kafka => Kind::KafkaSource,
+            sluice_sources::Kind::ApiServer => Kind::ApiServerSource,
+            sluice_sources::Kind::Container => Kind::ContainerSource,
         };
         let obj = ObjectRef::new(kind, s.key.clone());
         let status = match (&s.health, t.invalid.get(&obj)) {
@@ -199,12 +217,19 @@ fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {
             (sluice_sources::Health::NotReady(r), None) => {
                 Status::not_ready(1, "NotReady", r.clone())
             }
+            (sluice_sources::Health::Denied(r), None) => Status::not_ready(
+                1,
+                sluice_controller::status::NO_SUFFICIENT_PERMISSIONS,
+                r.clone(),
+            ),
         };
         board.set(obj, status);
     }
     board.retain(|o| match o.kind {
         Kind::PingSource => t.ping_sources.contains_key(&o.key),
         Kind::KafkaSource => t.kafka_sources.contains_key(&o.key),
+        Kind::ApiServerSource => t.apiserver_sources.contains_key(&o.key),
+        Kind::ContainerSource => t.container_sources.contains_key(&o.key),
         _ => true,
     });
 }
@@ -273,7 +298,8 @@ async fn reload_loop(
                 tracing::info!(
                     brokers = t.brokers.len(),
                     triggers = t.subscriptions.len(),
-                    sources = t.ping_sources.len() + t.kafka_sources.len(),
+                    sources =
+                        t.ping_sources.len() + t.kafka_sources.len() + t.apiserver_sources.len(),
                     invalid = t.invalid.len(),
                     "resources reloaded"
                 );

@@ -20,13 +20,23 @@
 //!   worker per partition (in order, or concurrently for `ordering: unordered`), offsets
 //!   committed only up to the first record not yet delivered or dead-lettered.
 //!
+//! - `apiserver` (feature `apiserver`): the ApiServerSource: watches of a Kubernetes API
+//!   server (the one of [`Sources::with_kube`]) turned into `dev.knative.apiserver.*` events;
+//!   the module says why this crate, and not only the controller, uses `kube`.
+//!
+//! - [`container`]: a ContainerSource's first container run as a local process (embedded
+//!   mode) with `K_SINK` and `K_CE_OVERRIDES`, restarted with backoff when it exits.
+//!
 //! [`Sources`] is the supervisor, the sources' counterpart of the dispatcher's `Dataplane`:
 //! [`Sources::apply`] starts what is new, restarts what changed (by fingerprint) and stops
 //! what was removed; unchanged sources keep running across reloads. It counts
 //! `sluice_source_events_{produced,delivered,dead_lettered,failed}_total` by namespace,
 //! source and kind.
 
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 pub mod clock;
+pub mod container;
 #[cfg(feature = "kafka")]
 mod kafka;
 pub mod ping;
@@ -61,6 +71,11 @@ pub enum Error {
     /// A topic the source reads does not exist (or has no partitions yet).
     #[error("topic `{0}` does not exist on the Kafka cluster (create it, or check spec.topics)")]
     MissingTopic(String),
+    /// This build has no Kubernetes client.
+    #[error(
+        "this build of Sluice has no ApiServerSource support; rebuild with the `apiserver` feature"
+    )]
+    ApiServerNotCompiled,
     /// This build has no Kafka client.
     #[error("this build of Sluice has no Kafka support; rebuild with the `kafka` feature")]
     KafkaNotCompiled,
@@ -71,6 +86,8 @@ pub enum Error {
 pub enum Kind {
     Ping,
     Kafka,
+    ApiServer,
+    Container,
 }
 
 impl Kind {
@@ -79,6 +96,8 @@ impl Kind {
         match self {
             Kind::Ping => "PingSource",
             Kind::Kafka => "KafkaSource",
+            Kind::ApiServer => "ApiServerSource",
+            Kind::Container => "ContainerSource",
         }
     }
 }
@@ -89,6 +108,9 @@ pub enum Health {
     Ready,
     /// Why not (the Kafka cluster is unreachable, a topic is missing, …); it keeps retrying.
     NotReady(String),
+    /// The identity it runs as lacks a permission (an ApiServerSource: which verbs on which
+    /// resource); it checks again from time to time.
+    Denied(String),
 }
 
 /// A source's state, for `/topology` and `sluice get`.
@@ -166,6 +188,12 @@ struct Running {
 pub struct Sources {
     env: Env,
     running: BTreeMap<(Kind, Key), Running>,
+    /// The API server ApiServerSources watch (`None`: they say they have none).
+    #[cfg(feature = "apiserver")]
+    kube: Option<kube::Config>,
+    /// ApiServerSources' watch states, kept across their restarts.
+    #[cfg(feature = "apiserver")]
+    memory: apiserver::Memory,
 }
 
 impl Sources {
@@ -183,7 +211,19 @@ impl Sources {
                 clock,
             },
             running: BTreeMap::new(),
+            #[cfg(feature = "apiserver")]
+            kube: None,
+            #[cfg(feature = "apiserver")]
+            memory: Default::default(),
         }
+    }
+
+    /// ApiServerSources watch the API server of `config` (as its identity, or impersonating
+    /// their `serviceAccountName`).
+    #[cfg(feature = "apiserver")]
+    pub fn with_kube(mut self, config: Option<kube::Config>) -> Self {
+        self.kube = config;
+        self
     }
 
     /// Makes the running sources match `topology`: unchanged sources (same fingerprint) keep
@@ -192,6 +232,8 @@ impl Sources {
         let wanted = |kind: Kind, key: &Key| match kind {
             Kind::Ping => topology.ping_sources.get(key).map(|s| s.fingerprint),
             Kind::Kafka => topology.kafka_sources.get(key).map(|s| s.fingerprint),
+            Kind::ApiServer => topology.apiserver_sources.get(key).map(|s| s.fingerprint),
+            Kind::Container => topology.container_sources.get(key).map(|s| s.fingerprint),
         };
         let stale: Vec<_> = self
             .running
@@ -241,6 +283,68 @@ impl Sources {
                 tracing::error!(source = %key, "{}", Error::KafkaNotCompiled);
                 *health.lock().unwrap_or_else(|e| e.into_inner()) =
                     Health::NotReady(Error::KafkaNotCompiled.to_string());
+                None
+            };
+            self.running.insert(
+                id,
+                Running {
+                    fingerprint: spec.fingerprint,
+                    sink: spec.sink.url().clone(),
+                    cancel,
+                    task,
+                    health,
+                },
+            );
+        }
+        self.start_apiserver_sources(topology);
+        for (key, spec) in &topology.container_sources {
+            let id = (Kind::Container, key.clone());
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let health = Arc::new(Mutex::new(Health::NotReady("starting".into())));
+            let task = tokio::spawn(container::run(spec.clone(), cancel.clone(), health.clone()));
+            self.running.insert(
+                id,
+                Running {
+                    fingerprint: spec.fingerprint,
+                    sink: spec.sink.url().clone(),
+                    cancel,
+                    task: Some(task),
+                    health,
+                },
+            );
+        }
+    }
+
+    fn start_apiserver_sources(&mut self, topology: &Topology) {
+        #[cfg(feature = "apiserver")]
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(key, _), _| topology.apiserver_sources.contains_key(key));
+        for (key, spec) in &topology.apiserver_sources {
+            let id = (Kind::ApiServer, key.clone());
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let health = Arc::new(Mutex::new(Health::NotReady("starting".into())));
+            #[cfg(feature = "apiserver")]
+            let task = Some(tokio::spawn(apiserver::run(
+                spec.clone(),
+                self.env.clone(),
+                self.kube.clone(),
+                self.memory.clone(),
+                cancel.clone(),
+                health.clone(),
+            )));
+            #[cfg(not(feature = "apiserver"))]
+            let task = {
+                tracing::error!(source = %key, "{}", Error::ApiServerNotCompiled);
+                *health.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Health::NotReady(Error::ApiServerNotCompiled.to_string());
                 None
             };
             self.running.insert(

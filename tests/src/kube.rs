@@ -213,6 +213,7 @@ pub type KubectlResult = Result<String, String>;
 /// A running etcd + kube-apiserver. Both are killed when it is dropped.
 pub struct KubeServer {
     port: u16,
+    etcd_port: u16,
     // Declared before `etcd` so that the API server goes first.
     apiserver: Process,
     etcd: Process,
@@ -236,7 +237,13 @@ impl std::fmt::Debug for KubeServer {
 /// Starts etcd and kube-apiserver on free loopback ports and waits until `/readyz` passes.
 /// Tests that can share a server should use [`shared_kube`]: starting one takes seconds.
 pub async fn start_kube() -> KubeServer {
-    KubeServer::start_in(&std::env::temp_dir()).await
+    KubeServer::start_in(&std::env::temp_dir(), &[]).await
+}
+
+/// Like [`start_kube`], with more kube-apiserver flags (e.g. `--watch-cache=false`, so that
+/// watches read etcd and see its compactions).
+pub async fn start_kube_with(apiserver_flags: &[&str]) -> KubeServer {
+    KubeServer::start_in(&std::env::temp_dir(), apiserver_flags).await
 }
 
 /// One server for the whole test binary, started by the first test that asks. Tests sharing
@@ -251,7 +258,7 @@ pub async fn shared_kube() -> &'static KubeServer {
                 std::env::temp_dir().join(format!("{SHARED_PREFIX}{}", std::process::id()));
             remove_stale_shared_dirs();
             std::fs::create_dir_all(&parent).expect("cannot create the shared server directory");
-            KubeServer::start_in(&parent).await
+            KubeServer::start_in(&parent, &[]).await
         })
         .await
 }
@@ -299,7 +306,7 @@ fn ca(common_name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 impl KubeServer {
-    async fn start_in(parent: &Path) -> KubeServer {
+    async fn start_in(parent: &Path, extra: &[&str]) -> KubeServer {
         let started = Instant::now();
         let apiserver_bin = kube_binary("kube-apiserver", "SLUICE_KUBE_APISERVER");
         let etcd_bin = kube_binary("etcd", "SLUICE_ETCD");
@@ -382,6 +389,7 @@ impl KubeServer {
             "--endpoint-reconciler-type=none".to_string(),
         ]
         .into_iter()
+        .chain(extra.iter().map(|f| f.to_string()))
         .map(OsString::from)
         .collect();
         let mut apiserver = new_process("kube-apiserver", apiserver_bin, apiserver_args, parent);
@@ -400,6 +408,7 @@ impl KubeServer {
         let admin = pki.cert_user("sluice-admin", Some("system:masters"));
         let mut server = KubeServer {
             port,
+            etcd_port: client_port,
             apiserver,
             etcd,
             pki,
@@ -431,6 +440,24 @@ impl KubeServer {
             server.startup
         );
         server
+    }
+
+    /// Compacts etcd's history up to its current revision (what the API server does every
+    /// five minutes): a watch from an older resourceVersion then gets 410 Gone.
+    pub async fn compact_etcd(&self) {
+        let range = etcd_post(self.etcd_port, "/v3/kv/range", r#"{"key":"AA=="}"#)
+            .await
+            .expect("etcd /v3/kv/range");
+        let v: serde_json::Value =
+            serde_json::from_str(&range).unwrap_or_else(|e| panic!("etcd said {range}: {e}"));
+        let revision = v["header"]["revision"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no revision in {range}"))
+            .to_string();
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        etcd_post(self.etcd_port, "/v3/kv/compaction", &body)
+            .await
+            .expect("etcd /v3/kv/compaction");
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -739,6 +766,25 @@ async fn request(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
     Ok((status, body.to_string()))
+}
+
+/// A JSON POST to etcd's gRPC gateway; the response body.
+async fn etcd_post(port: u16, path: &str, body: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP header in {response}")))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("etcd {path}: {response}")));
+    }
+    Ok(body.to_string())
 }
 
 /// etcd's `/health` says `"health":"true"` once it has a leader and serves requests.

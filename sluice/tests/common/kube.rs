@@ -68,6 +68,7 @@ pub async fn install_crds(kube: &KubeServer) {
         "triggers.eventing.knative.dev",
         "pingsources.sources.knative.dev",
         "kafkasources.sources.knative.dev",
+        "apiserversources.sources.knative.dev",
     ] {
         kube.kubectl(&[
             "wait",

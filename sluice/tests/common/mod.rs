@@ -149,7 +149,12 @@ impl Sluice {
     }
 
     pub async fn start_in(dir: PathBuf, extra: &[&str]) -> Sluice {
-        let s = Self::spawn(dir, extra);
+        Self::start_in_env(dir, extra, &[]).await
+    }
+
+    /// [`Sluice::start_in`] with more environment variables for the process.
+    pub async fn start_in_env(dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Sluice {
+        let s = Self::spawn_env(dir, extra, env);
         let client = client();
         let url = format!("http://{}/readyz", s.admin);
         eventually(Duration::from_secs(30), "sluice /readyz", || {
@@ -165,6 +170,11 @@ impl Sluice {
 
     /// Starts `sluice run -f <dir>` without waiting for it.
     pub fn spawn(dir: PathBuf, extra: &[&str]) -> Sluice {
+        Self::spawn_env(dir, extra, &[])
+    }
+
+    /// [`Sluice::spawn`] with more environment variables for the process.
+    pub fn spawn_env(dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Sluice {
         let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(binary())
@@ -176,6 +186,7 @@ impl Sluice {
             .arg("--admin")
             .arg(admin.to_string())
             .args(extra)
+            .envs(env.iter().copied())
             // SLUICE_LOG (e.g. `debug,sluice_channels=trace`) overrides the server's log
             // filter while debugging a test; see SLUICE_TEST_LOGS below.
             .env(

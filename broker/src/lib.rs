@@ -1,7 +1,10 @@
 //! # sluice-broker
 //!
-//! The broker ingress: `POST /<namespace>/<broker>` with one CloudEvent (binary or structured
-//! mode) or a batch. For each request:
+//! The broker ingress: `POST /<namespace>/<broker>` (a Broker) or
+//! `POST /<namespace>/channels/<name>` (a messaging channel: Channel, InMemoryChannel, a
+//! Sequence's or Parallel's channels) with one CloudEvent (binary or structured mode) or a
+//! batch. Both are the same thing underneath — a channel storing events for subscriptions —
+//! so they share this path. For each request:
 //!
 //! ```text
 //! path → broker lookup → body (size-limited) → decode (sluice_core::http) → TTL + arrival time
@@ -31,7 +34,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use sluice_channels::{Channel, ChannelError, Health};
 use sluice_core::metrics::{BrokerLabels, Metrics, RejectLabels};
-use sluice_core::topology::Key;
+use sluice_core::topology::{Key, Kind, ObjectRef};
 use sluice_core::{Envelope, Event};
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,11 +54,21 @@ pub struct BrokerEntry {
 
 impl BrokerEntry {
     pub fn new(key: &Key, channel: Arc<dyn Channel>, metrics: &Metrics) -> Self {
+        Self::for_object(&ObjectRef::broker(key.clone()), channel, metrics)
+    }
+
+    /// An entry for a broker or a messaging channel; a channel's metrics are labelled
+    /// `broker="channels/<name>"`, its path under the namespace.
+    pub fn for_object(target: &ObjectRef, channel: Arc<dyn Channel>, metrics: &Metrics) -> Self {
+        let broker = match target.kind {
+            Kind::Broker => target.key.name.clone(),
+            _ => format!("channels/{}", target.key.name),
+        };
         let accepted = metrics
             .accepted
             .get_or_create(&BrokerLabels {
-                namespace: key.namespace.clone(),
-                broker: key.name.clone(),
+                namespace: target.key.namespace.clone(),
+                broker,
             })
             .clone();
         BrokerEntry { channel, accepted }
@@ -69,7 +82,9 @@ pub enum IngestError {
         "no broker {0} here; check the namespace and name in the URL (POST /<namespace>/<broker>)"
     )]
     UnknownBroker(Key),
-    #[error("the request path must be /<namespace>/<broker>, got {0:?}")]
+    #[error("no channel {0} here; check the namespace and name in the URL (POST /<namespace>/channels/<name>)")]
+    UnknownChannel(Key),
+    #[error("the request path must be /<namespace>/<broker> or /<namespace>/channels/<channel>, got {0:?}")]
     BadPath(String),
     #[error("not found: POST events to /<namespace>/<broker>")]
     Root,
@@ -83,14 +98,15 @@ pub enum IngestError {
     TooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     Body(String),
-    #[error("broker {broker} cannot take events right now: {source}")]
+    #[error("{target} cannot take events right now: {source}")]
     Channel {
-        broker: Key,
+        /// The Broker or Channel.
+        target: ObjectRef,
         #[source]
         source: ChannelError,
     },
-    #[error("broker {broker} is not ready: {reason}")]
-    NotReady { broker: Key, reason: String },
+    #[error("{target} is not ready: {reason}")]
+    NotReady { target: ObjectRef, reason: String },
     #[error("sluice is shutting down and takes no new events; retry (another replica, or this one once restarted)")]
     ShuttingDown,
 }
@@ -99,7 +115,9 @@ impl IngestError {
     /// The HTTP status for this refusal (SEMANTICS.md §2).
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::UnknownBroker(_) | IngestError::Root => StatusCode::NOT_FOUND,
+            IngestError::UnknownBroker(_) | IngestError::UnknownChannel(_) | IngestError::Root => {
+                StatusCode::NOT_FOUND
+            }
             IngestError::BadPath(_)
             | IngestError::Malformed(_)
             | IngestError::Ttl(_)
@@ -116,6 +134,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::UnknownBroker(_) => "unknown_broker",
+            IngestError::UnknownChannel(_) => "unknown_channel",
             IngestError::BadPath(_) | IngestError::Root => "bad_path",
             IngestError::Method(_) => "method",
             IngestError::Malformed(_) | IngestError::Body(_) => "malformed",
@@ -173,7 +192,8 @@ impl IntoResponse for IngestError {
 /// The ingress: the brokers it serves (swapped whole on every topology change) and the
 /// request limits.
 pub struct Ingress {
-    brokers: ArcSwap<HashMap<Key, BrokerEntry>>,
+    /// Keyed by `ObjectRef::broker` / `ObjectRef::channel`.
+    brokers: ArcSwap<HashMap<ObjectRef, BrokerEntry>>,
     metrics: Arc<Metrics>,
     max_body: usize,
     /// Shutting down: producers get 503 while queued events drain (replies are still taken).
@@ -201,14 +221,29 @@ impl Ingress {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Replaces the set of brokers served.
+    /// Replaces the set of brokers served (and serves no messaging channel).
     pub fn set_brokers(&self, brokers: HashMap<Key, BrokerEntry>) {
-        self.brokers.store(Arc::new(brokers));
+        let routes = brokers
+            .into_iter()
+            .map(|(k, e)| (ObjectRef::broker(k), e))
+            .collect();
+        self.set_routes(routes);
+    }
+
+    /// Replaces the set of brokers and messaging channels served, keyed by
+    /// `ObjectRef::broker` / `ObjectRef::channel`.
+    pub fn set_routes(&self, routes: HashMap<ObjectRef, BrokerEntry>) {
+        self.brokers.store(Arc::new(routes));
     }
 
     /// The channel of a broker, if it is served.
     pub fn channel(&self, key: &Key) -> Option<Arc<dyn Channel>> {
-        self.brokers.load().get(key).map(|b| b.channel.clone())
+        self.storage(&ObjectRef::broker(key.clone()))
+    }
+
+    /// The storage of a broker or messaging channel, if it is served.
+    pub fn storage(&self, target: &ObjectRef) -> Option<Arc<dyn Channel>> {
+        self.brokers.load().get(target).map(|b| b.channel.clone())
     }
 
     /// Applies the TTL and arrival time to each event and publishes them, in order, into the
@@ -219,15 +254,28 @@ impl Ingress {
         events: Vec<Event>,
         headers: Vec<(String, String)>,
     ) -> Result<(), IngestError> {
+        self.publish_to(&ObjectRef::broker(key.clone()), events, headers)
+            .await
+    }
+
+    /// [`publish`](Self::publish) into a broker or a messaging channel. Channels get the
+    /// same loop guard (`knativebrokerttl`) as brokers: a reply wired back into the channel
+    /// it came from ends instead of circling forever.
+    pub async fn publish_to(
+        &self,
+        target: &ObjectRef,
+        events: Vec<Event>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), IngestError> {
         let entry = self
             .brokers
             .load()
-            .get(key)
+            .get(target)
             .cloned()
-            .ok_or_else(|| IngestError::UnknownBroker(key.clone()))?;
+            .ok_or_else(|| unknown(target))?;
         if let Health::NotReady(reason) = entry.channel.health() {
             return Err(IngestError::NotReady {
-                broker: key.clone(),
+                target: target.clone(),
                 reason,
             });
         }
@@ -253,20 +301,21 @@ impl Ingress {
             entry.channel.publish_batch(envelopes).await
         };
         result.map_err(|source| IngestError::Channel {
-            broker: key.clone(),
+            target: target.clone(),
             source,
         })?;
         entry.accepted.inc_by(n);
         Ok(())
     }
 
-    fn reject(&self, key: Option<&Key>, e: &IngestError) {
-        let (namespace, broker) = match (key, e) {
+    fn reject(&self, target: Option<&ObjectRef>, e: &IngestError) {
+        let (namespace, broker) = match (target, e) {
             // Don't let arbitrary URLs create label sets.
-            (Some(k), e) if !matches!(e, IngestError::UnknownBroker(_)) => {
-                (k.namespace.clone(), k.name.clone())
+            (Some(_), IngestError::UnknownBroker(_) | IngestError::UnknownChannel(_)) | (None, _) => {
+                (String::new(), String::new())
             }
-            _ => (String::new(), String::new()),
+            (Some(t), _) if t.kind == Kind::Broker => (t.key.namespace.clone(), t.key.name.clone()),
+            (Some(t), _) => (t.key.namespace.clone(), format!("channels/{}", t.key.name)),
         };
         self.metrics
             .rejected
@@ -290,9 +339,9 @@ impl Ingress {
         result
     }
 
-    async fn handle_post(&self, key: &Key, req: Request) -> Result<StatusCode, IngestError> {
+    async fn handle_post(&self, key: &ObjectRef, req: Request) -> Result<StatusCode, IngestError> {
         if !self.brokers.load().contains_key(key) {
-            return Err(IngestError::UnknownBroker(key.clone()));
+            return Err(unknown(key));
         }
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
@@ -336,8 +385,15 @@ impl Ingress {
         let body: Bytes = buf.freeze();
         let events = sluice_core::http::decode(&parts.headers, body)?;
         let headers = sluice_core::envelope::passthrough_headers(&parts.headers);
-        self.publish(key, events, headers).await?;
+        self.publish_to(key, events, headers).await?;
         Ok(StatusCode::ACCEPTED)
+    }
+}
+
+fn unknown(target: &ObjectRef) -> IngestError {
+    match target.kind {
+        Kind::Broker => IngestError::UnknownBroker(target.key.clone()),
+        _ => IngestError::UnknownChannel(target.key.clone()),
     }
 }
 
@@ -364,16 +420,21 @@ async fn discard_stream(mut body: axum::body::BodyDataStream, max: usize) {
     .await;
 }
 
-/// `/<ns>/<name>` → the broker key; `/` → 404; anything else → 400.
-pub fn parse_path(path: &str) -> Result<Key, IngestError> {
+/// `/<ns>/<name>` → a broker; `/<ns>/channels/<name>` → a messaging channel; `/` → 404;
+/// anything else → 400. (A broker path has two segments, a channel path three, so a broker
+/// named `channels` does not shadow channels.)
+pub fn parse_path(path: &str) -> Result<ObjectRef, IngestError> {
     let trimmed = path.trim_start_matches('/');
     if trimmed.is_empty() {
         return Err(IngestError::Root);
     }
     let mut parts = trimmed.trim_end_matches('/').split('/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
-            Ok(Key::new(ns, name))
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(name), None, None) if !ns.is_empty() && !name.is_empty() => {
+            Ok(ObjectRef::broker(Key::new(ns, name)))
+        }
+        (Some(ns), Some("channels"), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
+            Ok(ObjectRef::channel(Key::new(ns, name)))
         }
         _ => Err(IngestError::BadPath(path.to_string())),
     }

@@ -129,6 +129,20 @@ pub enum Kind {
     PingSource,
     KafkaSource,
     ConfigMap,
+    /// `messaging.knative.dev/v1` Channel (its storage is picked by `channelTemplate`).
+    Channel,
+    /// `messaging.knative.dev/v1` InMemoryChannel.
+    InMemoryChannel,
+    /// `messaging.knative.dev/v1beta1` KafkaChannel.
+    KafkaChannel,
+    /// `messaging.knative.dev/v1alpha1` NatsJetStreamChannel (eventing-natss).
+    NatsJetStreamChannel,
+    /// `messaging.knative.dev/v1` Subscription.
+    Subscription,
+    /// `flows.knative.dev/v1` Sequence.
+    Sequence,
+    /// `flows.knative.dev/v1` Parallel.
+    Parallel,
 }
 
 impl Kind {
@@ -139,7 +153,23 @@ impl Kind {
             Kind::PingSource => "PingSource",
             Kind::KafkaSource => "KafkaSource",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Channel => "Channel",
+            Kind::InMemoryChannel => "InMemoryChannel",
+            Kind::KafkaChannel => "KafkaChannel",
+            Kind::NatsJetStreamChannel => "NatsJetStreamChannel",
+            Kind::Subscription => "Subscription",
+            Kind::Sequence => "Sequence",
+            Kind::Parallel => "Parallel",
         }
+    }
+
+    /// The kinds that are messaging channels (one name space per namespace: a `Channel`'s
+    /// backing channel takes its name, so two channel kinds cannot share a name).
+    pub fn is_channel(self) -> bool {
+        matches!(
+            self,
+            Kind::Channel | Kind::InMemoryChannel | Kind::KafkaChannel | Kind::NatsJetStreamChannel
+        )
     }
 }
 
@@ -162,6 +192,12 @@ impl ObjectRef {
     pub fn trigger(key: Key) -> Self {
         ObjectRef::new(Kind::Trigger, key)
     }
+
+    /// The storage of a messaging channel, whatever kind it was written as (a Broker's
+    /// storage is `ObjectRef::broker`). Subscriptions, routes and replies name channels so.
+    pub fn channel(key: Key) -> Self {
+        ObjectRef::new(Kind::Channel, key)
+    }
 }
 
 impl fmt::Display for ObjectRef {
@@ -176,6 +212,16 @@ pub enum ReplyTo {
     /// Published into a broker, with the same durability as a producer's event and the TTL
     /// one lower (a Trigger's replies go to its own broker).
     Broker(Key),
+    /// Published into a messaging channel (a Subscription's `reply`, the next step of a
+    /// Sequence, a Parallel branch's channel), like a broker reply: same durability as a
+    /// producer's event, TTL one lower, never back to the channel it came from unless the
+    /// user wired it so.
+    Channel {
+        key: Key,
+        /// The channel's address, named as `knativeerrordest` when the reply cannot be
+        /// stored and the original event is dead-lettered.
+        address: Endpoint,
+    },
     /// Sent to a URL under the subscription's delivery policy.
     Endpoint(Endpoint),
     /// Dropped (counted).
@@ -189,7 +235,8 @@ pub enum ReplyTo {
 pub struct Subscription {
     /// The object this subscription was compiled from (its status is reported there).
     pub owner: ObjectRef,
-    /// The channel it reads (for a Trigger: its broker).
+    /// The channel storage it reads: `ObjectRef::broker` for a Trigger, `ObjectRef::channel`
+    /// for a Subscription, a Sequence step or a Parallel branch.
     pub channel: ObjectRef,
     /// `None`: every event.
     pub filter: Option<Arc<dyn EventFilter>>,
@@ -296,6 +343,47 @@ pub struct KafkaSource {
     pub fingerprint: u64,
 }
 
+/// A messaging channel: storage with an address (`/<ns>/channels/<name>` on the ingress)
+/// and no filters of its own. Written as a Channel / InMemoryChannel / KafkaChannel /
+/// NatsJetStreamChannel, or made by a Sequence or Parallel.
+#[derive(Debug, Clone)]
+pub struct MessagingChannel {
+    pub key: Key,
+    /// The object whose status this channel's readiness is (its kind as written; a Channel
+    /// a Sequence made is of its `channelTemplate`'s kind).
+    pub object: ObjectRef,
+    /// The Sequence or Parallel that made it, if one did.
+    pub owner: Option<ObjectRef>,
+    pub channel: ChannelConfig,
+    /// Its URL on the ingress: `<ingress>/<ns>/channels/<name>`.
+    pub address: Endpoint,
+    /// `spec.delivery` (or its template's): Subscriptions without their own use it whole.
+    pub delivery: Option<DeliveryPolicy>,
+    /// Changes whenever anything above changes.
+    pub fingerprint: u64,
+}
+
+impl MessagingChannel {
+    /// The storage identity (what subscriptions and replies name).
+    pub fn storage(&self) -> ObjectRef {
+        ObjectRef::channel(self.key.clone())
+    }
+}
+
+/// A Sequence or Parallel: no runtime of its own, only the channels and subscriptions it
+/// compiled to, whose statuses make its own (SEMANTICS.md §10).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub object: ObjectRef,
+    /// The channel events enter by (Sequence: step 0's; Parallel: the ingress channel).
+    pub address: Key,
+    /// Every channel it made, in order.
+    pub channels: Vec<Key>,
+    /// Every subscription it made (owner refs into [`Topology::subscriptions`]), in order.
+    pub subscriptions: Vec<ObjectRef>,
+    pub fingerprint: u64,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -304,6 +392,10 @@ pub struct Topology {
     pub subscriptions: BTreeMap<ObjectRef, Arc<Subscription>>,
     pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
+    /// Messaging channels by name (unique across channel kinds in a namespace).
+    pub channels: BTreeMap<Key, Arc<MessagingChannel>>,
+    /// Sequences and Parallels.
+    pub flows: BTreeMap<ObjectRef, Arc<Flow>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -326,6 +418,23 @@ impl Topology {
         self.subscriptions.get(&ObjectRef::trigger(key.clone()))
     }
 
+    /// Whether a channel storage (a broker's or a messaging channel's) is wanted.
+    pub fn has_storage(&self, storage: &ObjectRef) -> bool {
+        match storage.kind {
+            Kind::Broker => self.brokers.contains_key(&storage.key),
+            Kind::Channel => self.channels.contains_key(&storage.key),
+            _ => false,
+        }
+    }
+
+    /// Every channel storage to run: brokers' and messaging channels', with their settings
+    /// and fingerprints.
+    pub fn storages(&self) -> impl Iterator<Item = (ObjectRef, &ChannelConfig)> + '_ {
+        let brokers = (self.brokers.values()).map(|b| (ObjectRef::broker(b.key.clone()), &b.channel));
+        let channels = (self.channels.values()).map(|c| (c.storage(), &c.channel));
+        brokers.chain(channels)
+    }
+
     /// Every object, for status reporting.
     pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
         let brokers = self.brokers.keys().cloned().map(ObjectRef::broker);
@@ -334,6 +443,13 @@ impl Topology {
             (self.ping_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::PingSource, k));
         let kafkas =
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
-        brokers.chain(subs).chain(pings).chain(kafkas)
+        let channels = self.channels.values().map(|c| c.object.clone());
+        let flows = self.flows.keys().cloned();
+        brokers
+            .chain(subs)
+            .chain(pings)
+            .chain(kafkas)
+            .chain(channels)
+            .chain(flows)
     }
 }

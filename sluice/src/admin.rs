@@ -114,6 +114,15 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut brokers = Vec::new();
     let mut triggers = Vec::new();
     let mut sources = Vec::new();
+    let mut channels = Vec::new();
+    let mut subscriptions = Vec::new();
+    let mut flows = Vec::new();
+    let reply_text = |r: &ReplyTo| match r {
+        ReplyTo::Broker(b) => format!("broker {b}"),
+        ReplyTo::Channel { address, .. } => address.to_string(),
+        ReplyTo::Endpoint(u) => u.to_string(),
+        ReplyTo::Discard => "discard".into(),
+    };
     for obj in objects {
         let mut v = status_json(&obj, board.get(&obj));
         let m = v.as_object_mut().expect("an object");
@@ -136,14 +145,43 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                             .map(|u| u.as_str())
                             .into(),
                     );
-                    let reply = match &sub.reply {
-                        ReplyTo::Broker(b) => format!("broker {b}"),
-                        ReplyTo::Endpoint(u) => u.to_string(),
-                        ReplyTo::Discard => "discard".into(),
-                    };
-                    m.insert("reply".into(), reply.into());
+                    m.insert("reply".into(), reply_text(&sub.reply).into());
                 }
                 triggers.push(v);
+            }
+            Kind::Subscription => {
+                if let Some(sub) = t.subscriptions.get(&obj) {
+                    m.insert("channel".into(), sub.channel.key.name.clone().into());
+                    m.insert("subscriber".into(), sub.subscriber.as_str().into());
+                    m.insert("reply".into(), reply_text(&sub.reply).into());
+                    m.insert(
+                        "deadLetterSink".into(),
+                        sub.delivery
+                            .dead_letter_sink
+                            .as_ref()
+                            .map(|u| u.as_str())
+                            .into(),
+                    );
+                }
+                subscriptions.push(v);
+            }
+            k if k.is_channel() => {
+                if let Some(c) = t.channels.get(&obj.key) {
+                    m.insert("class".into(), c.channel.class_name().into());
+                    m.insert("url".into(), c.address.as_str().into());
+                    m.insert(
+                        "owner".into(),
+                        c.owner.as_ref().map(|o| o.to_string()).into(),
+                    );
+                }
+                channels.push(v);
+            }
+            Kind::Sequence | Kind::Parallel => {
+                if let Some(f) = t.flows.get(&obj) {
+                    let url = t.channels.get(&f.address).map(|c| c.address.to_string());
+                    m.insert("url".into(), url.into());
+                }
+                flows.push(v);
             }
             Kind::PingSource | Kind::KafkaSource => {
                 let sink = match obj.kind {
@@ -153,8 +191,15 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 m.insert("sink".into(), sink.into());
                 sources.push(v);
             }
-            Kind::ConfigMap => {}
+            _ => {}
         }
     }
-    Json(json!({ "brokers": brokers, "triggers": triggers, "sources": sources }))
+    Json(json!({
+        "brokers": brokers,
+        "triggers": triggers,
+        "sources": sources,
+        "channels": channels,
+        "subscriptions": subscriptions,
+        "flows": flows,
+    }))
 }

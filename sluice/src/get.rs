@@ -85,6 +85,69 @@ pub fn render(v: &Value) -> String {
             reason
         ));
     }
+    let channels = v["channels"].as_array().cloned().unwrap_or_default();
+    if !channels.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<20} {:<8} {:<4} {:<44} REASON\n",
+            "NAMESPACE", "CHANNEL", "KIND", "READY", "GEN", "URL"
+        ));
+        for c in &channels {
+            let (ready, reason) = ready_cols(c);
+            out.push_str(&format!(
+                "{:<16} {:<28} {:<20} {:<8} {:<4} {:<44} {}\n",
+                s(c, "namespace"),
+                s(c, "name"),
+                s(c, "kind"),
+                ready,
+                c["observedGeneration"].as_i64().unwrap_or(0),
+                s(c, "url"),
+                reason
+            ));
+        }
+    }
+    let subscriptions = v["subscriptions"].as_array().cloned().unwrap_or_default();
+    if !subscriptions.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<24} {:<8} {:<36} {:<36} REASON\n",
+            "NAMESPACE", "SUBSCRIPTION", "CHANNEL", "READY", "SUBSCRIBER", "REPLY"
+        ));
+        for sub in &subscriptions {
+            let (ready, reason) = ready_cols(sub);
+            out.push_str(&format!(
+                "{:<16} {:<28} {:<24} {:<8} {:<36} {:<36} {}\n",
+                s(sub, "namespace"),
+                s(sub, "name"),
+                s(sub, "channel"),
+                ready,
+                s(sub, "subscriber"),
+                s(sub, "reply"),
+                reason
+            ));
+        }
+    }
+    let flows = v["flows"].as_array().cloned().unwrap_or_default();
+    if !flows.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<24} {:<10} {:<8} {:<4} {:<44} REASON\n",
+            "NAMESPACE", "FLOW", "KIND", "READY", "GEN", "URL"
+        ));
+        for f in &flows {
+            let (ready, reason) = ready_cols(f);
+            out.push_str(&format!(
+                "{:<16} {:<24} {:<10} {:<8} {:<4} {:<44} {}\n",
+                s(f, "namespace"),
+                s(f, "name"),
+                s(f, "kind"),
+                ready,
+                f["observedGeneration"].as_i64().unwrap_or(0),
+                s(f, "url"),
+                reason
+            ));
+        }
+    }
     let sources = v["sources"].as_array().cloned().unwrap_or_default();
     if !sources.is_empty() {
         out.push('\n');

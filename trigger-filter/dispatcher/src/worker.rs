@@ -20,7 +20,7 @@ use sluice_channels::{Message, Subscription as ChannelSubscription};
 use sluice_core::delivery::{DeliveryPolicy, Endpoint};
 use sluice_core::event::TTL_ATTRIBUTE;
 use sluice_core::metrics::{DropLabels, Metrics, TriggerLabels};
-use sluice_core::topology::{ReplyTo, Subscription};
+use sluice_core::topology::{ObjectRef, ReplyTo, Subscription};
 use sluice_core::{Envelope, Event};
 use sluice_delivery::policy::{after_failure, Next};
 use sluice_delivery::{Delivered, Failure, Outcome, Request, Sender};
@@ -319,15 +319,22 @@ impl Worker {
                 self.counters.dropped_reply_discarded.inc();
                 Some(ReplyOutcome::Done)
             }
-            ReplyTo::Broker(broker) => {
-                // The reply carries the TTL of the event it answers; the broker takes one off.
+            ReplyTo::Broker(_) | ReplyTo::Channel { .. } => {
+                let (target, address) = match &s.reply {
+                    ReplyTo::Channel { key, address } => {
+                        (ObjectRef::channel(key.clone()), Some(address.clone()))
+                    }
+                    ReplyTo::Broker(key) => (ObjectRef::broker(key.clone()), None),
+                    _ => unreachable!("matched above"),
+                };
+                // The reply carries the TTL of the event it answers; the ingress takes one off.
                 if let Some(ttl) = original.event.get(TTL_ATTRIBUTE) {
                     reply.set(TTL_ATTRIBUTE, ttl.clone());
                 }
                 let published = tokio::select! {
                     biased;
                     _ = self.stop.cancelled() => return None,
-                    r = self.ingress.publish(broker, vec![reply], original.headers.clone()) => r,
+                    r = self.ingress.publish_to(&target, vec![reply], original.headers.clone()) => r,
                 };
                 Some(match published {
                     Ok(()) => {
@@ -349,7 +356,9 @@ impl Worker {
                             retry_after: None,
                             reason: format!("could not store the reply: {e}"),
                         }),
-                        dest: None,
+                        // A channel reply names the channel's address (SEMANTICS.md §9); a
+                        // Trigger's reply keeps Knative's broker behaviour (the subscriber).
+                        dest: address,
                     },
                 })
             }

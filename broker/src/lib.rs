@@ -311,9 +311,8 @@ impl Ingress {
     fn reject(&self, target: Option<&ObjectRef>, e: &IngestError) {
         let (namespace, broker) = match (target, e) {
             // Don't let arbitrary URLs create label sets.
-            (Some(_), IngestError::UnknownBroker(_) | IngestError::UnknownChannel(_)) | (None, _) => {
-                (String::new(), String::new())
-            }
+            (Some(_), IngestError::UnknownBroker(_) | IngestError::UnknownChannel(_))
+            | (None, _) => (String::new(), String::new()),
             (Some(t), _) if t.kind == Kind::Broker => (t.key.namespace.clone(), t.key.name.clone()),
             (Some(t), _) => (t.key.namespace.clone(), format!("channels/{}", t.key.name)),
         };

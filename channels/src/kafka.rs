@@ -240,7 +240,10 @@ pub fn topic_name(broker: &Key) -> String {
 /// `knative-messaging-kafka.<namespace>.<name>`, as Knative's KafkaChannel names it, so a
 /// broker and a channel of the same name never share a topic.
 pub fn channel_topic_name(channel: &Key) -> String {
-    format!("knative-messaging-kafka.{}.{}", channel.namespace, channel.name)
+    format!(
+        "knative-messaging-kafka.{}.{}",
+        channel.namespace, channel.name
+    )
 }
 
 /// The consumer group of a subscription `ns/name`: `knative-trigger-<ns>-<name>`.

@@ -101,7 +101,9 @@ impl NatsSettings {
         let broker = Self::for_broker(url, channel);
         NatsSettings {
             stream: broker.stream.replacen("KN_BROKER_", "KN_CHANNEL_", 1),
-            subject: broker.subject.replace("._knative_broker", "._knative_channel"),
+            subject: broker
+                .subject
+                .replace("._knative_broker", "._knative_channel"),
             ..broker
         }
     }

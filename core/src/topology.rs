@@ -430,7 +430,8 @@ impl Topology {
     /// Every channel storage to run: brokers' and messaging channels', with their settings
     /// and fingerprints.
     pub fn storages(&self) -> impl Iterator<Item = (ObjectRef, &ChannelConfig)> + '_ {
-        let brokers = (self.brokers.values()).map(|b| (ObjectRef::broker(b.key.clone()), &b.channel));
+        let brokers =
+            (self.brokers.values()).map(|b| (ObjectRef::broker(b.key.clone()), &b.channel));
         let channels = (self.channels.values()).map(|c| (c.storage(), &c.channel));
         brokers.chain(channels)
     }

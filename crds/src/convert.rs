@@ -10,7 +10,7 @@ use crate::types::{DeliverySpec, Destination, KReference};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Endpoint, Format};
 use sluice_core::topology::{
-    Broker, ChannelConfig, InitialOffset, KafkaSource, Key, ObjectRef, PingSource, ReplyTo,
+    Broker, ChannelConfig, InitialOffset, KafkaSource, Key, Kind, ObjectRef, PingSource, ReplyTo,
     StartFrom, Subscription, Topology,
 };
 use std::collections::{BTreeMap, HashSet};
@@ -57,15 +57,19 @@ impl Defaults {
     }
 }
 
-struct Ctx<'a> {
-    defaults: &'a Defaults,
+pub(crate) struct Ctx<'a> {
+    pub(crate) defaults: &'a Defaults,
     brokers: HashSet<Key>,
     config_maps: BTreeMap<Key, &'a ConfigMap>,
-    errors: Vec<LoadError>,
+    /// Messaging channel names (written, or made by a Sequence/Parallel), with their kind.
+    pub(crate) channels: BTreeMap<Key, Kind>,
+    /// Sequences and Parallels defined (refs to them resolve to their first channel).
+    pub(crate) flows: HashSet<ObjectRef>,
+    pub(crate) errors: Vec<LoadError>,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, r: &Loaded, field: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, r: &Loaded, field: &str, message: impl Into<String>) {
         self.errors.push(LoadError {
             origin: r.origin.clone(),
             resource: Some(r.describe()),
@@ -95,6 +99,8 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
         defaults,
         brokers: HashSet::new(),
         config_maps: BTreeMap::new(),
+        channels: BTreeMap::new(),
+        flows: HashSet::new(),
         errors: Vec::new(),
     };
     let mut seen: BTreeMap<(&str, Key), &Loaded> = BTreeMap::new();
@@ -114,9 +120,10 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
             Resource::ConfigMap(cm) => {
                 ctx.config_maps.insert(key, cm);
             }
-            Resource::Trigger(_) | Resource::PingSource(_) | Resource::KafkaSource(_) => {}
+            _ => {}
         }
     }
+    crate::convert_flows::register(&mut ctx, resources);
 
     let mut topology = Topology::default();
     for r in resources {
@@ -137,6 +144,7 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
             }
         }
     }
+    crate::convert_flows::build(&mut ctx, resources, &mut topology);
     for r in resources {
         match &r.resource {
             Resource::PingSource(p) => {
@@ -159,7 +167,7 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
     (topology, ctx.errors)
 }
 
-fn annotation<'a>(
+pub(crate) fn annotation<'a>(
     meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     key: &str,
 ) -> Option<&'a str> {
@@ -424,7 +432,7 @@ fn trigger(
     })
 }
 
-fn delivery_policy(
+pub(crate) fn delivery_policy(
     ctx: &mut Ctx,
     r: &Loaded,
     spec: &DeliverySpec,
@@ -486,7 +494,12 @@ fn delivery_policy(
     (ctx.errors.len() == before).then_some(p)
 }
 
-fn resolve(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Endpoint> {
+pub(crate) fn resolve(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    dest: &Destination,
+    path: &str,
+) -> Option<Endpoint> {
     let url = resolve_url(ctx, r, dest, path)?;
     match Endpoint::new(url) {
         Ok(e) => Some(e),
@@ -574,15 +587,19 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
                 .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
                 .ok()
         }
-        ("v1", "Service") => Url::parse(&format!(
+        // A Knative Service's address is the same cluster-local name (SEMANTICS.md §13).
+        ("v1" | "serving.knative.dev", "Service") => Url::parse(&format!(
             "http://{}.{ns}.svc.cluster.local/",
             reference.name
         ))
         .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
         .ok(),
+        ("messaging.knative.dev" | "flows.knative.dev", _) => {
+            crate::convert_flows::address_of(ctx, r, reference, ns, path)
+        }
         _ => {
             ctx.error(r, &format!("{path}.ref"), format!(
-                "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker and v1 Service; use `uri` for anything else",
+                "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker, messaging.knative.dev channels, flows.knative.dev Sequence and Parallel, and v1 / serving.knative.dev/v1 Service; use `uri` for anything else",
                 reference.kind, reference.name
             ));
             None
@@ -593,7 +610,7 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
 /// The default PingSource schedule (Knative's): every minute.
 pub const DEFAULT_PING_SCHEDULE: &str = "* * * * *";
 
-fn fingerprint_of(spec: &impl serde::Serialize, resolved: &str) -> u64 {
+pub(crate) fn fingerprint_of(spec: &impl serde::Serialize, resolved: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(spec).unwrap_or_default().hash(&mut h);

@@ -1,7 +1,8 @@
 //! # sluice-crds
 //!
-//! The resources users write — Knative's Broker and Trigger, the PingSource and KafkaSource
-//! sources, and v1 ConfigMap for broker settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
+//! The resources users write — Knative's Broker and Trigger, the messaging channels and
+//! Subscription, Sequence and Parallel, the PingSource and KafkaSource sources, and v1
+//! ConfigMap for broker settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
 //! the one path from resources to Sluice's [`Topology`](sluice_core::topology::Topology):
 //!
 //! ```text
@@ -13,8 +14,11 @@
 //! the same `build`, so both report the same messages.
 
 pub mod convert;
+mod convert_flows;
 pub mod duration;
+pub mod flows;
 pub mod load;
+pub mod messaging;
 pub mod sources;
 pub mod types;
 
@@ -29,6 +33,13 @@ pub fn crds_yaml() -> String {
         types::Trigger::crd(),
         sources::PingSource::crd(),
         sources::KafkaSource::crd(),
+        messaging::Channel::crd(),
+        messaging::InMemoryChannel::crd(),
+        messaging::KafkaChannel::crd(),
+        messaging::NatsJetStreamChannel::crd(),
+        messaging::Subscription::crd(),
+        flows::Sequence::crd(),
+        flows::Parallel::crd(),
     ];
     crds.iter()
         .map(|c| serde_yaml::to_string(c).expect("CRDs serialize"))

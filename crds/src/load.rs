@@ -3,6 +3,10 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
+use crate::flows::{Parallel, Sequence};
+use crate::messaging::{
+    Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, Subscription,
+};
 use crate::sources::{KafkaSource, PingSource};
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -22,16 +26,35 @@ pub enum Resource {
     ConfigMap(Box<ConfigMap>),
     PingSource(Box<PingSource>),
     KafkaSource(Box<KafkaSource>),
+    Channel(Box<Channel>),
+    InMemoryChannel(Box<InMemoryChannel>),
+    KafkaChannel(Box<KafkaChannel>),
+    NatsJetStreamChannel(Box<NatsJetStreamChannel>),
+    Subscription(Box<Subscription>),
+    Sequence(Box<Sequence>),
+    Parallel(Box<Parallel>),
 }
 
 impl Resource {
     pub fn kind(&self) -> &'static str {
+        self.object_kind().as_str()
+    }
+
+    /// The topology kind of this resource.
+    pub fn object_kind(&self) -> Kind {
         match self {
-            Resource::Broker(_) => "Broker",
-            Resource::Trigger(_) => "Trigger",
-            Resource::ConfigMap(_) => "ConfigMap",
-            Resource::PingSource(_) => "PingSource",
-            Resource::KafkaSource(_) => "KafkaSource",
+            Resource::Broker(_) => Kind::Broker,
+            Resource::Trigger(_) => Kind::Trigger,
+            Resource::ConfigMap(_) => Kind::ConfigMap,
+            Resource::PingSource(_) => Kind::PingSource,
+            Resource::KafkaSource(_) => Kind::KafkaSource,
+            Resource::Channel(_) => Kind::Channel,
+            Resource::InMemoryChannel(_) => Kind::InMemoryChannel,
+            Resource::KafkaChannel(_) => Kind::KafkaChannel,
+            Resource::NatsJetStreamChannel(_) => Kind::NatsJetStreamChannel,
+            Resource::Subscription(_) => Kind::Subscription,
+            Resource::Sequence(_) => Kind::Sequence,
+            Resource::Parallel(_) => Kind::Parallel,
         }
     }
 }
@@ -49,14 +72,10 @@ pub struct Loaded {
 impl Loaded {
     /// The object this resource is.
     pub fn object(&self) -> ObjectRef {
-        let kind = match &self.resource {
-            Resource::Broker(_) => Kind::Broker,
-            Resource::Trigger(_) => Kind::Trigger,
-            Resource::ConfigMap(_) => Kind::ConfigMap,
-            Resource::PingSource(_) => Kind::PingSource,
-            Resource::KafkaSource(_) => Kind::KafkaSource,
-        };
-        ObjectRef::new(kind, Key::new(&self.namespace, &self.name))
+        ObjectRef::new(
+            self.resource.object_kind(),
+            Key::new(&self.namespace, &self.name),
+        )
     }
 
     /// `Kind namespace/name`, for messages.
@@ -112,7 +131,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
 /// Parses every document of a YAML file. `file` names it in errors.
 pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
@@ -239,6 +258,13 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "PingSource" => Some(Kind::PingSource),
         "KafkaSource" => Some(Kind::KafkaSource),
         "ConfigMap" => Some(Kind::ConfigMap),
+        "Channel" => Some(Kind::Channel),
+        "InMemoryChannel" => Some(Kind::InMemoryChannel),
+        "KafkaChannel" => Some(Kind::KafkaChannel),
+        "NatsJetStreamChannel" => Some(Kind::NatsJetStreamChannel),
+        "Subscription" => Some(Kind::Subscription),
+        "Sequence" => Some(Kind::Sequence),
+        "Parallel" => Some(Kind::Parallel),
         _ => None,
     }
     .map(|k| Box::new(ObjectRef::new(k, Key::new(&namespace, &name))));
@@ -256,6 +282,28 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
             Resource::KafkaSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        // Knative served these as v1beta1 before v1; the specs Sluice reads are the same.
+        ("messaging.knative.dev/v1" | "messaging.knative.dev/v1beta1", "Channel") => {
+            Resource::Channel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1" | "messaging.knative.dev/v1beta1", "InMemoryChannel") => {
+            Resource::InMemoryChannel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1beta1", "KafkaChannel") => {
+            Resource::KafkaChannel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1alpha1", "NatsJetStreamChannel") => {
+            Resource::NatsJetStreamChannel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1" | "messaging.knative.dev/v1beta1", "Subscription") => {
+            Resource::Subscription(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("flows.knative.dev/v1" | "flows.knative.dev/v1beta1", "Sequence") => {
+            Resource::Sequence(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("flows.knative.dev/v1" | "flows.knative.dev/v1beta1", "Parallel") => {
+            Resource::Parallel(Box::new(typed(value, &origin, &describe, &object)?))
         }
         _ => {
             return Err(err(

@@ -209,7 +209,11 @@ impl Reconciler {
                     .values()
                     .map(|s| (s.owner.clone(), s.fingerprint)),
             )
-            .chain(t.channels.values().map(|c| (c.object.clone(), c.fingerprint)))
+            .chain(
+                t.channels
+                    .values()
+                    .map(|c| (c.object.clone(), c.fingerprint)),
+            )
             .chain(t.flows.values().map(|f| (f.object.clone(), f.fingerprint)));
         for (obj, fp) in fingerprints {
             let e = self.generations.entry(obj).or_insert((fp, 1));
@@ -243,11 +247,7 @@ impl Reconciler {
         // unreachable server does not hold up the others).
         let wanted: Vec<(ObjectRef, ChannelConfig)> = t
             .storages()
-            .filter(|(k, config)| {
-                self.channels
-                    .get(k)
-                    .is_none_or(|r| &r.config != *config)
-            })
+            .filter(|(k, config)| self.channels.get(k).is_none_or(|r| &r.config != *config))
             .map(|(k, c)| (k, c.clone()))
             .collect();
         let factory = &self.factory;
@@ -504,7 +504,10 @@ impl Reconciler {
             .collect();
         for (k, reason) in &self.failed {
             let channel: Arc<dyn Channel> = Arc::new(Unavailable(reason.clone()));
-            entries.insert(k.clone(), BrokerEntry::for_object(k, channel, &self.metrics));
+            entries.insert(
+                k.clone(),
+                BrokerEntry::for_object(k, channel, &self.metrics),
+            );
         }
         self.ingress.set_routes(entries);
     }
@@ -676,11 +679,15 @@ struct Part {
 }
 
 fn flow_parts(flow: &Flow, t: &Topology, board: &StatusBoard) -> Vec<Part> {
-    let channels = flow.channels.iter().filter_map(|k| t.channels.get(k)).map(|c| Part {
-        object: c.object.clone(),
-        is_channel: true,
-        status: board.get(&c.object),
-    });
+    let channels = flow
+        .channels
+        .iter()
+        .filter_map(|k| t.channels.get(k))
+        .map(|c| Part {
+            object: c.object.clone(),
+            is_channel: true,
+            status: board.get(&c.object),
+        });
     let subs = flow.subscriptions.iter().map(|o| Part {
         object: o.clone(),
         is_channel: false,
@@ -700,14 +707,23 @@ fn flow_status(gen: i64, parts: &[Part]) -> Status {
         for p in parts.iter().filter(|p| p.is_channel == is_channel) {
             match &p.status {
                 Some(s) if s.ready == Ready::False => {
-                    return Some((Ready::False, format!("{}: {}: {}", p.object, s.reason, s.message)))
+                    return Some((
+                        Ready::False,
+                        format!("{}: {}: {}", p.object, s.reason, s.message),
+                    ))
                 }
                 Some(s) if s.ready == Ready::True => {}
                 Some(s) => {
-                    unknown.get_or_insert((Ready::Unknown, format!("{}: {}: {}", p.object, s.reason, s.message)));
+                    unknown.get_or_insert((
+                        Ready::Unknown,
+                        format!("{}: {}: {}", p.object, s.reason, s.message),
+                    ));
                 }
                 None => {
-                    unknown.get_or_insert((Ready::Unknown, format!("{}: not reconciled yet", p.object)));
+                    unknown.get_or_insert((
+                        Ready::Unknown,
+                        format!("{}: not reconciled yet", p.object),
+                    ));
                 }
             }
         }
@@ -717,7 +733,9 @@ fn flow_status(gen: i64, parts: &[Part]) -> Status {
     let subs = worst(false);
     let pick = match (&channels, &subs) {
         (Some((Ready::False, _)), _) | (Some(_), None) => channels.map(|c| ("ChannelsNotReady", c)),
-        (_, Some((Ready::False, _))) | (None, Some(_)) => subs.map(|s| ("SubscriptionsNotReady", s)),
+        (_, Some((Ready::False, _))) | (None, Some(_)) => {
+            subs.map(|s| ("SubscriptionsNotReady", s))
+        }
         (Some(_), Some(_)) => channels.map(|c| ("ChannelsNotReady", c)),
         (None, None) => None,
     };
@@ -745,31 +763,67 @@ mod tests {
     #[test]
     fn flow_ready_follows_its_parts() {
         let ok = |k, n| part(k, n, Some(Status::ready(1)));
-        let all_ready = [ok(Kind::InMemoryChannel, "c0"), ok(Kind::Subscription, "s0")];
+        let all_ready = [
+            ok(Kind::InMemoryChannel, "c0"),
+            ok(Kind::Subscription, "s0"),
+        ];
         assert!(flow_status(3, &all_ready).is_ready());
         assert_eq!(flow_status(3, &all_ready).observed_generation, 3);
 
         // A False subscription beats an Unknown channel (False wins over Unknown).
         let parts = [
-            part(Kind::InMemoryChannel, "c0", Some(Status::unknown(1, "ChannelPending", "creating"))),
-            part(Kind::Subscription, "s0", Some(Status::not_ready(1, "SubscriptionFailed", "boom"))),
+            part(
+                Kind::InMemoryChannel,
+                "c0",
+                Some(Status::unknown(1, "ChannelPending", "creating")),
+            ),
+            part(
+                Kind::Subscription,
+                "s0",
+                Some(Status::not_ready(1, "SubscriptionFailed", "boom")),
+            ),
         ];
         let s = flow_status(1, &parts);
-        assert_eq!((s.ready, s.reason.as_str()), (Ready::False, "SubscriptionsNotReady"));
-        assert!(s.message.contains("Subscription ns/s0: SubscriptionFailed: boom"), "{}", s.message);
+        assert_eq!(
+            (s.ready, s.reason.as_str()),
+            (Ready::False, "SubscriptionsNotReady")
+        );
+        assert!(
+            s.message
+                .contains("Subscription ns/s0: SubscriptionFailed: boom"),
+            "{}",
+            s.message
+        );
 
         // A False channel is named before a False subscription.
         let parts = [
-            part(Kind::KafkaChannel, "c1", Some(Status::not_ready(1, "ChannelFailure", "no kafka"))),
-            part(Kind::Subscription, "s0", Some(Status::not_ready(1, "SubscriptionFailed", "x"))),
+            part(
+                Kind::KafkaChannel,
+                "c1",
+                Some(Status::not_ready(1, "ChannelFailure", "no kafka")),
+            ),
+            part(
+                Kind::Subscription,
+                "s0",
+                Some(Status::not_ready(1, "SubscriptionFailed", "x")),
+            ),
         ];
         let s = flow_status(1, &parts);
-        assert_eq!((s.ready, s.reason.as_str()), (Ready::False, "ChannelsNotReady"));
+        assert_eq!(
+            (s.ready, s.reason.as_str()),
+            (Ready::False, "ChannelsNotReady")
+        );
         assert!(s.message.starts_with("KafkaChannel ns/c1"), "{}", s.message);
 
         // Missing status: Unknown.
-        let parts = [ok(Kind::InMemoryChannel, "c0"), part(Kind::Subscription, "s0", None)];
+        let parts = [
+            ok(Kind::InMemoryChannel, "c0"),
+            part(Kind::Subscription, "s0", None),
+        ];
         let s = flow_status(1, &parts);
-        assert_eq!((s.ready, s.reason.as_str()), (Ready::Unknown, "SubscriptionsNotReady"));
+        assert_eq!(
+            (s.ready, s.reason.as_str()),
+            (Ready::Unknown, "SubscriptionsNotReady")
+        );
     }
 }

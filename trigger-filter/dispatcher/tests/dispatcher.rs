@@ -153,7 +153,7 @@ struct Factory {
 impl ChannelFactory for Factory {
     async fn create(
         &self,
-        _: &Key,
+        _: &ObjectRef,
         config: &ChannelConfig,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         if let Some(why) = self.fail_create.lock().unwrap().clone() {

@@ -167,7 +167,13 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             }
             k if k.is_channel() => {
                 if let Some(c) = t.channels.get(&obj.key) {
-                    m.insert("class".into(), c.channel.class_name().into());
+                    // Where it stores events (a broker's class names are broker kinds).
+                    let storage = match &c.channel {
+                        sluice_core::topology::ChannelConfig::Memory { .. } => "InMemory",
+                        sluice_core::topology::ChannelConfig::Kafka { .. } => "Kafka",
+                        sluice_core::topology::ChannelConfig::Nats { .. } => "NatsJetStream",
+                    };
+                    m.insert("class".into(), storage.into());
                     m.insert("url".into(), c.address.as_str().into());
                     m.insert(
                         "owner".into(),

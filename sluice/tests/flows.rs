@@ -1,0 +1,460 @@
+//! Channels, Subscriptions, Sequences and Parallels end to end: the real binary, real HTTP
+//! sinks (SEMANTICS.md §9, §10), and for durable channels real Kafka and NATS servers.
+
+mod common;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A reply that copies the request's id with a prefix and sets `ty`.
+fn reply_to(r: &Received, prefix: &str, ty: &str) -> Response {
+    let id = format!("{prefix}{}", r.header("ce-id").unwrap_or("?"));
+    reply(&id, ty)
+}
+
+impl Sluice {
+    fn channel_url(&self, ns: &str, name: &str) -> String {
+        format!("http://{}/{ns}/channels/{name}", self.ingress)
+    }
+
+    async fn topology(&self) -> Value {
+        client()
+            .get(format!("http://{}/topology", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every object of every list in `/topology` is Ready; returns the topology.
+    async fn all_ready(&self) -> Value {
+        eventually(T, "every object ready", || async {
+            let t = self.topology().await;
+            let lists = ["brokers", "triggers", "channels", "subscriptions", "flows"];
+            let all = lists
+                .iter()
+                .flat_map(|l| t[*l].as_array().cloned().unwrap_or_default())
+                .all(|o| o["status"] == "True");
+            all.then_some(t)
+        })
+        .await
+    }
+}
+
+fn find<'a>(t: &'a Value, list: &str, name: &str) -> &'a Value {
+    t[list]
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {list}: {t}"))
+}
+
+const BROKER: &str =
+    "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
+
+#[tokio::test]
+async fn channel_with_two_subscriptions_replies_to_a_broker() {
+    let replier = Sink::start(|r, _| reply_to(r, "reply-", "com.example.reply")).await;
+    let plain = Sink::ok().await;
+    let after_broker = Sink::ok().await;
+    let yaml = format!(
+        r#"{BROKER}---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: replies}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: com.example.reply}}}}
+  subscriber: {{uri: "{after}"}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Channel
+metadata: {{name: orders}}
+spec:
+  channelTemplate: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {{name: empty}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: with-reply}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: orders}}
+  subscriber: {{uri: "{replier}"}}
+  reply:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: plain}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: orders}}
+  subscriber: {{uri: "{plain}"}}
+"#,
+        after = after_broker.url(),
+        replier = replier.url(),
+        plain = plain.url(),
+    );
+    let s = Sluice::start("channel-subs", &yaml).await;
+    let t = s.all_ready().await;
+    let ch = find(&t, "channels", "orders");
+    assert_eq!(ch["kind"], "Channel");
+    assert_eq!(ch["url"], s.channel_url("default", "orders"));
+    assert_eq!(
+        find(&t, "subscriptions", "with-reply")["reply"],
+        "broker default/default"
+    );
+
+    // §9 ingress answers.
+    let url = s.channel_url("default", "orders");
+    assert_eq!(
+        post_event(&url, "e1", "com.example.order", &[], "{}").await,
+        202
+    );
+    assert_eq!(
+        post_event(&s.channel_url("default", "nope"), "x", "t", &[], "{}").await,
+        404
+    );
+    let bad = client()
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-type", "t")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "missing id and source");
+    let options = client()
+        .request(reqwest::Method::OPTIONS, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 200);
+    // No subscriptions: accepted, dropped.
+    assert_eq!(
+        post_event(&s.channel_url("default", "empty"), "e0", "t", &[], "{}").await,
+        202
+    );
+
+    // Each subscription gets its own delivery, with its namespace.
+    let got = plain.wait_for(1, T).await;
+    assert_eq!(got[0].header("ce-id"), Some("e1"));
+    assert_eq!(got[0].header("kn-namespace"), Some("default"));
+    assert_eq!(replier.wait_for(1, T).await[0].header("ce-id"), Some("e1"));
+    // The reply went to the broker (and through its trigger), not back to the channel.
+    let via_broker = after_broker.wait_for(1, T).await;
+    assert_eq!(via_broker[0].header("ce-id"), Some("reply-e1"));
+    assert_eq!(via_broker[0].header("ce-type"), Some("com.example.reply"));
+    eventually(T, "the reply counted", || async {
+        (s.metric(
+            "sluice_replies_total{namespace=\"default\",broker=\"orders\",trigger=\"with-reply\"}",
+        )
+        .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(plain.count(), 1, "the reply never re-entered the channel");
+    assert_eq!(replier.count(), 1);
+}
+
+#[tokio::test]
+async fn a_reply_that_cannot_be_sent_dead_letters_the_original_naming_the_reply_url() {
+    let replier = Sink::start(|r, _| reply_to(r, "reply-", "com.example.reply")).await;
+    let broken_reply = Sink::start(|_, _| StatusCode::SERVICE_UNAVAILABLE.into_response()).await;
+    let dls = Sink::ok().await;
+    let yaml = format!(
+        r#"apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {{name: ch}}
+spec:
+  delivery:
+    retry: 1
+    backoffDelay: PT0.01S
+    deadLetterSink: {{uri: "{dls}"}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: s}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: ch}}
+  subscriber: {{uri: "{replier}"}}
+  reply: {{uri: "{reply}"}}
+"#,
+        dls = dls.url(),
+        replier = replier.url(),
+        reply = broken_reply.url(),
+    );
+    let s = Sluice::start("reply-fails", &yaml).await;
+    s.all_ready().await;
+    assert_eq!(
+        post_event(
+            &s.channel_url("default", "ch"),
+            "orig",
+            "t",
+            &[],
+            "{\"a\":1}"
+        )
+        .await,
+        202
+    );
+    let dead = dls.wait_for(1, T).await;
+    // The channel's delivery (retry 1) applied to the reply: two attempts.
+    assert_eq!(broken_reply.count(), 2);
+    assert_eq!(dead[0].header("ce-id"), Some("orig"), "the original event");
+    assert_eq!(
+        dead[0].header("ce-knativeerrordest"),
+        Some(broken_reply.url().as_str())
+    );
+    assert_eq!(dead[0].header("ce-knativeerrorcode"), Some("503"));
+    assert_eq!(dead[0].body.as_ref(), b"{\"a\":1}");
+}
+
+#[tokio::test]
+async fn sequence_of_three_steps_whose_middle_step_fails_dead_letters() {
+    let step1 = Sink::start(|r, _| reply_to(r, "s1-", "com.example.step1")).await;
+    // Step 2 refuses events whose id says so, and answers the others.
+    let step2 = Sink::start(|r, _| {
+        if r.header("ce-id").is_some_and(|id| id.contains("bad")) {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        } else {
+            reply_to(r, "s2-", "com.example.step2")
+        }
+    })
+    .await;
+    let step3 = Sink::start(|r, _| reply_to(r, "s3-", "com.example.step3")).await;
+    let end = Sink::ok().await;
+    let dls = Sink::ok().await;
+    let yaml = format!(
+        r#"apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata: {{name: seq}}
+spec:
+  channelTemplate: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}}
+  steps:
+    - uri: "{s1}"
+    - uri: "{s2}"
+      delivery:
+        retry: 2
+        backoffDelay: PT0.01S
+        deadLetterSink: {{uri: "{dls}"}}
+    - uri: "{s3}"
+  reply: {{uri: "{end}"}}
+"#,
+        s1 = step1.url(),
+        s2 = step2.url(),
+        s3 = step3.url(),
+        end = end.url(),
+        dls = dls.url(),
+    );
+    let s = Sluice::start("sequence", &yaml).await;
+    let t = s.all_ready().await;
+    let seq = find(&t, "flows", "seq");
+    assert_eq!(seq["kind"], "Sequence");
+    // The Sequence's address is its first channel's (SEMANTICS.md §10).
+    let address = s.channel_url("default", "seq-kn-sequence-0");
+    assert_eq!(seq["url"], address);
+    for i in 0..3 {
+        let name = format!("seq-kn-sequence-{i}");
+        assert_eq!(find(&t, "channels", &name)["kind"], "InMemoryChannel");
+        assert_eq!(find(&t, "subscriptions", &name)["channel"], name);
+    }
+    assert_eq!(
+        find(&t, "subscriptions", "seq-kn-sequence-0")["reply"],
+        s.channel_url("default", "seq-kn-sequence-1")
+    );
+    let shown = s.get().await;
+    assert!(
+        shown.contains("seq ") && shown.contains("Sequence"),
+        "{shown}"
+    );
+
+    assert_eq!(post_event(&address, "good", "t", &[], "{}").await, 202);
+    assert_eq!(post_event(&address, "bad", "t", &[], "{}").await, 202);
+
+    // The good event went through every step, each reply feeding the next.
+    let out = end.wait_for(1, T).await;
+    assert_eq!(out[0].header("ce-id"), Some("s3-s2-s1-good"));
+    assert_eq!(out[0].header("ce-type"), Some("com.example.step3"));
+    // The bad one failed at step 2 (1 + 2 retries) and was dead-lettered with step 2's URL.
+    let dead = dls.wait_for(1, T).await;
+    assert_eq!(dead[0].header("ce-id"), Some("s1-bad"));
+    assert_eq!(
+        dead[0].header("ce-knativeerrordest"),
+        Some(step2.url().as_str())
+    );
+    assert_eq!(dead[0].header("ce-knativeerrorcode"), Some("500"));
+    let bad_attempts = step2
+        .received()
+        .iter()
+        .filter(|r| r.header("ce-id") == Some("s1-bad"))
+        .count();
+    assert_eq!(bad_attempts, 3);
+    assert_eq!(step1.count(), 2);
+    assert_eq!(step3.count(), 1, "step 3 only saw the good event");
+    assert_eq!(end.count(), 1);
+}
+
+#[tokio::test]
+async fn parallel_with_two_matching_branches_and_one_that_filters_out() {
+    let pass = |ty: &'static str| move |r: &Received, _| reply_to(r, "", ty);
+    let filter_a = Sink::start(pass("filtered")).await;
+    let filter_b = Sink::start(pass("filtered")).await;
+    let filter_none = Sink::ok().await; // empty 2xx: drops the event for this branch
+    let branch_a = Sink::start(|r, _| reply_to(r, "a-", "com.example.a")).await;
+    let branch_b = Sink::start(|r, _| reply_to(r, "b-", "com.example.b")).await;
+    let branch_c = Sink::start(|r, _| reply_to(r, "c-", "com.example.c")).await;
+    let no_filter = Sink::ok().await;
+    let end = Sink::ok().await;
+    let own_reply = Sink::ok().await;
+    let yaml = format!(
+        r#"apiVersion: flows.knative.dev/v1
+kind: Parallel
+metadata: {{name: par}}
+spec:
+  channelTemplate: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}}
+  branches:
+    - filter: {{uri: "{fa}"}}
+      subscriber: {{uri: "{ba}"}}
+    - filter: {{uri: "{fb}"}}
+      subscriber: {{uri: "{bb}"}}
+      reply: {{uri: "{own}"}}
+    - filter: {{uri: "{fn}"}}
+      subscriber: {{uri: "{bc}"}}
+    - subscriber: {{uri: "{nf}"}}
+  reply: {{uri: "{end}"}}
+"#,
+        fa = filter_a.url(),
+        fb = filter_b.url(),
+        fn = filter_none.url(),
+        ba = branch_a.url(),
+        bb = branch_b.url(),
+        bc = branch_c.url(),
+        nf = no_filter.url(),
+        end = end.url(),
+        own = own_reply.url(),
+    );
+    let s = Sluice::start("parallel", &yaml).await;
+    let t = s.all_ready().await;
+    let address = s.channel_url("default", "par-kn-parallel");
+    assert_eq!(find(&t, "flows", "par")["url"], address);
+    assert_eq!(
+        find(&t, "subscriptions", "par-kn-parallel-filter-0")["channel"],
+        "par-kn-parallel"
+    );
+    assert_eq!(
+        find(&t, "subscriptions", "par-kn-parallel-0")["channel"],
+        "par-kn-parallel-0"
+    );
+
+    assert_eq!(post_event(&address, "p1", "t", &[], "{}").await, 202);
+    // Branch a's reply goes to the Parallel's reply; branch b's to its own.
+    let out = end.wait_for(1, T).await;
+    assert_eq!(out[0].header("ce-id"), Some("a-p1"));
+    let own = own_reply.wait_for(1, T).await;
+    assert_eq!(own[0].header("ce-id"), Some("b-p1"));
+    // The branch without a filter gets every event.
+    assert_eq!(
+        no_filter.wait_for(1, T).await[0].header("ce-id"),
+        Some("p1")
+    );
+    // Every filter saw the event; the one answering an empty 2xx stopped its branch.
+    filter_none.wait_for(1, T).await;
+    eventually(T, "the filter's delivery settled", || async {
+        (s.metric("sluice_events_delivered_total{namespace=\"default\",broker=\"par-kn-parallel\",trigger=\"par-kn-parallel-filter-2\"}").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(branch_c.count(), 0);
+    assert_eq!((branch_a.count(), branch_b.count()), (1, 1));
+    assert_eq!(end.count(), 1, "only branch a replies to spec.reply");
+}
+
+/// Polls until every subscription of the topology is ready (durable channels connect and
+/// fix their starting positions in the background).
+async fn durable_channel_delivers(s: &Sluice, channel: &str, sink: &Sink) {
+    let t = s.all_ready().await;
+    assert!(find(&t, "channels", channel)["status"] == "True");
+    let url = s.channel_url("default", channel);
+    for i in 0..5 {
+        assert_eq!(
+            post_event(&url, &format!("{channel}-{i}"), "t", &[], "{}").await,
+            202
+        );
+    }
+    let got = sink.wait_for(5, T).await;
+    let mut ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header("ce-id").unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+}
+
+#[tokio::test]
+async fn kafka_channel_and_nats_channel_deliver_through_real_servers() {
+    let kafka = sluice_tests::shared_kafka().await;
+    let nats = sluice_tests::start_nats().await;
+    let kafka_sink = Sink::ok().await;
+    let nats_sink = Sink::ok().await;
+    let yaml = format!(
+        r#"apiVersion: messaging.knative.dev/v1beta1
+kind: KafkaChannel
+metadata: {{name: kch-{pid}}}
+spec: {{numPartitions: 3, replicationFactor: 1}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: ksub}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1beta1, kind: KafkaChannel, name: kch-{pid}}}
+  subscriber: {{uri: "{ks}"}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Channel
+metadata: {{name: nch}}
+spec:
+  channelTemplate: {{apiVersion: messaging.knative.dev/v1alpha1, kind: NatsJetStreamChannel}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: nsub}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: nch}}
+  subscriber: {{uri: "{ns}"}}
+"#,
+        pid = std::process::id(),
+        ks = kafka_sink.url(),
+        ns = nats_sink.url(),
+    );
+    let dir = test_dir("durable-channels");
+    std::fs::write(dir.join("resources.yaml"), yaml).unwrap();
+    let servers = kafka.bootstrap_servers();
+    let nats_url = nats.url();
+    let s = Sluice::start_in(
+        dir,
+        &[
+            "--kafka-bootstrap-servers",
+            &servers,
+            "--nats-url",
+            &nats_url,
+        ],
+    )
+    .await;
+    let t = s.all_ready().await;
+    assert_eq!(
+        find(&t, "channels", &format!("kch-{}", std::process::id()))["class"],
+        "Kafka"
+    );
+    assert_eq!(find(&t, "channels", "nch")["class"], "NatsJetStream");
+    durable_channel_delivers(&s, &format!("kch-{}", std::process::id()), &kafka_sink).await;
+    durable_channel_delivers(&s, "nch", &nats_sink).await;
+}

@@ -194,7 +194,11 @@ fn invalid_specs_are_refused_naming_the_field() {
         "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata: {name: c}\nspec:\n  channelTemplate:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    spec: {numPartitions: 3}\n",
         &d,
     );
-    has(&e, "spec.channelTemplate.spec.numPartitions", "unknown field");
+    has(
+        &e,
+        "spec.channelTemplate.spec.numPartitions",
+        "unknown field",
+    );
 
     let e = errors(
         "apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata: {name: k}\n",

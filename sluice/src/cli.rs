@@ -123,6 +123,10 @@ pub struct DisplayArgs {
     /// Answer every request with this status instead of 200 (to try retries and dead letters).
     #[arg(long, default_value_t = 200)]
     pub status: u16,
+    /// Answer each event with a copy of it (a reply), its `source` set to the path it was
+    /// received on: a step of a Sequence or a Parallel filter that passes everything.
+    #[arg(long, conflicts_with = "status")]
+    pub reply: bool,
 }
 
 #[derive(Args, Debug)]

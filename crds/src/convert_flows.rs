@@ -459,13 +459,11 @@ pub(crate) fn build(ctx: &mut Ctx, resources: &[Loaded], topology: &mut Topology
                 Some((config, own.or(template_delivery)))
             }
             Resource::InMemoryChannel(c) => {
-                storage(ctx, r, &KindSpec::Memory((**c).spec.clone()), "spec")
+                storage(ctx, r, &KindSpec::Memory(c.spec.clone()), "spec")
             }
-            Resource::KafkaChannel(c) => {
-                storage(ctx, r, &KindSpec::Kafka((**c).spec.clone()), "spec")
-            }
+            Resource::KafkaChannel(c) => storage(ctx, r, &KindSpec::Kafka(c.spec.clone()), "spec"),
             Resource::NatsJetStreamChannel(c) => {
-                storage(ctx, r, &KindSpec::Nats((**c).spec.clone()), "spec")
+                storage(ctx, r, &KindSpec::Nats(c.spec.clone()), "spec")
             }
             _ => continue,
         };

@@ -267,3 +267,40 @@ fn a_subscription_without_delivery_takes_the_channels_whole() {
     assert_eq!(own.delivery.retry, 1);
     assert!(own.delivery.dead_letter_sink.is_none());
 }
+
+#[test]
+fn crds_have_status_and_printer_columns_for_every_new_kind() {
+    let yaml = sluice_crds::crds_yaml();
+    let docs: Vec<serde_yaml::Value> = yaml
+        .split("---\n")
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    for name in [
+        "channels.messaging.knative.dev",
+        "inmemorychannels.messaging.knative.dev",
+        "kafkachannels.messaging.knative.dev",
+        "natsjetstreamchannels.messaging.knative.dev",
+        "subscriptions.messaging.knative.dev",
+        "sequences.flows.knative.dev",
+        "parallels.flows.knative.dev",
+    ] {
+        let crd = docs
+            .iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no CRD {name}"));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(
+            version["subresources"]["status"],
+            serde_yaml::Value::Mapping(Default::default()),
+            "{name}"
+        );
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["URL", "AGE", "READY", "REASON"], "{name}");
+        assert_eq!(crd["spec"]["scope"].as_str(), Some("Namespaced"), "{name}");
+    }
+}

@@ -556,3 +556,39 @@ pub async fn serve_with(
     graceful.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_brokers_and_channels() {
+        let broker = |ns: &str, n: &str| Ok(ObjectRef::broker(Key::new(ns, n)));
+        let channel = |ns: &str, n: &str| Ok(ObjectRef::channel(Key::new(ns, n)));
+        let cases: &[(&str, Result<ObjectRef, &str>)] = &[
+            ("/ns/b", broker("ns", "b")),
+            ("/ns/b/", broker("ns", "b")),
+            // A broker may be called `channels`: two segments are always a broker.
+            ("/ns/channels", broker("ns", "channels")),
+            ("/ns/channels/c", channel("ns", "c")),
+            ("/ns/channels/c/", channel("ns", "c")),
+            ("/", Err("root")),
+            ("/ns", Err("bad")),
+            ("/ns/other/c", Err("bad")),
+            ("/ns/channels/c/x", Err("bad")),
+        ];
+        for (path, want) in cases {
+            let got = parse_path(path);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{path}"),
+                (Err("root"), Err(IngestError::Root)) => {}
+                (Err("bad"), Err(IngestError::BadPath(_))) => {}
+                _ => panic!("{path}: got {got:?}, wanted {want:?}"),
+            }
+        }
+        assert_eq!(
+            unknown(&ObjectRef::channel(Key::new("ns", "c"))).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}

@@ -75,6 +75,20 @@ fn channel_names(r: &Loaded) -> Vec<(String, Kind)> {
     }
 }
 
+/// The Subscription names a resource defines.
+fn subscription_names(r: &Loaded) -> Vec<String> {
+    match &r.resource {
+        Resource::Subscription(_) => vec![r.name.clone()],
+        Resource::Sequence(s) => (0..s.spec.steps.len())
+            .map(|i| sequence_channel(&r.name, i))
+            .collect(),
+        Resource::Parallel(p) => (0..p.spec.branches.len())
+            .flat_map(|i| [parallel_filter(&r.name, i), parallel_branch(&r.name, i)])
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The kind a template names, for display (an unknown kind is reported when compiled).
 fn template_kind(t: Option<&ChannelTemplate>) -> Kind {
     match t.map(|t| t.kind.as_str()) {
@@ -89,7 +103,24 @@ fn template_kind(t: Option<&ChannelTemplate>) -> Kind {
 /// channel takes its name, so channel kinds share one set of names).
 pub(crate) fn register(ctx: &mut Ctx, resources: &[Loaded]) {
     let mut owners: std::collections::BTreeMap<Key, &Loaded> = Default::default();
+    let mut subscriptions: std::collections::BTreeMap<Key, &Loaded> = Default::default();
     for r in resources {
+        for name in subscription_names(r) {
+            let key = Key::new(&r.namespace, &name);
+            match subscriptions.get(&key) {
+                Some(first) if first.object() != r.object() => {
+                    let msg = format!(
+                        "Subscription {key} is also made by {} in {}; a Sequence or Parallel names its Subscriptions `<name>-kn-sequence-<i>` / `<name>-kn-parallel[-filter]-<i>`, so pick another name",
+                        first.describe(),
+                        first.origin
+                    );
+                    ctx.error(r, "metadata.name", msg);
+                }
+                _ => {
+                    subscriptions.insert(key, r);
+                }
+            }
+        }
         if matches!(r.resource, Resource::Sequence(_) | Resource::Parallel(_)) {
             ctx.flows.insert(r.object());
         }
@@ -429,7 +460,17 @@ fn subscription(
 /// Second pass: channels first (Subscriptions inherit their `delivery`), then
 /// Subscriptions, then flows.
 pub(crate) fn build(ctx: &mut Ctx, resources: &[Loaded], topology: &mut Topology) {
-    for r in resources {
+    // Objects already refused (a name clash found by `register`) are left out whole.
+    let refused: std::collections::HashSet<ObjectRef> = ctx
+        .errors
+        .iter()
+        .filter_map(|e| e.object.as_deref().cloned())
+        .collect();
+    let resources: Vec<&Loaded> = resources
+        .iter()
+        .filter(|r| !refused.contains(&r.object()))
+        .collect();
+    for r in resources.iter().copied() {
         let kind_spec = match &r.resource {
             Resource::Channel(c) => {
                 let before = ctx.errors.len();
@@ -475,7 +516,7 @@ pub(crate) fn build(ctx: &mut Ctx, resources: &[Loaded], topology: &mut Topology
             topology.channels.insert(key, Arc::new(c));
         }
     }
-    for r in resources {
+    for r in resources.iter().copied() {
         if let Resource::Subscription(s) = &r.resource {
             if let Some(sub) = user_subscription(ctx, r, &s.spec, topology) {
                 topology
@@ -484,7 +525,7 @@ pub(crate) fn build(ctx: &mut Ctx, resources: &[Loaded], topology: &mut Topology
             }
         }
     }
-    for r in resources {
+    for r in resources.iter().copied() {
         let compiled = match &r.resource {
             Resource::Sequence(s) => sequence(ctx, r, &s.spec),
             Resource::Parallel(p) => parallel(ctx, r, &p.spec),

@@ -239,6 +239,17 @@ fn invalid_specs_are_refused_naming_the_field() {
     );
     has(&e, "metadata.name", "unique per namespace");
 
+    // So are Subscription names.
+    let e = errors(
+        "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: c}\n---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: p-kn-parallel-filter-0}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: c}\n  subscriber: {uri: 'http://x/'}\n---\napiVersion: flows.knative.dev/v1\nkind: Parallel\nmetadata: {name: p}\nspec:\n  branches: [{subscriber: {uri: 'http://a/'}}]\n",
+        &d,
+    );
+    has(
+        &e,
+        "metadata.name",
+        "Subscription default/p-kn-parallel-filter-0 is also made by",
+    );
+
     // A ref to a Sequence that does not exist.
     let e = errors(
         "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: c}\n---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: c}\n  subscriber: {uri: 'http://x/'}\n  reply:\n    ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: nope}\n",

@@ -72,20 +72,22 @@ fn status_json(obj: &ObjectRef, st: Option<&Status>) -> Value {
 }
 
 /// Ready when the resources are loaded, the ingress listens and is not shutting down, and
-/// every broker is ready. Sources are not part of it: a KafkaSource whose cluster is down
+/// every broker and messaging channel is ready. Sources are not part of it: a KafkaSource whose cluster is down
 /// does not stop the brokers from taking events (their state shows in `/topology`).
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let started = s.started.load(Ordering::Acquire);
     let closing = s.ingress.is_closing();
     let board = s.status.snapshot();
+    // Brokers and messaging channels: what the ingress serves.
+    let served = |o: &ObjectRef| o.kind == Kind::Broker || o.kind.is_channel();
     let brokers: Vec<Value> = board
         .iter()
-        .filter(|(o, _)| o.kind == Kind::Broker)
+        .filter(|(o, _)| served(o))
         .map(|(o, st)| status_json(o, Some(st)))
         .collect();
     let brokers_ready = board
         .iter()
-        .filter(|(o, _)| o.kind == Kind::Broker)
+        .filter(|(o, _)| served(o))
         .all(|(_, st)| st.ready == Ready::True);
     let ready = started && !closing && brokers_ready;
     let status = if ready {

@@ -18,13 +18,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run brokers and triggers from Knative YAML files (embedded mode, no cluster).
+    /// Run Knative YAML (brokers, triggers, channels, subscriptions, sequences, parallels,
+    /// sources) from files (embedded mode, no cluster).
     Run(RunArgs),
     /// Send one CloudEvent to a URL and print the response.
     Send(SendArgs),
     /// Run an event-display sink that prints every event it receives.
     Display(DisplayArgs),
-    /// Show the brokers and triggers of a running `sluice run`.
+    /// Show the objects of a running `sluice run` (brokers, triggers, channels,
+    /// subscriptions, sequences, parallels, sources) and their status.
     Get(GetArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crdgen,

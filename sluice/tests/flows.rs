@@ -601,3 +601,38 @@ async fn knative_documentation_examples_run_unchanged() {
         202
     );
 }
+
+#[tokio::test]
+async fn an_invalid_edit_of_a_sequence_keeps_the_previous_one_running() {
+    let step = Sink::start(|r, _| reply_to(r, "s-", "com.example.step")).await;
+    let end = Sink::ok().await;
+    let seq = |steps: &str| {
+        format!(
+            "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: seq}}\nspec:\n  steps: {steps}\n  reply: {{uri: \"{}\"}}\n",
+            end.url()
+        )
+    };
+    let s = Sluice::start(
+        "sequence-reload",
+        &seq(&format!("[{{uri: \"{}\"}}]", step.url())),
+    )
+    .await;
+    s.all_ready().await;
+    s.write("resources.yaml", &seq("[]"));
+    let flow = eventually(T, "the Sequence reported invalid", || async {
+        let t = s.topology().await;
+        let f = find(&t, "flows", "seq").clone();
+        (f["reason"] == "InvalidSpec").then_some(f)
+    })
+    .await;
+    let message = flow["message"].as_str().unwrap();
+    assert!(message.contains("spec.steps"), "{message}");
+    assert!(
+        message.contains("previous version keeps running"),
+        "{message}"
+    );
+    // Its channels and subscriptions still run.
+    let address = s.channel_url("default", "seq-kn-sequence-0");
+    assert_eq!(post_event(&address, "e1", "t", &[], "{}").await, 202);
+    assert_eq!(end.wait_for(1, T).await[0].header("ce-id"), Some("s-e1"));
+}

@@ -241,6 +241,13 @@ pub struct Subscription {
     /// `None`: every event.
     pub filter: Option<Arc<dyn EventFilter>>,
     pub subscriber: Endpoint,
+    /// Set when the subscriber is a Broker or messaging channel this process serves (a
+    /// Trigger or Subscription whose subscriber is a Sequence, Parallel, Channel or Broker,
+    /// a Parallel branch without a filter): events are then published into it in-process,
+    /// with the same durability and loop guard as a reply, instead of POSTed to
+    /// `subscriber` (its address, still named in `knativeerrordest`). So such a hop keeps
+    /// working while the ingress refuses producers during a shutdown drain.
+    pub subscriber_target: Option<ObjectRef>,
     pub reply: ReplyTo,
     /// Effective policy: the trigger's `delivery`, else the broker's, else the default.
     pub delivery: DeliveryPolicy,

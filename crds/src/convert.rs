@@ -422,6 +422,11 @@ fn trigger(
         fingerprint,
         owner: ObjectRef::trigger(key),
         channel: ObjectRef::broker(broker_key.clone()),
+        subscriber_target: crate::convert_flows::local_target(
+            ctx,
+            &t.spec.subscriber,
+            &r.namespace,
+        ),
         subscriber,
         filter: Some(Arc::new(filter?)),
         reply: ReplyTo::Broker(broker_key),

@@ -232,6 +232,33 @@ pub(crate) fn address_of(
     channel_url(ctx, &key).map(|e| e.url().clone())
 }
 
+/// The storage a destination names when it is a Broker or a channel / Sequence / Parallel
+/// this process serves (and `uri` does not add a path): deliveries to it are published
+/// in-process. Only called for destinations that resolved, so the names exist.
+pub(crate) fn local_target(ctx: &Ctx, dest: &Destination, namespace: &str) -> Option<ObjectRef> {
+    let (Some(reference), None) = (&dest.reference, &dest.uri) else {
+        return None;
+    };
+    let ns = reference
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| namespace.to_string());
+    let group = reference.api_version.split('/').next().unwrap_or_default();
+    let key = match (group, reference.kind.as_str()) {
+        ("eventing.knative.dev", "Broker") => {
+            return Some(ObjectRef::broker(Key::new(ns, &reference.name)))
+        }
+        ("messaging.knative.dev", _) => Key::new(ns, &reference.name),
+        ("flows.knative.dev", "Sequence") => Key::new(ns, sequence_channel(&reference.name, 0)),
+        ("flows.knative.dev", "Parallel") => Key::new(ns, parallel_ingress(&reference.name)),
+        _ => return None,
+    };
+    ctx.channels
+        .contains_key(&key)
+        .then(|| ObjectRef::channel(key))
+}
+
 /// Where replies go: a Broker or one of our channels is published into in-process (same
 /// durability as a producer's event, no HTTP hop); anything else is a URL.
 fn reply_target(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<ReplyTo> {
@@ -435,19 +462,21 @@ fn channel(
 fn subscription(
     key: Key,
     channel: &Key,
-    subscriber: Endpoint,
+    subscriber: (Endpoint, Option<ObjectRef>),
     reply: ReplyTo,
     delivery: DeliveryPolicy,
 ) -> Subscription {
+    let (subscriber, subscriber_target) = subscriber;
     let fingerprint = fingerprint_of(
         &(),
-        &format!("{key} {channel} {subscriber} {reply:?} {delivery:?}"),
+        &format!("{key} {channel} {subscriber} {subscriber_target:?} {reply:?} {delivery:?}"),
     );
     Subscription {
         owner: ObjectRef::new(Kind::Subscription, key),
         channel: ObjectRef::channel(channel.clone()),
         filter: None,
         subscriber,
+        subscriber_target,
         reply,
         delivery,
         ordered: false,
@@ -592,7 +621,9 @@ fn user_subscription(
             );
             None
         }
-        Some(d) => resolve(ctx, r, d, "spec.subscriber"),
+        Some(d) => {
+            resolve(ctx, r, d, "spec.subscriber").map(|e| (e, local_target(ctx, d, &r.namespace)))
+        }
     };
     let reply = match &spec.reply {
         None => Some(ReplyTo::Discard),
@@ -714,7 +745,9 @@ fn sequence(ctx: &mut Ctx, r: &Loaded, spec: &crate::flows::SequenceSpec) -> Opt
     let mut subs = Vec::new();
     for (i, step) in spec.steps.iter().enumerate() {
         let path = format!("spec.steps[{i}]");
-        let subscriber = resolve(ctx, r, &step.destination(), &path);
+        let dest = step.destination();
+        let subscriber =
+            resolve(ctx, r, &dest, &path).map(|e| (e, local_target(ctx, &dest, &r.namespace)));
         let delivery = step_delivery(
             ctx,
             r,
@@ -780,15 +813,23 @@ fn parallel(ctx: &mut Ctx, r: &Loaded, spec: &crate::flows::ParallelSpec) -> Opt
         // Without a filter every event passes: the "filter" is the branch channel itself.
         let (filter, filter_reply) = match &branch.filter {
             Some(f) => (
-                resolve(ctx, r, f, &format!("{path}.filter")),
+                resolve(ctx, r, f, &format!("{path}.filter"))
+                    .map(|e| (e, local_target(ctx, f, &r.namespace))),
                 ReplyTo::Channel {
                     key: branch_channel.key.clone(),
                     address: branch_channel.address.clone(),
                 },
             ),
-            None => (Some(branch_channel.address.clone()), ReplyTo::Discard),
+            None => (
+                Some((
+                    branch_channel.address.clone(),
+                    Some(branch_channel.storage()),
+                )),
+                ReplyTo::Discard,
+            ),
         };
-        let subscriber = resolve(ctx, r, &branch.subscriber, &format!("{path}.subscriber"));
+        let subscriber = resolve(ctx, r, &branch.subscriber, &format!("{path}.subscriber"))
+            .map(|e| (e, local_target(ctx, &branch.subscriber, &r.namespace)));
         let reply = match &branch.reply {
             Some(d) => reply_target(ctx, r, d, &format!("{path}.reply")),
             None => spec_reply.clone(),

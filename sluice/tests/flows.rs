@@ -636,3 +636,42 @@ async fn an_invalid_edit_of_a_sequence_keeps_the_previous_one_running() {
     assert_eq!(post_event(&address, "e1", "t", &[], "{}").await, 202);
     assert_eq!(end.wait_for(1, T).await[0].header("ce-id"), Some("s-e1"));
 }
+
+#[tokio::test]
+async fn a_subscription_into_its_own_channel_ends_at_the_loop_guard() {
+    // The subscriber is the channel itself: delivered in-process, each hop takes one off
+    // the TTL, so the loop ends (over HTTP the TTL would start again at every hop).
+    let yaml = r#"apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {name: loop}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {name: again}
+spec:
+  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: loop}
+  subscriber:
+    ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: loop}
+"#;
+    let s = Sluice::start("loop-guard", yaml).await;
+    let t = s.all_ready().await;
+    assert_eq!(
+        find(&t, "subscriptions", "again")["subscriber"],
+        s.channel_url("default", "loop")
+    );
+    assert_eq!(
+        post_event(&s.channel_url("default", "loop"), "l1", "t", &[], "{}").await,
+        202
+    );
+    eventually(T, "the loop guard dropped the event", || async {
+        (s.metric("sluice_events_dropped_total{namespace=\"default\",broker=\"loop\",trigger=\"again\",reason=\"reply_ttl_exhausted\"}").await >= 1.0).then_some(())
+    })
+    .await;
+    // Stored once by the producer (TTL 255) and once per hop down to TTL 0; the hop after
+    // that is refused.
+    assert_eq!(
+        s.metric("sluice_events_accepted_total{namespace=\"default\",broker=\"channels/loop\"}")
+            .await,
+        256.0
+    );
+}

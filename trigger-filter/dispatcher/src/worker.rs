@@ -254,7 +254,7 @@ impl Worker {
             let outcome = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Settled::Stopped(msg),
-                o = self.sender.attempt(req.url, req.envelope, s.delivery.format, req.namespace, s.delivery.timeout) => o,
+                o = self.attempt(&envelope) => o,
             };
             let (failure, dest) = match outcome {
                 Outcome::Accepted { reply: None } => break Delivered::Ok { reply: None },
@@ -309,6 +309,49 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         msg.ack();
         Settled::Done
+    }
+
+    /// One attempt: POST to the subscriber, or — when it is storage this process serves —
+    /// publish into it in-process (its TTL one lower, like a reply). A refused publish is a
+    /// retryable failure under the same schedule as an HTTP one; an event whose TTL is used
+    /// up is dropped (a loop), which ends the delivery as done.
+    async fn attempt(&self, envelope: &Envelope) -> Outcome {
+        let s = &*self.sub;
+        let Some(target) = &s.subscriber_target else {
+            return self
+                .sender
+                .attempt(
+                    &s.subscriber,
+                    envelope,
+                    s.delivery.format,
+                    Some(&s.owner.key.namespace),
+                    s.delivery.timeout,
+                )
+                .await;
+        };
+        let published = self
+            .ingress
+            .publish_to(
+                target,
+                vec![envelope.event.clone()],
+                envelope.headers.clone(),
+            )
+            .await;
+        match published {
+            Ok(()) => Outcome::Accepted { reply: None },
+            Err(IngestError::Ttl(e)) => {
+                tracing::info!(subscription = %s.owner, id = envelope.event.id(), error = %e, "event dropped by the loop guard");
+                self.counters.dropped_reply_ttl.inc();
+                Outcome::Accepted { reply: None }
+            }
+            Err(e) => Outcome::Failed(Failure {
+                status: Some(e.status().as_u16()),
+                body: Default::default(),
+                retryable: true,
+                retry_after: None,
+                reason: format!("could not store the event in {target}: {e}"),
+            }),
+        }
     }
 
     /// Sends a subscriber's reply where the subscription says. `None`: stopped first.

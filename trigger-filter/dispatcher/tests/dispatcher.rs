@@ -296,6 +296,7 @@ fn policy(retry: u32) -> DeliveryPolicy {
 
 fn trigger(name: &str, sink: &Sink, delivery: DeliveryPolicy) -> Subscription {
     Subscription {
+        subscriber_target: None,
         owner: ObjectRef::trigger(Key::new("ns", name)),
         channel: ObjectRef::broker(broker_key()),
         filter: None,

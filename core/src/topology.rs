@@ -143,6 +143,8 @@ pub enum Kind {
     Sequence,
     /// `flows.knative.dev/v1` Parallel.
     Parallel,
+    /// `eventing.knative.dev/v1alpha1` EventTransform.
+    EventTransform,
 }
 
 impl Kind {
@@ -160,6 +162,7 @@ impl Kind {
             Kind::Subscription => "Subscription",
             Kind::Sequence => "Sequence",
             Kind::Parallel => "Parallel",
+            Kind::EventTransform => "EventTransform",
         }
     }
 
@@ -391,6 +394,36 @@ pub struct Flow {
     pub fingerprint: u64,
 }
 
+/// What an EventTransform does with its sink's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformReply {
+    /// Returned as it is.
+    Pass,
+    /// Transformed by this (already validated) JSONata expression.
+    Jsonata(String),
+    /// Dropped: the caller gets an empty 202.
+    Discard,
+}
+
+/// An EventTransform (`eventing.knative.dev/v1alpha1`): a JSONata expression applied to
+/// each event POSTed to its address (`/<ns>/eventtransforms/<name>` on the ingress). The
+/// expression sees the whole event as structured-mode JSON and must produce a CloudEvent
+/// object. Without a sink the result is the HTTP answer (a reply, when the caller is a
+/// Trigger or Subscription); with a sink it is sent there.
+#[derive(Debug, Clone)]
+pub struct EventTransform {
+    pub key: Key,
+    /// Checked when loaded (a syntax error refuses the resource with its position).
+    pub expression: String,
+    pub sink: Option<Endpoint>,
+    pub reply: TransformReply,
+    /// For the one attempt to the sink (its `timeout`, `format`).
+    pub delivery: DeliveryPolicy,
+    /// Its URL on the ingress.
+    pub address: Endpoint,
+    pub fingerprint: u64,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -403,6 +436,8 @@ pub struct Topology {
     pub channels: BTreeMap<Key, Arc<MessagingChannel>>,
     /// Sequences and Parallels.
     pub flows: BTreeMap<ObjectRef, Arc<Flow>>,
+    /// EventTransforms by name.
+    pub transforms: BTreeMap<Key, Arc<EventTransform>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -453,11 +488,14 @@ impl Topology {
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
         let channels = self.channels.values().map(|c| c.object.clone());
         let flows = self.flows.keys().cloned();
+        let transforms =
+            (self.transforms.keys().cloned()).map(|k| ObjectRef::new(Kind::EventTransform, k));
         brokers
             .chain(subs)
             .chain(pings)
             .chain(kafkas)
             .chain(channels)
             .chain(flows)
+            .chain(transforms)
     }
 }

@@ -75,6 +75,13 @@ impl BrokerEntry {
     }
 }
 
+/// An object that answers each event POSTed to its path itself instead of storing it (an
+/// EventTransform at `/<ns>/eventtransforms/<name>`): the request waits for its answer.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, event: Event, headers: Vec<(String, String)>) -> Response;
+}
+
 /// Why an event was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -84,6 +91,10 @@ pub enum IngestError {
     UnknownBroker(Key),
     #[error("no channel {0} here; check the namespace and name in the URL (POST /<namespace>/channels/<name>)")]
     UnknownChannel(Key),
+    #[error("no EventTransform {0} here; check the namespace and name in the URL (POST /<namespace>/eventtransforms/<name>)")]
+    UnknownTransform(Key),
+    #[error("an EventTransform takes one event per request, got {0}")]
+    OneEvent(usize),
     #[error("the request path must be /<namespace>/<broker> or /<namespace>/channels/<channel>, got {0:?}")]
     BadPath(String),
     #[error("not found: POST events to /<namespace>/<broker>")]
@@ -115,9 +126,11 @@ impl IngestError {
     /// The HTTP status for this refusal (SEMANTICS.md §2).
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::UnknownBroker(_) | IngestError::UnknownChannel(_) | IngestError::Root => {
-                StatusCode::NOT_FOUND
-            }
+            IngestError::UnknownBroker(_)
+            | IngestError::UnknownChannel(_)
+            | IngestError::UnknownTransform(_)
+            | IngestError::Root => StatusCode::NOT_FOUND,
+            IngestError::OneEvent(_) => StatusCode::BAD_REQUEST,
             IngestError::BadPath(_)
             | IngestError::Malformed(_)
             | IngestError::Ttl(_)
@@ -135,6 +148,8 @@ impl IngestError {
         match self {
             IngestError::UnknownBroker(_) => "unknown_broker",
             IngestError::UnknownChannel(_) => "unknown_channel",
+            IngestError::UnknownTransform(_) => "unknown_transform",
+            IngestError::OneEvent(_) => "malformed",
             IngestError::BadPath(_) | IngestError::Root => "bad_path",
             IngestError::Method(_) => "method",
             IngestError::Malformed(_) | IngestError::Body(_) => "malformed",
@@ -194,6 +209,8 @@ impl IntoResponse for IngestError {
 pub struct Ingress {
     /// Keyed by `ObjectRef::broker` / `ObjectRef::channel`.
     brokers: ArcSwap<HashMap<ObjectRef, BrokerEntry>>,
+    /// Objects that answer events themselves (EventTransforms), by `ObjectRef`.
+    handlers: ArcSwap<HashMap<ObjectRef, Arc<dyn EventHandler>>>,
     metrics: Arc<Metrics>,
     max_body: usize,
     /// Shutting down: producers get 503 while queued events drain (replies are still taken).
@@ -204,6 +221,7 @@ impl Ingress {
     pub fn new(metrics: Arc<Metrics>, max_body: usize) -> Self {
         Ingress {
             brokers: ArcSwap::from_pointee(HashMap::new()),
+            handlers: ArcSwap::from_pointee(HashMap::new()),
             metrics,
             max_body,
             closing: AtomicBool::new(false),
@@ -234,6 +252,11 @@ impl Ingress {
     /// `ObjectRef::broker` / `ObjectRef::channel`.
     pub fn set_routes(&self, routes: HashMap<ObjectRef, BrokerEntry>) {
         self.brokers.store(Arc::new(routes));
+    }
+
+    /// Replaces the objects that answer events themselves (EventTransforms).
+    pub fn set_handlers(&self, handlers: HashMap<ObjectRef, Arc<dyn EventHandler>>) {
+        self.handlers.store(Arc::new(handlers));
     }
 
     /// The channel of a broker, if it is served.
@@ -311,9 +334,18 @@ impl Ingress {
     fn reject(&self, target: Option<&ObjectRef>, e: &IngestError) {
         let (namespace, broker) = match (target, e) {
             // Don't let arbitrary URLs create label sets.
-            (Some(_), IngestError::UnknownBroker(_) | IngestError::UnknownChannel(_))
+            (
+                Some(_),
+                IngestError::UnknownBroker(_)
+                | IngestError::UnknownChannel(_)
+                | IngestError::UnknownTransform(_),
+            )
             | (None, _) => (String::new(), String::new()),
             (Some(t), _) if t.kind == Kind::Broker => (t.key.namespace.clone(), t.key.name.clone()),
+            (Some(t), _) if t.kind == Kind::EventTransform => (
+                t.key.namespace.clone(),
+                format!("eventtransforms/{}", t.key.name),
+            ),
             (Some(t), _) => (t.key.namespace.clone(), format!("channels/{}", t.key.name)),
         };
         self.metrics
@@ -326,7 +358,7 @@ impl Ingress {
             .inc();
     }
 
-    async fn handle(&self, req: Request) -> Result<StatusCode, IngestError> {
+    async fn handle(&self, req: Request) -> Result<Response, IngestError> {
         let key = parse_path(req.uri().path())?;
         if req.method() != Method::POST {
             return Err(IngestError::Method(req.method().clone()));
@@ -338,10 +370,14 @@ impl Ingress {
         result
     }
 
-    async fn handle_post(&self, key: &ObjectRef, req: Request) -> Result<StatusCode, IngestError> {
-        if !self.brokers.load().contains_key(key) {
-            return Err(unknown(key));
-        }
+    async fn handle_post(&self, key: &ObjectRef, req: Request) -> Result<Response, IngestError> {
+        let handler = match key.kind {
+            Kind::EventTransform => {
+                Some((self.handlers.load().get(key).cloned()).ok_or_else(|| unknown(key))?)
+            }
+            _ if self.brokers.load().contains_key(key) => None,
+            _ => return Err(unknown(key)),
+        };
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
         }
@@ -384,14 +420,22 @@ impl Ingress {
         let body: Bytes = buf.freeze();
         let events = sluice_core::http::decode(&parts.headers, body)?;
         let headers = sluice_core::envelope::passthrough_headers(&parts.headers);
+        if let Some(handler) = handler {
+            if events.len() != 1 {
+                return Err(IngestError::OneEvent(events.len()));
+            }
+            let event = events.into_iter().next().expect("one event");
+            return Ok(handler.handle(event, headers).await);
+        }
         self.publish_to(key, events, headers).await?;
-        Ok(StatusCode::ACCEPTED)
+        Ok(StatusCode::ACCEPTED.into_response())
     }
 }
 
 fn unknown(target: &ObjectRef) -> IngestError {
     match target.kind {
         Kind::Broker => IngestError::UnknownBroker(target.key.clone()),
+        Kind::EventTransform => IngestError::UnknownTransform(target.key.clone()),
         _ => IngestError::UnknownChannel(target.key.clone()),
     }
 }
@@ -435,6 +479,11 @@ pub fn parse_path(path: &str) -> Result<ObjectRef, IngestError> {
         (Some(ns), Some("channels"), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
             Ok(ObjectRef::channel(Key::new(ns, name)))
         }
+        (Some(ns), Some("eventtransforms"), Some(name), None)
+            if !ns.is_empty() && !name.is_empty() =>
+        {
+            Ok(ObjectRef::new(Kind::EventTransform, Key::new(ns, name)))
+        }
         _ => Err(IngestError::BadPath(path.to_string())),
     }
 }
@@ -449,7 +498,7 @@ async fn route(State(ingress): State<Arc<Ingress>>, req: Request) -> Response {
             .into_response();
     }
     match ingress.handle(req).await {
-        Ok(status) => status.into_response(),
+        Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = %e, status = e.status().as_u16(), "event refused");
             let close = matches!(e, IngestError::TooLarge { .. });
@@ -572,6 +621,10 @@ mod tests {
             ("/ns/channels", broker("ns", "channels")),
             ("/ns/channels/c", channel("ns", "c")),
             ("/ns/channels/c/", channel("ns", "c")),
+            (
+                "/ns/eventtransforms/t",
+                Ok(ObjectRef::new(Kind::EventTransform, Key::new("ns", "t"))),
+            ),
             ("/", Err("root")),
             ("/ns", Err("bad")),
             ("/ns/other/c", Err("bad")),

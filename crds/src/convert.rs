@@ -65,6 +65,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) channels: BTreeMap<Key, Kind>,
     /// Sequences and Parallels defined (refs to them resolve to their first channel).
     pub(crate) flows: HashSet<ObjectRef>,
+    /// EventTransforms defined.
+    pub(crate) transforms: HashSet<Key>,
     pub(crate) errors: Vec<LoadError>,
 }
 
@@ -101,6 +103,7 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
         config_maps: BTreeMap::new(),
         channels: BTreeMap::new(),
         flows: HashSet::new(),
+        transforms: HashSet::new(),
         errors: Vec::new(),
     };
     let mut seen: BTreeMap<(&str, Key), &Loaded> = BTreeMap::new();
@@ -145,6 +148,7 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
         }
     }
     crate::convert_flows::build(&mut ctx, resources, &mut topology);
+    crate::convert_transform::build(&mut ctx, resources, &mut topology);
     for r in resources {
         match &r.resource {
             Resource::PingSource(p) => {
@@ -599,6 +603,9 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
         ))
         .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
         .ok(),
+        ("eventing.knative.dev", "EventTransform") => {
+            crate::convert_transform::address_of(ctx, r, reference, ns, path)
+        }
         ("messaging.knative.dev" | "flows.knative.dev", _) => {
             crate::convert_flows::address_of(ctx, r, reference, ns, path)
         }

@@ -102,6 +102,11 @@ fn template_kind(t: Option<&ChannelTemplate>) -> Kind {
 /// the files, and refuses two channels of one name in a namespace (a Channel's backing
 /// channel takes its name, so channel kinds share one set of names).
 pub(crate) fn register(ctx: &mut Ctx, resources: &[Loaded]) {
+    for r in resources {
+        if matches!(r.resource, Resource::EventTransform(_)) {
+            ctx.transforms.insert(Key::new(&r.namespace, &r.name));
+        }
+    }
     let mut owners: std::collections::BTreeMap<Key, &Loaded> = Default::default();
     let mut subscriptions: std::collections::BTreeMap<Key, &Loaded> = Default::default();
     for r in resources {

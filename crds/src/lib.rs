@@ -15,11 +15,13 @@
 
 pub mod convert;
 mod convert_flows;
+mod convert_transform;
 pub mod duration;
 pub mod flows;
 pub mod load;
 pub mod messaging;
 pub mod sources;
+pub mod transform;
 pub mod types;
 
 pub use convert::{build, build_lenient, Defaults};
@@ -40,6 +42,7 @@ pub fn crds_yaml() -> String {
         messaging::Subscription::crd(),
         flows::Sequence::crd(),
         flows::Parallel::crd(),
+        transform::EventTransform::crd(),
     ];
     crds.iter()
         .map(|c| serde_yaml::to_string(c).expect("CRDs serialize"))

@@ -8,6 +8,7 @@ use crate::messaging::{
     Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, Subscription,
 };
 use crate::sources::{KafkaSource, PingSource};
+use crate::transform::EventTransform;
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::de::DeserializeOwned;
@@ -33,6 +34,7 @@ pub enum Resource {
     Subscription(Box<Subscription>),
     Sequence(Box<Sequence>),
     Parallel(Box<Parallel>),
+    EventTransform(Box<EventTransform>),
 }
 
 impl Resource {
@@ -55,6 +57,7 @@ impl Resource {
             Resource::Subscription(_) => Kind::Subscription,
             Resource::Sequence(_) => Kind::Sequence,
             Resource::Parallel(_) => Kind::Parallel,
+            Resource::EventTransform(_) => Kind::EventTransform,
         }
     }
 }
@@ -131,7 +134,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
 /// Parses every document of a YAML file. `file` names it in errors.
 pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
@@ -265,6 +268,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "Subscription" => Some(Kind::Subscription),
         "Sequence" => Some(Kind::Sequence),
         "Parallel" => Some(Kind::Parallel),
+        "EventTransform" => Some(Kind::EventTransform),
         _ => None,
     }
     .map(|k| Box::new(ObjectRef::new(k, Key::new(&namespace, &name))));
@@ -304,6 +308,9 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         }
         ("flows.knative.dev/v1" | "flows.knative.dev/v1beta1", "Parallel") => {
             Resource::Parallel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("eventing.knative.dev/v1alpha1", "EventTransform") => {
+            Resource::EventTransform(Box::new(typed(value, &origin, &describe, &object)?))
         }
         _ => {
             return Err(err(

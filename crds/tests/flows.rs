@@ -294,6 +294,7 @@ fn crds_have_status_and_printer_columns_for_every_new_kind() {
         "subscriptions.messaging.knative.dev",
         "sequences.flows.knative.dev",
         "parallels.flows.knative.dev",
+        "eventtransforms.eventing.knative.dev",
     ] {
         let crd = docs
             .iter()
@@ -314,4 +315,49 @@ fn crds_have_status_and_printer_columns_for_every_new_kind() {
         assert_eq!(columns, ["URL", "AGE", "READY", "REASON"], "{name}");
         assert_eq!(crd["spec"]["scope"].as_str(), Some("Namespaced"), "{name}");
     }
+}
+
+#[test]
+fn event_transforms_are_checked_when_loaded() {
+    let d = defaults();
+    let t = |spec: &str| {
+        format!("apiVersion: eventing.knative.dev/v1alpha1\nkind: EventTransform\nmetadata: {{name: x}}\nspec:\n{spec}")
+    };
+    // A syntax error names the field and the position in the expression.
+    let e = errors(&t("  jsonata:\n    expression: '{\"a\": 1'\n"), &d);
+    has(&e, "spec.jsonata.expression", "invalid JSONata expression");
+    assert!(e[0].message.contains(" @ "), "{}", e[0].message);
+    let e = errors(&t("  sink: {uri: 'http://s/'}\n"), &d);
+    has(&e, "spec.jsonata", "is required");
+    let e = errors(
+        &t("  jsonata: {expression: '$'}\n  reply: {discard: true}\n"),
+        &d,
+    );
+    has(&e, "spec.reply", "needs `sink`");
+    let e = errors(
+        &t("  jsonata: {expression: '$'}\n  sink: {uri: 'http://s/'}\n  reply: {discard: true, jsonata: {expression: '$'}}\n"),
+        &d,
+    );
+    has(&e, "spec.reply", "exactly one");
+
+    // Valid: its address, and a Trigger can name it.
+    let yaml = format!(
+        "{}---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: b}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: b\n  subscriber:\n    ref: {{apiVersion: eventing.knative.dev/v1alpha1, kind: EventTransform, name: x}}\n",
+        t("  jsonata: {expression: '$'}\n  sink: {uri: 'http://s/'}\n  reply: {jsonata: {expression: '$'}}\n")
+    );
+    let topology =
+        build(&parse_yaml(&yaml, "f.yaml").unwrap(), &d).unwrap_or_else(|e| panic!("{e:#?}"));
+    let x = &topology.transforms[&key("x")];
+    assert_eq!(
+        x.address.as_str(),
+        "http://127.0.0.1:8080/default/eventtransforms/x"
+    );
+    assert_eq!(
+        x.reply,
+        sluice_core::topology::TransformReply::Jsonata("$".into())
+    );
+    assert_eq!(
+        topology.trigger(&key("t")).unwrap().subscriber.as_str(),
+        "http://127.0.0.1:8080/default/eventtransforms/x"
+    );
 }

@@ -184,6 +184,13 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 }
                 channels.push(v);
             }
+            Kind::EventTransform => {
+                if let Some(x) = t.transforms.get(&obj.key) {
+                    m.insert("url".into(), x.address.as_str().into());
+                    m.insert("sink".into(), x.sink.as_ref().map(|s| s.to_string()).into());
+                }
+                flows.push(v);
+            }
             Kind::Sequence | Kind::Parallel => {
                 if let Some(f) = t.flows.get(&obj) {
                     let url = t.channels.get(&f.address).map(|c| c.address.to_string());

@@ -189,6 +189,11 @@ fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
                 t.flows.insert(obj.clone(), f.clone());
             }
         }
+        Kind::EventTransform => {
+            if let Some(x) = previous.transforms.get(&obj.key) {
+                t.transforms.insert(obj.key.clone(), x.clone());
+            }
+        }
         _ => {}
     }
 }

@@ -675,3 +675,127 @@ spec:
         256.0
     );
 }
+
+#[tokio::test]
+async fn event_transforms_reshape_events_as_replies_and_towards_a_sink() {
+    let priced = Sink::ok().await;
+    // The sink answers with an event of its own, which `reply.jsonata` reshapes.
+    let sink = Sink::start(|r, _| reply_to(r, "ack-", "com.example.ack")).await;
+    let yaml = format!(
+        r#"{BROKER}---
+apiVersion: eventing.knative.dev/v1alpha1
+kind: EventTransform
+metadata: {{name: price}}
+spec:
+  jsonata:
+    expression: |
+      {{"specversion": "1.0", "id": id, "source": source, "type": type & ".priced",
+        "datacontenttype": "application/json",
+        "data": {{"amount": data.total * 2}}}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: orders}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: com.example.order}}}}
+  subscriber:
+    ref: {{apiVersion: eventing.knative.dev/v1alpha1, kind: EventTransform, name: price}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: priced}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: com.example.order.priced}}}}
+  subscriber: {{uri: "{priced}"}}
+---
+apiVersion: eventing.knative.dev/v1alpha1
+kind: EventTransform
+metadata: {{name: forward}}
+spec:
+  jsonata: {{expression: '$merge([$, {{"type": "com.example.forwarded"}}])'}}
+  sink: {{uri: "{sink}"}}
+  reply:
+    jsonata: {{expression: '$merge([$, {{"source": "/transformed-ack"}}])'}}
+"#,
+        priced = priced.url(),
+        sink = sink.url(),
+    );
+    let s = Sluice::start("transforms", &yaml).await;
+    let t = s.all_ready().await;
+    assert_eq!(
+        find(&t, "flows", "price")["url"],
+        format!("http://{}/default/eventtransforms/price", s.ingress)
+    );
+
+    // No sink: the transformed event is the Trigger's reply, routed by the broker.
+    assert_eq!(
+        post_event(
+            &s.broker_url("default", "default"),
+            "o1",
+            "com.example.order",
+            &[],
+            "{\"total\":21}"
+        )
+        .await,
+        202
+    );
+    let got = priced.wait_for(1, T).await;
+    assert_eq!(got[0].header("ce-type"), Some("com.example.order.priced"));
+    assert_eq!(got[0].header("ce-id"), Some("o1"));
+    let data: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(data, serde_json::json!({"amount": 42}));
+
+    // With a sink: sent there, the sink's answer transformed and returned.
+    let url = format!("http://{}/default/eventtransforms/forward", s.ingress);
+    let resp = client()
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "f1")
+        .header("ce-source", "/test")
+        .header("ce-type", "t")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["ce-id"], "ack-f1");
+    assert_eq!(resp.headers()["ce-source"], "/transformed-ack");
+    let at_sink = sink.wait_for(1, T).await;
+    assert_eq!(at_sink[0].header("ce-type"), Some("com.example.forwarded"));
+
+    // An event the expression cannot turn into a CloudEvent: 400 with the reason.
+    let resp = client()
+        .post(format!(
+            "http://{}/default/eventtransforms/price",
+            s.ingress
+        ))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bad")
+        .header("ce-source", "/test")
+        .header("ce-type", "t")
+        .header("content-type", "application/json")
+        .body("{\"total\":\"many\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("JSONata"),
+        "{body}"
+    );
+    assert_eq!(
+        post_event(
+            &format!("http://{}/default/eventtransforms/nope", s.ingress),
+            "x",
+            "t",
+            &[],
+            "{}"
+        )
+        .await,
+        404
+    );
+}

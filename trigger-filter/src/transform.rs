@@ -87,7 +87,10 @@ mod tests {
             &event(),
         )
         .unwrap();
-        assert_eq!(out.get("type").unwrap().to_string_form(), "com.example.order.priced");
+        assert_eq!(
+            out.get("type").unwrap().to_string_form(),
+            "com.example.order.priced"
+        );
         assert_eq!(out.id(), "1");
         let data: serde_json::Value = serde_json::from_slice(out.data().unwrap()).unwrap();
         assert_eq!(data, serde_json::json!({"amount": 84, "count": 2}));
@@ -96,7 +99,10 @@ mod tests {
     #[test]
     fn the_identity_keeps_the_event() {
         let out = apply("$", &event()).unwrap();
-        assert_eq!(out.get("type").unwrap().to_string_form(), "com.example.order");
+        assert_eq!(
+            out.get("type").unwrap().to_string_form(),
+            "com.example.order"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! watch<Topology> ──▶ reconciler ──▶ channels    one per broker and per messaging channel
 //!                        │                        (made by a ChannelFactory)
 //!                        │        ──▶ routing     the ingress's broker/channel → storage table
+//!                        │        ──▶ transforms  EventTransforms answering on the ingress
 //!                        │        ──▶ workers     one per subscription: consume → filter →
 //!                        │                        deliver → reply → settle   (worker.rs)
 //!                        └──────────▶ StatusBoard Ready / reason / message / generation per object
@@ -36,6 +37,7 @@
 //! counted and logged, workers stop, and channels are closed (durable ones commit).
 
 mod reconcile;
+mod transform;
 mod worker;
 
 pub use reconcile::ShutdownReport;

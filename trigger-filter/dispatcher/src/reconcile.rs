@@ -192,6 +192,7 @@ impl Reconciler {
         self.reconcile_channels(t).await;
         self.reconcile_workers(t).await;
         self.publish_routes();
+        self.publish_transforms(t);
         self.report(t);
         self.applied.send_modify(|n| *n += 1);
         self.failed.is_empty()
@@ -214,7 +215,11 @@ impl Reconciler {
                     .values()
                     .map(|c| (c.object.clone(), c.fingerprint)),
             )
-            .chain(t.flows.values().map(|f| (f.object.clone(), f.fingerprint)));
+            .chain(t.flows.values().map(|f| (f.object.clone(), f.fingerprint)))
+            .chain(t.transforms.values().map(|x| {
+                let obj = ObjectRef::new(Kind::EventTransform, x.key.clone());
+                (obj, x.fingerprint)
+            }));
         for (obj, fp) in fingerprints {
             let e = self.generations.entry(obj).or_insert((fp, 1));
             if e.0 != fp {
@@ -512,6 +517,26 @@ impl Reconciler {
         self.ingress.set_routes(entries);
     }
 
+    /// Serves every EventTransform on the ingress (they hold no state: replaced whole).
+    fn publish_transforms(&self, t: &Topology) {
+        let handlers = t
+            .transforms
+            .values()
+            .map(|spec| {
+                let handler: Arc<dyn sluice_broker::EventHandler> =
+                    Arc::new(crate::transform::Transformer {
+                        spec: spec.clone(),
+                        sender: self.sender.clone(),
+                    });
+                (
+                    ObjectRef::new(Kind::EventTransform, spec.key.clone()),
+                    handler,
+                )
+            })
+            .collect();
+        self.ingress.set_handlers(handlers);
+    }
+
     /// The state of a broker's or messaging channel's storage, as a status.
     fn storage_status(&self, storage: &ObjectRef, gen: i64) -> Status {
         if let Some(reason) = self.failed.get(storage) {
@@ -584,6 +609,12 @@ impl Reconciler {
             let parts = flow_parts(flow, t, &self.status);
             self.status
                 .set(flow.object.clone(), flow_status(gen, &parts));
+        }
+        // EventTransforms are served as soon as they are published.
+        for key in t.transforms.keys() {
+            let obj = ObjectRef::new(Kind::EventTransform, key.clone());
+            let gen = self.generation(&obj);
+            self.status.set(obj, Status::ready(gen));
         }
         // Objects whose latest edit is invalid: the reason wins over the running state.
         for (obj, problem) in &t.invalid {
@@ -665,6 +696,7 @@ fn is_running(t: &Topology, obj: &ObjectRef) -> bool {
         Kind::Broker => t.brokers.contains_key(&obj.key),
         Kind::Trigger | Kind::Subscription => t.subscriptions.contains_key(obj),
         Kind::Sequence | Kind::Parallel => t.flows.contains_key(obj),
+        Kind::EventTransform => t.transforms.contains_key(&obj.key),
         k if k.is_channel() => t.channels.get(&obj.key).is_some_and(|c| &c.object == obj),
         _ => false,
     }

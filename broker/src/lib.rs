@@ -33,6 +33,7 @@ use futures::StreamExt as _;
 use http::{header, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use sluice_channels::{Channel, ChannelError, Health};
+use sluice_core::eventtypes::EventTypeRegistry;
 use sluice_core::metrics::{BrokerLabels, Metrics, RejectLabels};
 use sluice_core::topology::{Key, Kind, ObjectRef};
 use sluice_core::{Envelope, Event};
@@ -211,6 +212,8 @@ pub struct Ingress {
     brokers: ArcSwap<HashMap<ObjectRef, BrokerEntry>>,
     /// Objects that answer events themselves (EventTransforms), by `ObjectRef`.
     handlers: ArcSwap<HashMap<ObjectRef, Arc<dyn EventHandler>>>,
+    /// The `(type, source)` pairs accepted per broker and channel.
+    event_types: Arc<EventTypeRegistry>,
     metrics: Arc<Metrics>,
     max_body: usize,
     /// Shutting down: producers get 503 while queued events drain (replies are still taken).
@@ -222,6 +225,7 @@ impl Ingress {
         Ingress {
             brokers: ArcSwap::from_pointee(HashMap::new()),
             handlers: ArcSwap::from_pointee(HashMap::new()),
+            event_types: Arc::new(EventTypeRegistry::default()),
             metrics,
             max_body,
             closing: AtomicBool::new(false),
@@ -252,6 +256,11 @@ impl Ingress {
     /// `ObjectRef::broker` / `ObjectRef::channel`.
     pub fn set_routes(&self, routes: HashMap<ObjectRef, BrokerEntry>) {
         self.brokers.store(Arc::new(routes));
+    }
+
+    /// The event types seen so far (recorded once an event is stored).
+    pub fn event_types(&self) -> &Arc<EventTypeRegistry> {
+        &self.event_types
     }
 
     /// Replaces the objects that answer events themselves (EventTransforms).
@@ -310,6 +319,11 @@ impl Ingress {
             prepared.push(event);
         }
         let n = prepared.len() as u64;
+        // Discovery: the pairs of valid events that reached it (even if storing them is then
+        // refused for backpressure: the producer sends them all the same).
+        for e in &prepared {
+            self.event_types.record(target, e.ty(), e.source());
+        }
         let result = if prepared.len() == 1 {
             let event = prepared.pop().expect("one event");
             entry

@@ -35,6 +35,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/topology", get(topology))
+        .route("/eventtypes", get(event_types))
         .with_state(state)
 }
 
@@ -216,5 +217,32 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         "channels": channels,
         "subscriptions": subscriptions,
         "flows": flows,
+    }))
+}
+
+/// The `(type, source)` pairs seen per broker and channel (`sluice get eventtypes`).
+async fn event_types(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let registry = s.ingress.event_types();
+    let types: Vec<Value> = registry
+        .snapshot()
+        .into_iter()
+        .map(|e| {
+            let reference = match e.key.at.kind {
+                Kind::Broker => format!("Broker {}", e.key.at.key.name),
+                _ => format!("Channel {}", e.key.at.key.name),
+            };
+            json!({
+                "namespace": e.key.at.key.namespace,
+                "reference": reference,
+                "type": e.key.event_type,
+                "source": e.key.source,
+                "count": e.count,
+            })
+        })
+        .collect();
+    Json(json!({
+        "eventTypes": types,
+        "capacity": registry.capacity(),
+        "overflow": registry.overflow(),
     }))
 }

@@ -133,6 +133,10 @@ pub struct DisplayArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// What to show: every object (default), or `eventtypes` (the event types seen at
+    /// each broker and channel).
+    #[arg(value_parser = ["all", "eventtypes"], default_value = "all")]
+    pub what: String,
     /// Admin address of the running sluice.
     #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN_ADDR")]
     pub admin: SocketAddr,

@@ -6,7 +6,11 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let url = format!("http://{}/topology", args.admin);
+    let path = match args.what.as_str() {
+        "eventtypes" => "eventtypes",
+        _ => "topology",
+    };
+    let url = format!("http://{}/{path}", args.admin);
     let client = reqwest::Client::builder().no_proxy().build()?;
     let v: Value = client
         .get(&url)
@@ -23,8 +27,36 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .context("reading the admin API's answer")?
         .parse()
         .context("the admin API answered something that is not JSON")?;
-    print!("{}", render(&v));
+    match path {
+        "eventtypes" => print!("{}", render_event_types(&v)),
+        _ => print!("{}", render(&v)),
+    }
     Ok(())
+}
+
+/// The table `sluice get eventtypes` prints.
+pub fn render_event_types(v: &Value) -> String {
+    let mut out = format!(
+        "{:<16} {:<28} {:<36} {:<36} COUNT\n",
+        "NAMESPACE", "REFERENCE", "TYPE", "SOURCE"
+    );
+    for e in v["eventTypes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<36} {:<36} {}\n",
+            s(e, "namespace"),
+            s(e, "reference"),
+            s(e, "type"),
+            s(e, "source"),
+            e["count"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let Some(n) = v["overflow"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "({n} events of further types were not recorded: the registry keeps {} pairs)\n",
+            v["capacity"].as_u64().unwrap_or(0)
+        ));
+    }
+    out
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {

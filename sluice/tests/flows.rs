@@ -799,3 +799,45 @@ spec:
         404
     );
 }
+
+#[tokio::test]
+async fn event_types_seen_at_brokers_and_channels_are_listed() {
+    let yaml = format!(
+        "{BROKER}---\napiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {{name: ch}}\n"
+    );
+    let s = Sluice::start("eventtypes", &yaml).await;
+    s.all_ready().await;
+    for id in ["1", "2"] {
+        let url = s.broker_url("default", "default");
+        assert_eq!(post_event(&url, id, "com.example.a", &[], "{}").await, 202);
+    }
+    let url = s.channel_url("default", "ch");
+    assert_eq!(post_event(&url, "3", "com.example.b", &[], "{}").await, 202);
+    let out = tokio::process::Command::new(binary())
+        .args(["get", "eventtypes", "--admin", &s.admin.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec![
+                "default",
+                "Broker",
+                "default",
+                "com.example.a",
+                "/test",
+                "2"
+            ],
+            vec!["default", "Channel", "ch", "com.example.b", "/test", "1"],
+        ],
+        "{text}"
+    );
+}

@@ -193,6 +193,8 @@ impl Reconciler {
         self.reconcile_workers(t).await;
         self.publish_routes();
         self.publish_transforms(t);
+        // Deleted brokers and channels leave the event-type registry.
+        self.ingress.event_types().retain(|o| t.has_storage(o));
         self.report(t);
         self.applied.send_modify(|n| *n += 1);
         self.failed.is_empty()

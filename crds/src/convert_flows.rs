@@ -159,16 +159,16 @@ pub(crate) fn channel_url(ctx: &Ctx, key: &Key) -> Option<Endpoint> {
     Endpoint::new(url).ok()
 }
 
-/// The channel a ref to a messaging channel, Sequence or Parallel sends to, or an error.
+/// The channel a ref to a messaging channel, Sequence or Parallel sends to, or an error at
+/// `field` (the ref's path).
 fn channel_of(
     ctx: &mut Ctx,
     r: &Loaded,
     reference: &KReference,
     ns: &str,
-    path: &str,
+    field: &str,
 ) -> Option<Key> {
     let group = reference.api_version.split('/').next().unwrap_or_default();
-    let field = format!("{path}.ref");
     match (group, reference.kind.as_str()) {
         ("messaging.knative.dev", kind)
             if matches!(
@@ -182,7 +182,7 @@ fn channel_of(
             } else {
                 ctx.error(
                     r,
-                    &field,
+                    field,
                     format!("{kind} {key} is not defined in any loaded file"),
                 );
                 None
@@ -200,7 +200,7 @@ fn channel_of(
             if !ctx.flows.contains(&object) {
                 ctx.error(
                     r,
-                    &field,
+                    field,
                     format!("{object} is not defined in any loaded file"),
                 );
                 return None;
@@ -214,7 +214,7 @@ fn channel_of(
         (_, kind) => {
             ctx.error(
                 r,
-                &field,
+                field,
                 format!(
                     "{} {kind} is not an addressable Sluice knows; refer to a messaging.knative.dev channel, a flows.knative.dev Sequence or Parallel, a Broker or a Service, or use `uri`",
                     reference.api_version
@@ -233,7 +233,7 @@ pub(crate) fn address_of(
     ns: &str,
     path: &str,
 ) -> Option<Url> {
-    let key = channel_of(ctx, r, reference, ns, path)?;
+    let key = channel_of(ctx, r, reference, ns, &format!("{path}.ref"))?;
     channel_url(ctx, &key).map(|e| e.url().clone())
 }
 
@@ -281,7 +281,7 @@ fn reply_target(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Op
                 return Some(ReplyTo::Broker(Key::new(ns, &reference.name)));
             }
             ("messaging.knative.dev" | "flows.knative.dev", _) => {
-                let key = channel_of(ctx, r, reference, &ns, path)?;
+                let key = channel_of(ctx, r, reference, &ns, &format!("{path}.ref"))?;
                 let address = channel_url(ctx, &key)?;
                 return Some(ReplyTo::Channel { key, address });
             }
@@ -607,13 +607,7 @@ fn user_subscription(
                 ctx.error(r, "spec.channel", format!("{} {} is not a channel; use a messaging.knative.dev kind (Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel)", c.api_version, c.kind));
                 None
             } else {
-                channel_of(ctx, r, c, &r.namespace, "spec.channel").or_else(|| {
-                    // channel_of reported it under `spec.channel.ref`; the field is the channel.
-                    if let Some(e) = ctx.errors.last_mut() {
-                        e.field = Some("spec.channel".into());
-                    }
-                    None
-                })
+                channel_of(ctx, r, c, &r.namespace, "spec.channel")
             }
         }
     };

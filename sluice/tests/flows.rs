@@ -405,6 +405,8 @@ async fn kafka_channel_and_nats_channel_deliver_through_real_servers() {
     let nats = sluice_tests::start_nats().await;
     let kafka_sink = Sink::ok().await;
     let nats_sink = Sink::ok().await;
+    let step = Sink::start(|r, _| reply_to(r, "k-", "com.example.step")).await;
+    let end = Sink::ok().await;
     let yaml = format!(
         r#"apiVersion: messaging.knative.dev/v1beta1
 kind: KafkaChannel
@@ -430,10 +432,25 @@ metadata: {{name: nsub}}
 spec:
   channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: nch}}
   subscriber: {{uri: "{ns}"}}
+---
+apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata: {{name: kseq-{pid}}}
+spec:
+  channelTemplate:
+    apiVersion: messaging.knative.dev/v1beta1
+    kind: KafkaChannel
+    spec: {{numPartitions: 2}}
+  steps:
+    - uri: "{step}"
+    - uri: "{step}"
+  reply: {{uri: "{end}"}}
 "#,
         pid = std::process::id(),
         ks = kafka_sink.url(),
         ns = nats_sink.url(),
+        step = step.url(),
+        end = end.url(),
     );
     let dir = test_dir("durable-channels");
     std::fs::write(dir.join("resources.yaml"), yaml).unwrap();
@@ -457,6 +474,17 @@ spec:
     assert_eq!(find(&t, "channels", "nch")["class"], "NatsJetStream");
     durable_channel_delivers(&s, &format!("kch-{}", std::process::id()), &kafka_sink).await;
     durable_channel_delivers(&s, "nch", &nats_sink).await;
+
+    // A Sequence whose channels are Kafka topics: step 0's reply is stored in step 1's topic.
+    let pid = std::process::id();
+    assert_eq!(
+        find(&t, "channels", &format!("kseq-{pid}-kn-sequence-0"))["class"],
+        "Kafka"
+    );
+    let url = s.channel_url("default", &format!("kseq-{pid}-kn-sequence-0"));
+    assert_eq!(post_event(&url, "q1", "t", &[], "{}").await, 202);
+    let got = end.wait_for(1, T).await;
+    assert_eq!(got[0].header("ce-id"), Some("k-k-q1"));
 }
 
 /// `sluice display --reply` on a free port, killed on drop.

@@ -104,9 +104,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ingress = %args.ingress,
             admin = %args.admin,
             brokers = t.brokers.len(),
-            triggers = t.subscriptions.len(),
+            channels = t.channels.len(),
+            subscriptions = t.subscriptions.len(),
+            flows = t.flows.len(),
+            transforms = t.transforms.len(),
             sources = t.ping_sources.len() + t.kafka_sources.len(),
-            "sluice is running; POST events to http://{}/<namespace>/<broker>", args.ingress
+            "sluice is running; POST events to http://{}/<namespace>/<broker> or /<namespace>/channels/<channel>", args.ingress
         );
     }
 
@@ -263,7 +266,8 @@ async fn reload_loop(
                 }
                 tracing::info!(
                     brokers = t.brokers.len(),
-                    triggers = t.subscriptions.len(),
+                    channels = t.channels.len(),
+                    subscriptions = t.subscriptions.len(),
                     sources = t.ping_sources.len() + t.kafka_sources.len(),
                     invalid = t.invalid.len(),
                     "resources reloaded"

@@ -196,6 +196,23 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 if let Some(f) = t.flows.get(&obj) {
                     let url = t.channels.get(&f.address).map(|c| c.address.to_string());
                     m.insert("url".into(), url.into());
+                    // Knative's channelStatuses / subscriptionStatuses, in order.
+                    let part = |o: &ObjectRef| {
+                        let st = board.get(o);
+                        json!({
+                            "kind": o.kind.as_str(),
+                            "name": o.key.name,
+                            "ready": st.map_or("Unknown", |s| s.ready.as_str()),
+                            "message": st.filter(|s| !s.message.is_empty()).map(|s| s.message.clone()),
+                        })
+                    };
+                    let channels: Vec<Value> = (f.channels.iter())
+                        .filter_map(|k| t.channels.get(k))
+                        .map(|c| part(&c.object))
+                        .collect();
+                    let subs: Vec<Value> = f.subscriptions.iter().map(part).collect();
+                    m.insert("channelStatuses".into(), channels.into());
+                    m.insert("subscriptionStatuses".into(), subs.into());
                 }
                 flows.push(v);
             }

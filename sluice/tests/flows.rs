@@ -276,6 +276,29 @@ spec:
         shown.contains("seq ") && shown.contains("Sequence"),
         "{shown}"
     );
+    // Knative's status arrays: one channel and one subscription per step, in order.
+    let parts = |list: &str| -> Vec<String> {
+        seq[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {}",
+                    p["kind"].as_str().unwrap(),
+                    p["name"].as_str().unwrap(),
+                    p["ready"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let want = |kind: &str| -> Vec<String> {
+        (0..3)
+            .map(|i| format!("{kind} seq-kn-sequence-{i} True"))
+            .collect()
+    };
+    assert_eq!(parts("channelStatuses"), want("InMemoryChannel"));
+    assert_eq!(parts("subscriptionStatuses"), want("Subscription"));
 
     assert_eq!(post_event(&address, "good", "t", &[], "{}").await, 202);
     assert_eq!(post_event(&address, "bad", "t", &[], "{}").await, 202);

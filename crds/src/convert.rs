@@ -43,6 +43,12 @@ pub struct Defaults {
     pub memory_capacity: usize,
     /// Bytes an in-memory broker holds at most.
     pub memory_max_bytes: usize,
+    /// The cluster's DNS domain: a `v1` Service ref resolves to
+    /// `http://<name>.<namespace>.svc.<cluster domain>`.
+    pub cluster_domain: String,
+    /// Addresses of objects of other kinds, looked up beforehand (Kubernetes mode), or why
+    /// there is none.
+    pub addressables: BTreeMap<AddressableRef, Result<Url, String>>,
 }
 
 impl Defaults {
@@ -53,6 +59,8 @@ impl Defaults {
             nats_url: None,
             memory_capacity: ChannelConfig::DEFAULT_MEMORY_CAPACITY,
             memory_max_bytes: ChannelConfig::DEFAULT_MEMORY_MAX_BYTES,
+            cluster_domain: "cluster.local".into(),
+            addressables: BTreeMap::new(),
         }
     }
 }
@@ -596,10 +604,9 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
                 .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
                 .ok()
         }
-        // A Knative Service's address is the same cluster-local name (SEMANTICS.md §13).
-        ("v1" | "serving.knative.dev", "Service") => Url::parse(&format!(
-            "http://{}.{ns}.svc.cluster.local/",
-            reference.name
+        ("v1", "Service") => Url::parse(&format!(
+            "http://{}.{ns}.svc.{}/",
+            reference.name, ctx.defaults.cluster_domain
         ))
         .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
         .ok(),
@@ -609,14 +616,141 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
         ("messaging.knative.dev" | "flows.knative.dev", _) => {
             crate::convert_flows::address_of(ctx, r, reference, ns, path)
         }
-        _ => {
-            ctx.error(r, &format!("{path}.ref"), format!(
-                "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker, messaging.knative.dev channels, flows.knative.dev Sequence and Parallel, and v1 / serving.knative.dev/v1 Service; use `uri` for anything else",
-                reference.kind, reference.name
-            ));
-            None
+        _ => match ctx
+            .defaults
+            .addressables
+            .get(&AddressableRef::of(reference, ns))
+        {
+            Some(Ok(url)) => Some(url.clone()),
+            Some(Err(why)) => {
+                ctx.error(r, &format!("{path}.ref"), why.clone());
+                None
+            }
+            // Not looked up (embedded mode): a Knative Service's address is its cluster-local
+            // name (SEMANTICS.md §13), so Knative's documentation examples load unchanged.
+            None if group == "serving.knative.dev" && reference.kind == "Service" => {
+                Url::parse(&format!(
+                    "http://{}.{ns}.svc.{}/",
+                    reference.name, ctx.defaults.cluster_domain
+                ))
+                .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
+                .ok()
+            }
+            None => {
+                ctx.error(r, &format!("{path}.ref"), format!(
+                    "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker, messaging.knative.dev channels, flows.knative.dev Sequence and Parallel, EventTransform, v1 and serving.knative.dev/v1 Service (and, in Kubernetes mode, any object with a status.address.url); use `uri` for anything else",
+                    reference.kind, reference.name
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// A ref to an object of a kind Sluice does not run (a Knative Service, another project's
+/// channel): its address comes from outside the resources, in Kubernetes mode from the
+/// object's `status.address.url` ([`Defaults::addressables`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddressableRef {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl AddressableRef {
+    fn of(reference: &KReference, namespace: &str) -> Self {
+        AddressableRef {
+            api_version: reference.api_version.clone(),
+            kind: reference.kind.clone(),
+            namespace: namespace.to_string(),
+            name: reference.name.clone(),
         }
     }
+
+    /// Whether `build` resolves refs of this kind itself (Broker, v1 Service).
+    pub fn is_native(api_version: &str, kind: &str) -> bool {
+        let group = api_version.split('/').next().unwrap_or_default();
+        matches!(
+            (group, kind),
+            ("eventing.knative.dev", "Broker" | "EventTransform")
+                | ("v1", "Service")
+                | ("messaging.knative.dev" | "flows.knative.dev", _)
+        )
+    }
+}
+
+/// Every ref in the resources' destinations (subscribers, sinks, dead letter sinks) to a
+/// kind `build` does not resolve itself: what Kubernetes mode looks up before building.
+pub fn external_refs(resources: &[Loaded]) -> std::collections::BTreeSet<AddressableRef> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in resources {
+        let ns = if r.namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            &r.namespace
+        };
+        for d in destinations(&r.resource) {
+            if let Some(k) = &d.reference {
+                if !AddressableRef::is_native(&k.api_version, &k.kind) {
+                    let ns = k
+                        .namespace
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or(ns);
+                    out.insert(AddressableRef::of(k, ns));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The destinations a resource names.
+pub fn destinations(resource: &Resource) -> Vec<&Destination> {
+    fn dls(d: Option<&DeliverySpec>) -> Option<&Destination> {
+        d.and_then(|d| d.dead_letter_sink.as_ref())
+    }
+    let mut out = Vec::new();
+    match resource {
+        Resource::Broker(b) => out.extend(dls(b.spec.delivery.as_ref())),
+        Resource::Trigger(t) => {
+            out.push(&t.spec.subscriber);
+            out.extend(dls(t.spec.delivery.as_ref()));
+        }
+        Resource::PingSource(p) => out.push(&p.spec.sink),
+        Resource::KafkaSource(k) => {
+            out.push(&k.spec.sink);
+            out.extend(dls(k.spec.delivery.as_ref()));
+        }
+        Resource::Channel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::InMemoryChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::KafkaChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::NatsJetStreamChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::Subscription(s) => {
+            out.extend(s.spec.subscriber.as_ref());
+            out.extend(s.spec.reply.as_ref());
+            out.extend(dls(s.spec.delivery.as_ref()));
+        }
+        Resource::Sequence(q) => {
+            for step in &q.spec.steps {
+                out.extend(dls(step.delivery.as_ref()));
+            }
+            out.extend(q.spec.reply.as_ref());
+        }
+        Resource::Parallel(p) => {
+            for b in &p.spec.branches {
+                out.extend(b.filter.as_ref());
+                out.push(&b.subscriber);
+                out.extend(b.reply.as_ref());
+                out.extend(dls(b.delivery.as_ref()));
+            }
+            out.extend(p.spec.reply.as_ref());
+        }
+        Resource::EventTransform(t) => out.extend(t.spec.sink.as_ref()),
+        Resource::ConfigMap(_) => {}
+    }
+    out
 }
 
 /// The default PingSource schedule (Knative's): every minute.

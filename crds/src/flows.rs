@@ -39,11 +39,15 @@ impl SequenceStep {
 }
 
 /// `flows.knative.dev/v1` Sequence: steps chained by their replies.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "flows.knative.dev",
     version = "v1",
     kind = "Sequence",
+    category = "all",
+    category = "knative",
+    category = "flows",
     namespaced,
     status = "FlowStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
@@ -82,11 +86,15 @@ pub struct ParallelBranch {
 }
 
 /// `flows.knative.dev/v1` Parallel: every event to every branch, each filtered on its own.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "flows.knative.dev",
     version = "v1",
     kind = "Parallel",
+    category = "all",
+    category = "knative",
+    category = "flows",
     namespaced,
     status = "FlowStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
@@ -116,14 +124,18 @@ pub struct FlowStatus {
     pub conditions: Vec<Condition>,
     /// Sequence: one per step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::messaging::any_objects")]
     pub channel_statuses: Vec<serde_json::Value>,
     /// Sequence: one per step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::messaging::any_objects")]
     pub subscription_statuses: Vec<serde_json::Value>,
     /// Parallel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::sources::any_object")]
     pub ingress_channel_status: Option<serde_json::Value>,
     /// Parallel: one per branch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::messaging::any_objects")]
     pub branch_statuses: Vec<serde_json::Value>,
 }

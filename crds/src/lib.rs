@@ -12,40 +12,25 @@
 //!
 //! Embedded mode feeds files through this; Kubernetes mode will feed reflector caches through
 //! the same `build`, so both report the same messages.
+//!
+//! Kubernetes mode also serves kinds that do not run yet (EventType, ApiServerSource,
+//! SinkBinding, ContainerSource): their types are here so that their CRDs ([`crds`]) accept
+//! Knative YAML unchanged and the controller can give them a status.
 
 pub mod convert;
 mod convert_flows;
 mod convert_transform;
+pub mod crds;
 pub mod duration;
+pub mod eventtype;
 pub mod flows;
+pub mod k8s_sources;
 pub mod load;
 pub mod messaging;
 pub mod sources;
 pub mod transform;
 pub mod types;
 
-pub use convert::{build, build_lenient, Defaults};
+pub use convert::{build, build_lenient, external_refs, AddressableRef, Defaults};
+pub use crds::{crd_files, crds, crds_yaml, write_crd_files};
 pub use load::{parse_yaml, parse_yaml_lenient, LoadError, Loaded, Resource};
-
-/// The CustomResourceDefinitions Sluice serves, as multi-document YAML (`sluice crdgen`).
-pub fn crds_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crds = [
-        types::Broker::crd(),
-        types::Trigger::crd(),
-        sources::PingSource::crd(),
-        sources::KafkaSource::crd(),
-        messaging::Channel::crd(),
-        messaging::InMemoryChannel::crd(),
-        messaging::KafkaChannel::crd(),
-        messaging::NatsJetStreamChannel::crd(),
-        messaging::Subscription::crd(),
-        flows::Sequence::crd(),
-        flows::Parallel::crd(),
-        transform::EventTransform::crd(),
-    ];
-    crds.iter()
-        .map(|c| serde_yaml::to_string(c).expect("CRDs serialize"))
-        .collect::<Vec<_>>()
-        .join("---\n")
-}

@@ -136,6 +136,16 @@ struct HeaderMeta {
 /// The kinds `sluice run` accepts, for the error about any other kind.
 pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
+/// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
+/// not run: they get their own message instead of "not supported".
+pub const KUBERNETES_ONLY: &[(&str, &str)] = &[
+    ("eventing.knative.dev/v1beta3", "EventType"),
+    ("eventing.knative.dev/v1beta2", "EventType"),
+    ("sources.knative.dev/v1", "ApiServerSource"),
+    ("sources.knative.dev/v1", "SinkBinding"),
+    ("sources.knative.dev/v1", "ContainerSource"),
+];
+
 /// Parses every document of a YAML file. `file` names it in errors.
 pub fn parse_yaml(text: &str, file: &str) -> Result<Vec<Loaded>, LoadError> {
     // Deserialize every document before labelling them, stopping at the first error: the
@@ -202,6 +212,19 @@ fn parse_documents(values: Vec<serde_yaml::Value>, file: &str) -> (Vec<Loaded>, 
         }
     }
     (out, errors)
+}
+
+/// Reads one object as the Kubernetes API server returns it (JSON, with `apiVersion` and
+/// `kind`): the same checks and messages as a document of a file. `origin` names it in errors.
+pub fn from_object(value: serde_json::Value, origin: String) -> Result<Loaded, LoadError> {
+    let value = serde_yaml::to_value(value).map_err(|e| LoadError {
+        origin: origin.clone(),
+        resource: None,
+        field: None,
+        message: format!("cannot read the object: {e}"),
+        object: None,
+    })?;
+    parse_resource(value, origin)
 }
 
 fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded, LoadError> {
@@ -312,6 +335,13 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         ("eventing.knative.dev/v1alpha1", "EventTransform") => {
             Resource::EventTransform(Box::new(typed(value, &origin, &describe, &object)?))
         }
+        _ if KUBERNETES_ONLY.contains(&(api_version.as_str(), kind.as_str())) => {
+            return Err(err(
+                Some(describe),
+                None,
+                format!("`{api_version}` `{kind}` is not supported in embedded mode yet: its CRD is served in Kubernetes mode (crds/yaml/), but nothing runs it; `sluice run` reads {SUPPORTED}"),
+            ))
+        }
         _ => {
             return Err(err(
                 Some(describe),
@@ -407,6 +437,19 @@ data:
         let e =
             parse_yaml("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "p.yaml").unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
+
+        let e = parse_yaml(
+            "apiVersion: sources.knative.dev/v1\nkind: ContainerSource\nmetadata: {name: c}\nspec: {}\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.resource.as_deref(), Some("ContainerSource default/c"));
+        assert!(
+            e.message.contains(
+                "`sources.knative.dev/v1` `ContainerSource` is not supported in embedded mode yet"
+            ),
+            "{e}"
+        );
 
         let e = parse_yaml("kind: Broker\n", "p.yaml").unwrap_err();
         assert!(e.message.contains("apiVersion"), "{e}");

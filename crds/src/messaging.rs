@@ -19,6 +19,14 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A list of objects whose fields the schema does not list (the API server keeps them).
+pub(crate) fn any_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
 /// The kind and spec of the channels a Channel, Sequence or Parallel makes.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -28,15 +36,21 @@ pub struct ChannelTemplate {
     /// The spec of the channel kind (e.g. a KafkaChannel's `numPartitions`); checked against
     /// that kind's spec when loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::sources::any_object")]
     pub spec: Option<serde_json::Value>,
 }
 
 /// `messaging.knative.dev/v1` Channel: a channel whose storage its template picks.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "messaging.knative.dev",
     version = "v1",
     kind = "Channel",
+    category = "all",
+    category = "knative",
+    category = "messaging",
+    category = "channel",
     namespaced,
     status = "AddressableStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
@@ -51,17 +65,23 @@ pub struct ChannelSpec {
     pub channel_template: Option<ChannelTemplate>,
     /// Written by Knative's reconcilers; must be empty here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
     pub subscribers: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
 /// `messaging.knative.dev/v1` InMemoryChannel.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "messaging.knative.dev",
     version = "v1",
     kind = "InMemoryChannel",
+    category = "all",
+    category = "knative",
+    category = "messaging",
+    category = "channel",
     namespaced,
     status = "AddressableStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
@@ -72,17 +92,23 @@ pub struct ChannelSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InMemoryChannelSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
     pub subscribers: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
 /// `messaging.knative.dev/v1beta1` KafkaChannel.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "messaging.knative.dev",
     version = "v1beta1",
     kind = "KafkaChannel",
+    category = "all",
+    category = "knative",
+    category = "messaging",
+    category = "channel",
     namespaced,
     status = "AddressableStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
@@ -102,17 +128,23 @@ pub struct KafkaChannelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_duration: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
     pub subscribers: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
 /// `messaging.knative.dev/v1alpha1` NatsJetStreamChannel (eventing-natss).
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "messaging.knative.dev",
     version = "v1alpha1",
     kind = "NatsJetStreamChannel",
+    category = "all",
+    category = "knative",
+    category = "messaging",
+    category = "channel",
     namespaced,
     status = "AddressableStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,
@@ -123,6 +155,7 @@ pub struct KafkaChannelSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsJetStreamChannelSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
     pub subscribers: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
@@ -130,11 +163,15 @@ pub struct NatsJetStreamChannelSpec {
 
 /// `messaging.knative.dev/v1` Subscription: a channel's events to a subscriber, its replies
 /// to `reply`.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "messaging.knative.dev",
     version = "v1",
     kind = "Subscription",
+    category = "all",
+    category = "knative",
+    category = "messaging",
     namespaced,
     status = "SubscriptionStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,

@@ -25,11 +25,15 @@ pub struct TransformReplySpec {
 }
 
 /// `eventing.knative.dev/v1alpha1` EventTransform.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "eventing.knative.dev",
     version = "v1alpha1",
     kind = "EventTransform",
+    category = "all",
+    category = "knative",
+    category = "eventing",
     namespaced,
     status = "AddressableStatus",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.address.url"}"#,

@@ -33,6 +33,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/ingress", get(readyz_ingress))
         .route("/metrics", get(metrics))
         .route("/topology", get(topology))
         .route("/eventtypes", get(event_types))
@@ -105,6 +106,19 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             "brokers": brokers,
         })),
     )
+}
+
+/// Ready when the process takes events at all (started, not shutting down), whatever the
+/// state of each broker: the readiness probe of a data-plane pod in Kubernetes, where one
+/// broker whose Kafka is down must not take the pod out of the Service for every other broker
+/// (each broker's own readiness is in its status, from `/topology`).
+async fn readyz_ingress(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let ready = s.started.load(Ordering::Acquire) && !s.ingress.is_closing();
+    if ready {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not taking events")
+    }
 }
 
 /// Every object with its status, plus what `sluice get` shows beside it.

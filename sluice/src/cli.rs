@@ -28,8 +28,22 @@ pub enum Command {
     /// Show the objects of a running `sluice run` (brokers, triggers, channels,
     /// subscriptions, sequences, parallels, sources) and their status.
     Get(GetArgs),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crdgen,
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crdgen(CrdgenArgs),
+    /// Kubernetes mode: watch the Knative resources and write their status (one leader
+    /// among the replicas).
+    Controller(ControllerArgs),
+    /// Kubernetes mode: ingress, dispatchers and sources for the resources in the cluster.
+    Dataplane(DataplaneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CrdgenArgs {
+    /// Write `<plural>.<group>.yaml` per CRD and a `kustomization.yaml` listing them into this
+    /// directory (removing other `*.yaml` files there) instead of printing one stream. The
+    /// repository keeps them in `crds/yaml/`.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +57,16 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Do not reload the files when they change.
+    #[arg(long, env = "SLUICE_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+/// Settings of a data-plane process (`sluice run` and `sluice dataplane`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeFlags {
     /// Address the broker ingress listens on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_INGRESS_ADDR")]
     pub ingress: SocketAddr,
@@ -55,12 +79,8 @@ pub struct RunArgs {
     /// Events each in-memory trigger queue holds before the ingress answers 503.
     #[arg(long, default_value_t = sluice_core::topology::ChannelConfig::DEFAULT_MEMORY_CAPACITY, env = "SLUICE_QUEUE_CAPACITY")]
     pub queue_capacity: usize,
-    /// Kafka bootstrap servers for Kafka brokers whose ConfigMap names none.
-    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP_SERVERS")]
-    pub kafka_bootstrap_servers: Option<String>,
-    /// NATS server URL for NATS JetStream brokers whose ConfigMap names none.
-    #[arg(long, env = "SLUICE_NATS_URL")]
-    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageFlags,
     /// Bytes of events each in-memory broker holds before the ingress answers 503.
     #[arg(long, default_value_t = sluice_core::topology::ChannelConfig::DEFAULT_MEMORY_MAX_BYTES, env = "SLUICE_QUEUE_MAX_BYTES")]
     pub queue_max_bytes: usize,
@@ -68,9 +88,97 @@ pub struct RunArgs {
     /// producers are answered 503) before exiting. ISO 8601 (PT30S) or seconds.
     #[arg(long, default_value = "PT30S", env = "SLUICE_DRAIN_PERIOD", value_parser = parse_period)]
     pub drain_period: std::time::Duration,
-    /// Do not reload the files when they change.
-    #[arg(long, env = "SLUICE_NO_WATCH")]
-    pub no_watch: bool,
+}
+
+/// What [`crate::run::serve`] needs of the flags.
+pub type NodeArgs = NodeFlags;
+
+/// Where Kafka and NATS brokers keep their events when their ConfigMap does not say. The
+/// controller needs them too: it validates brokers exactly as the data plane does.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageFlags {
+    /// Kafka bootstrap servers for Kafka brokers whose ConfigMap names none.
+    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
+    /// NATS server URL for NATS JetStream brokers whose ConfigMap names none.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+impl StorageFlags {
+    pub fn apply_to(&self, defaults: &mut sluice_crds::Defaults) {
+        defaults.kafka_bootstrap_servers = self.kafka_bootstrap_servers.clone();
+        defaults.nats_url = self.nats_url.clone();
+    }
+}
+
+impl NodeFlags {
+    /// The channel settings these flags give to resources that do not set their own.
+    pub fn apply_to(&self, defaults: &mut sluice_crds::Defaults) {
+        self.storage.apply_to(defaults);
+        defaults.memory_capacity = self.queue_capacity.max(1);
+        defaults.memory_max_bytes = self.queue_max_bytes.max(1);
+    }
+}
+
+impl RunArgs {
+    pub fn node(&self) -> NodeArgs {
+        self.node.clone()
+    }
+}
+
+/// How to reach the Kubernetes API server and where Sluice lives in the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct KubeFlags {
+    /// A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// ServiceAccount.
+    #[arg(long, env = "SLUICE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Sluice's own namespace (the ingress Service, the leader Lease).
+    #[arg(long, default_value = "sluice-system", env = "SLUICE_SYSTEM_NAMESPACE")]
+    pub system_namespace: String,
+    /// The Service in front of the data plane's ingress; Broker addresses are
+    /// `http://<service>.<system namespace>.svc.<cluster domain>/<ns>/<name>`.
+    #[arg(long, default_value = "sluice-ingress", env = "SLUICE_INGRESS_SERVICE")]
+    pub ingress_service: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local", env = "SLUICE_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    #[command(flatten)]
+    pub storage: StorageFlags,
+    /// This replica's name in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// The Service in front of the data plane's admin port (port named `admin`): its ready
+    /// endpoints are the data-plane replicas whose reports become status.
+    #[arg(long, default_value = "sluice-admin", env = "SLUICE_DATAPLANE_SERVICE")]
+    pub dataplane_service: String,
+    /// Admin addresses (`host:port`) of the data-plane replicas, instead of the ready
+    /// endpoints of `--dataplane-service`: for a controller run outside the cluster.
+    /// Repeatable.
+    #[arg(
+        long = "dataplane-admin",
+        env = "SLUICE_DATAPLANE_ADMIN",
+        value_delimiter = ','
+    )]
+    pub dataplane_admin: Vec<String>,
+    /// Address of the controller's health server (/healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9091", env = "SLUICE_ADMIN_ADDR")]
+    pub admin: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct DataplaneArgs {
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    #[command(flatten)]
+    pub node: NodeFlags,
 }
 
 fn parse_period(s: &str) -> Result<std::time::Duration, String> {

@@ -120,7 +120,20 @@ pub fn reload(
     if !fatal.is_empty() {
         return Err(Problems(fatal));
     }
-    let (mut t, build_errors) = sluice_crds::build_lenient(&loaded, defaults);
+    Ok(rebuild(&loaded, errors, defaults, previous))
+}
+
+/// Builds the topology of `loaded` leniently: each object with a problem (from parsing,
+/// `errors`, or from the build) is listed in [`Topology::invalid`] and keeps its `previous`
+/// version, if it had one. Returns the topology and every problem, one message each. Used by
+/// file reloads here and by `sluice dataplane` for each snapshot of the cluster.
+pub fn rebuild(
+    loaded: &[Loaded],
+    mut errors: Vec<sluice_crds::LoadError>,
+    defaults: &Defaults,
+    previous: &Topology,
+) -> (Topology, Vec<String>) {
+    let (mut t, build_errors) = sluice_crds::build_lenient(loaded, defaults);
     errors.extend(build_errors);
     let mut messages = Vec::new();
     for e in errors {
@@ -137,7 +150,7 @@ pub fn reload(
             })
             .or_insert_with(|| e.to_string());
     }
-    Ok((t, messages))
+    (t, messages)
 }
 
 /// Puts the running version of `obj` back into `t` (its new version is invalid).

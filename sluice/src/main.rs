@@ -6,6 +6,7 @@ mod channels;
 mod cli;
 mod display;
 mod get;
+mod k8s;
 mod load;
 mod run;
 mod send;
@@ -32,10 +33,9 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Send(args) => send::send(args).await,
         cli::Command::Display(args) => display::display(args).await,
         cli::Command::Get(args) => get::get(args).await,
-        cli::Command::Crdgen => {
-            print!("{}", sluice_crds::crds_yaml());
-            Ok(())
-        }
+        cli::Command::Controller(args) => k8s::controller(args).await,
+        cli::Command::Dataplane(args) => k8s::dataplane(args).await,
+        cli::Command::Crdgen(args) => crdgen(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -44,4 +44,20 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice crdgen`: the CRDs on stdout, or one file each in `--out-dir`.
+fn crdgen(args: cli::CrdgenArgs) -> anyhow::Result<()> {
+    match args.out_dir {
+        None => print!("{}", sluice_crds::crds_yaml()),
+        Some(dir) => {
+            let written = sluice_crds::write_crd_files(&dir).map_err(|e| {
+                anyhow::anyhow!("cannot write the CRDs into {}: {e}", dir.display())
+            })?;
+            for path in written {
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! reload on file changes, stop cleanly on Ctrl-C / SIGTERM.
 
 use crate::admin::{self, AdminState};
-use crate::cli::RunArgs;
+use crate::cli::{NodeArgs, RunArgs};
 use crate::load;
 use anyhow::Context as _;
 use notify::Watcher as _;
@@ -24,21 +24,40 @@ use tokio_util::sync::CancellationToken;
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let ingress_url = url::Url::parse(&format!("http://{}/", args.ingress))
+    let ingress_url = url::Url::parse(&format!("http://{}/", args.node.ingress))
         .context("the ingress address does not make a URL")?;
     let mut defaults = Defaults::new(ingress_url);
-    defaults.kafka_bootstrap_servers = args.kafka_bootstrap_servers.clone();
-    defaults.nats_url = args.nats_url.clone();
-    defaults.memory_capacity = args.queue_capacity.max(1);
-    defaults.memory_max_bytes = args.queue_max_bytes.max(1);
+    args.node.apply_to(&mut defaults);
 
     let topology = load::topology(&args.files, &defaults)
         .map_err(|p| anyhow::anyhow!("invalid resources; nothing was started:\n{p}"))?;
+    let (topology_tx, topology_rx) = watch::channel(Arc::new(topology));
 
+    let (tx, rx) = mpsc::channel::<()>(16);
+    // Keep the watcher alive for the life of the process.
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        Some(watch_files(&args.files, tx).context("cannot watch the resource files")?)
+    };
+    let reloader = tokio::spawn(reload_loop(rx, args.files.clone(), defaults, topology_tx));
+    let result = serve(&args.node(), topology_rx, wait_for_signal()).await;
+    reloader.abort();
+    result
+}
+
+/// The data plane of one process: ingress, dispatchers and sources running `topology`
+/// (and every topology published after it), with the admin server, until `shutdown`
+/// resolves; then a drain (SEMANTICS.md §2: what was accepted is delivered). Shared by
+/// `sluice run` (topology from files) and `sluice dataplane` (from the cluster).
+pub async fn serve(
+    node: &NodeArgs,
+    topology_rx: watch::Receiver<Arc<Topology>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(StatusBoard::new());
-    let ingress = Arc::new(Ingress::new(metrics.clone(), args.max_body_bytes));
-    let (topology_tx, topology_rx) = watch::channel(Arc::new(topology));
+    let ingress = Arc::new(Ingress::new(metrics.clone(), node.max_body_bytes));
     let dataplane = Dataplane::start(
         ingress.clone(),
         metrics.clone(),
@@ -63,20 +82,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         started: Default::default(),
         topology: topology_rx.clone(),
     });
-    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+    let admin_listener = tokio::net::TcpListener::bind(node.admin)
         .await
         .with_context(|| {
             format!(
                 "cannot listen on the admin address {} (choose another with --admin)",
-                args.admin
+                node.admin
             )
         })?;
-    let ingress_listener = tokio::net::TcpListener::bind(args.ingress)
+    let ingress_listener = tokio::net::TcpListener::bind(node.ingress)
         .await
         .with_context(|| {
             format!(
                 "cannot listen on the ingress address {} (choose another with --ingress)",
-                args.ingress
+                node.ingress
             )
         })?;
 
@@ -101,37 +120,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let t = topology_rx.borrow();
         tracing::info!(
-            ingress = %args.ingress,
-            admin = %args.admin,
+            ingress = %node.ingress,
+            admin = %node.admin,
             brokers = t.brokers.len(),
             channels = t.channels.len(),
             subscriptions = t.subscriptions.len(),
             flows = t.flows.len(),
             transforms = t.transforms.len(),
             sources = t.ping_sources.len() + t.kafka_sources.len(),
-            "sluice is running; POST events to http://{}/<namespace>/<broker> or /<namespace>/channels/<channel>", args.ingress
+            "sluice is running; POST events to http://{}/<namespace>/<broker> or /<namespace>/channels/<channel>", node.ingress
         );
     }
 
-    let (tx, rx) = mpsc::channel::<()>(16);
-    // Keep the watcher alive for the life of the process.
-    let _watcher = if args.no_watch {
-        None
-    } else {
-        Some(watch_files(&args.files, tx).context("cannot watch the resource files")?)
-    };
-    let reloader = tokio::spawn(reload_loop(rx, args.files.clone(), defaults, topology_tx));
-
-    wait_for_signal().await;
-    tracing::info!(drain_period = ?args.drain_period, "shutting down: producers now get 503, queued events are delivered");
+    shutdown.await;
+    tracing::info!(drain_period = ?node.drain_period, "shutting down: producers now get 503, queued events are delivered");
     // Producers are turned away (503 + Retry-After, /readyz 503) while what was accepted
     // drains; replies of those deliveries are still taken.
     ingress.close();
-    reloader.abort();
     // Sources first: they may be sending to the ingress (and a KafkaSource commits its offsets).
     sources_stop.cancel();
     let _ = sources_task.await;
-    let report = dataplane.shutdown(args.drain_period).await;
+    let report = dataplane.shutdown(node.drain_period).await;
     if !report.drained {
         tracing::error!(
             lost = report.lost,
@@ -208,7 +217,7 @@ pub fn channel_factory() -> Box<dyn sluice_dispatcher::ChannelFactory> {
     Box::new(crate::channels::Factory)
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -547,8 +547,9 @@ impl KubeServer {
             .kubectl(&["create", "serviceaccount", name, "-n", namespace])
             .await;
         if let Err(e) = created {
+            // kubectl says `(AlreadyExists)` or, in newer releases, `already exists`.
             assert!(
-                e.contains("AlreadyExists"),
+                e.contains("AlreadyExists") || e.contains("already exists"),
                 "cannot create service account {namespace}/{name}: {e}"
             );
         }

@@ -1,0 +1,436 @@
+//! What each object's `status` should say: a pure function of the resources, the topology
+//! built from them (the same `sluice_crds::build_lenient` the data plane runs), and what the
+//! data-plane replicas report (SEMANTICS.md §8).
+//!
+//! The result holds the dependent conditions (no times yet: [`crate::conditions`] stamps them
+//! against the object's current status) and the other status fields (`address`,
+//! `subscriberUri`, `sinkUri`, ...). The kube wiring in [`crate::run`] turns it into a patch.
+
+use crate::conditions::{Cond, State};
+use crate::dataplane::DataplaneView;
+use serde_json::{json, Map, Value};
+use sluice_core::topology::{Key, Kind, ObjectRef, Topology};
+use sluice_crds::{LoadError, Loaded, Resource};
+use std::collections::BTreeMap;
+use url::Url;
+
+/// Where Sluice's ingress is reachable inside the cluster: addresses are
+/// `http://<service>.<namespace>.svc.<cluster domain>/<ns>/<name>` (Knative's path shapes on
+/// Sluice's own host, SEMANTICS.md §8).
+#[derive(Debug, Clone)]
+pub struct Addressing {
+    pub ingress_service: String,
+    pub system_namespace: String,
+    pub cluster_domain: String,
+}
+
+impl Default for Addressing {
+    fn default() -> Self {
+        Addressing {
+            ingress_service: "sluice-ingress".into(),
+            system_namespace: "sluice-system".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+impl Addressing {
+    /// The ingress base URL, with a trailing slash (what `sluice_crds::Defaults` joins onto).
+    pub fn ingress_base(&self) -> Url {
+        Url::parse(&format!(
+            "http://{}.{}.svc.{}/",
+            self.ingress_service, self.system_namespace, self.cluster_domain
+        ))
+        .expect("service, namespace and cluster domain are DNS names")
+    }
+
+    pub fn broker_url(&self, key: &Key) -> String {
+        format!("{}{}/{}", self.ingress_base(), key.namespace, key.name)
+    }
+
+    /// The `sluice_crds` defaults for this cluster: Broker refs resolve to the ingress,
+    /// Service refs to `<name>.<ns>.svc.<cluster domain>`.
+    pub fn defaults(&self) -> sluice_crds::Defaults {
+        let mut d = sluice_crds::Defaults::new(self.ingress_base());
+        d.cluster_domain = self.cluster_domain.clone();
+        d
+    }
+}
+
+/// The status one object should have, before condition times are stamped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub generation: i64,
+    pub conditions: Vec<Cond>,
+    /// Status fields besides `conditions` and `observedGeneration`.
+    pub fields: Map<String, Value>,
+}
+
+/// Everything a status is computed from.
+pub struct World<'a> {
+    pub resources: &'a [Loaded],
+    pub topology: &'a Topology,
+    pub errors: &'a [LoadError],
+    pub dataplane: &'a DataplaneView,
+    pub addressing: &'a Addressing,
+}
+
+/// Desired status of every object that has one (ConfigMaps have none).
+pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
+    let mut errors: BTreeMap<ObjectRef, Vec<&LoadError>> = BTreeMap::new();
+    for e in world.errors {
+        if let Some(o) = e.object.as_deref() {
+            errors.entry(o.clone()).or_default().push(e);
+        }
+    }
+    let no_errors = Vec::new();
+    let mut out = BTreeMap::new();
+    // Brokers first: a Trigger's BrokerReady mirrors its Broker's Ready.
+    for r in world.resources {
+        if let Resource::Broker(b) = &r.resource {
+            let obj = r.object();
+            let errs = errors.get(&obj).unwrap_or(&no_errors);
+            let d = broker(world, r, b, errs);
+            out.insert(obj, d);
+        }
+    }
+    for r in world.resources {
+        let obj = r.object();
+        let errs = errors.get(&obj).unwrap_or(&no_errors);
+        let d = match &r.resource {
+            Resource::Trigger(t) => trigger(world, r, t, errs, &out),
+            Resource::PingSource(p) => source(world, r, p.metadata.generation, errs, "Deployed"),
+            Resource::KafkaSource(k) => {
+                source(world, r, k.metadata.generation, errs, "ConsumerGroup")
+            }
+            // Not watched in Kubernetes mode yet: channels, Subscriptions, flows,
+            // EventTransforms (they run in embedded mode).
+            _ => continue,
+        };
+        out.insert(obj, d);
+    }
+    out
+}
+
+/// Knative's reason when OIDC authentication is off (the condition holds trivially).
+const OIDC_DISABLED: &str = "authentication-oidc feature disabled";
+
+fn broker(
+    world: &World,
+    r: &Loaded,
+    b: &sluice_crds::types::Broker,
+    errs: &[&LoadError],
+) -> Desired {
+    let key = Key::new(&r.namespace, &r.name);
+    let obj = r.object();
+    let url = world.addressing.broker_url(&key);
+    let dp = world.dataplane;
+    let mut conds = vec![
+        Cond::ok("Addressable"),
+        dp.endpoints_condition("IngressReady"),
+        dp.endpoints_condition("FilterReady"),
+        Cond::ok_because(
+            "EventPoliciesReady",
+            "DefaultAuthorizationMode",
+            "no EventPolicy applies: the default authorization mode allows every sender",
+        ),
+    ];
+    // The channel: a spec problem (bad config, unknown class) is the Broker's own; otherwise
+    // what the replicas that run it say.
+    let channel = match errs.iter().find(|e| !is_dead_letter(e)) {
+        Some(e) => Cond::failed("TriggerChannelReady", "ChannelTemplateFailed", message(e)),
+        None => dp.object_condition("TriggerChannelReady", &obj),
+    };
+    conds.push(channel);
+    let mut fields = Map::new();
+    let dls = dead_letter(
+        world,
+        errs,
+        b.spec
+            .delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.as_ref())
+            .is_some(),
+        world
+            .topology
+            .brokers
+            .get(&key)
+            .and_then(|b| b.delivery.as_ref())
+            .and_then(|d| d.dead_letter_sink.as_ref())
+            .map(|e| e.to_string()),
+        &mut fields,
+    );
+    conds.push(dls);
+    let address = json!({"name": "http", "url": url});
+    fields.insert("address".into(), address.clone());
+    fields.insert("addresses".into(), json!([address]));
+    Desired {
+        generation: b.metadata.generation.unwrap_or(0),
+        conditions: conds,
+        fields,
+    }
+}
+
+fn trigger(
+    world: &World,
+    r: &Loaded,
+    t: &sluice_crds::types::Trigger,
+    errs: &[&LoadError],
+    brokers: &BTreeMap<ObjectRef, Desired>,
+) -> Desired {
+    let obj = r.object();
+    let broker_obj = ObjectRef::broker(Key::new(&r.namespace, &t.spec.broker));
+    let broker_ready = match brokers.get(&broker_obj) {
+        None => Cond::failed(
+            "BrokerReady",
+            "BrokerDoesNotExist",
+            format!(
+                "Broker {:?} does not exist in namespace {:?}",
+                t.spec.broker, r.namespace
+            ),
+        ),
+        Some(b) => {
+            let ready = crate::conditions::ready_of(&b.conditions, &[]);
+            Cond {
+                type_: "BrokerReady",
+                ..ready
+            }
+        }
+    };
+    let sub = world.topology.subscriptions.get(&obj);
+    let mut fields = Map::new();
+    let subscriber_errs: Vec<_> = errs
+        .iter()
+        .filter(|e| field_starts(e, "spec.subscriber"))
+        .collect();
+    let subscriber = match (subscriber_errs.first(), sub) {
+        (Some(e), _) => Cond::failed(
+            "SubscriberResolved",
+            "Unable to get the Subscriber's URI",
+            message(e),
+        ),
+        (None, Some(s)) => {
+            fields.insert("subscriberUri".into(), s.subscriber.to_string().into());
+            Cond::ok("SubscriberResolved")
+        }
+        (None, None) => Cond::unknown(
+            "SubscriberResolved",
+            "NotResolved",
+            "the subscriber is resolved once the Trigger's other problems are fixed",
+        ),
+    };
+    let trigger_dls = t
+        .spec
+        .delivery
+        .as_ref()
+        .and_then(|d| d.dead_letter_sink.as_ref())
+        .is_some();
+    let dls = dead_letter(
+        world,
+        errs,
+        trigger_dls || sub.is_some_and(|s| s.delivery.dead_letter_sink.is_some()),
+        sub.and_then(|s| s.delivery.dead_letter_sink.as_ref())
+            .map(|e| e.to_string()),
+        &mut fields,
+    );
+    // Any other spec problem (a filter that does not compile, a bad annotation) means the
+    // data plane does not run the subscription.
+    let other = errs
+        .iter()
+        .find(|e| !field_starts(e, "spec.subscriber") && !is_dead_letter(e) && !is_broker_ref(e));
+    let subscription = match other {
+        Some(e) => Cond::failed("SubscriptionReady", "InvalidSpec", message(e)),
+        None if brokers.contains_key(&broker_obj) => {
+            world.dataplane.object_condition("SubscriptionReady", &obj)
+        }
+        None => Cond::unknown(
+            "SubscriptionReady",
+            "BrokerDoesNotExist",
+            "waiting for the Broker",
+        ),
+    };
+    Desired {
+        generation: t.metadata.generation.unwrap_or(0),
+        conditions: vec![
+            broker_ready,
+            subscriber,
+            dls,
+            subscription,
+            Cond::ok_because(
+                "DependencyReady",
+                "DependencyNotConfigured",
+                "no knative.dev/dependency annotation",
+            ),
+            Cond::ok_because("OIDCIdentityCreated", OIDC_DISABLED, ""),
+        ],
+        fields,
+    }
+}
+
+/// PingSource and KafkaSource: SinkProvided and the condition that says the data plane runs
+/// the source (`Deployed` / `ConsumerGroup`).
+fn source(
+    world: &World,
+    r: &Loaded,
+    generation: Option<i64>,
+    errs: &[&LoadError],
+    running: &'static str,
+) -> Desired {
+    let obj = r.object();
+    let mut fields = Map::new();
+    let key = Key::new(&r.namespace, &r.name);
+    let sink = match obj.kind {
+        Kind::PingSource => world
+            .topology
+            .ping_sources
+            .get(&key)
+            .map(|p| p.sink.to_string()),
+        _ => world
+            .topology
+            .kafka_sources
+            .get(&key)
+            .map(|k| k.sink.to_string()),
+    };
+    let sink_errs: Vec<_> = errs
+        .iter()
+        .filter(|e| field_starts(e, "spec.sink"))
+        .collect();
+    let sink_cond = match (sink_errs.first(), &sink) {
+        (Some(e), _) => Cond::failed("SinkProvided", "NotFound", message(e)),
+        (None, Some(s)) => {
+            fields.insert("sinkUri".into(), s.clone().into());
+            Cond::ok("SinkProvided")
+        }
+        (None, None) => Cond::unknown(
+            "SinkProvided",
+            "NotResolved",
+            "the sink is resolved once the source's other problems are fixed",
+        ),
+    };
+    let other = errs.iter().find(|e| !field_starts(e, "spec.sink"));
+    let running_cond = match other {
+        Some(e) => Cond::failed(running, "InvalidSpec", message(e)),
+        None => world.dataplane.object_condition(running, &obj),
+    };
+    if obj.kind == Kind::PingSource {
+        fields.insert(
+            "ceAttributes".into(),
+            json!([{
+                "type": "dev.knative.sources.ping",
+                "source": format!("/apis/v1/namespaces/{}/pingsources/{}", r.namespace, r.name),
+            }]),
+        );
+    }
+    let mut conditions = vec![sink_cond, running_cond];
+    if obj.kind == Kind::PingSource {
+        conditions.push(Cond::ok_because("OIDCIdentityCreated", OIDC_DISABLED, ""));
+    }
+    Desired {
+        generation: generation.unwrap_or(0),
+        conditions,
+        fields,
+    }
+}
+
+/// `DeadLetterSinkResolved`, and `deadLetterSinkUri` when there is one.
+fn dead_letter(
+    _world: &World,
+    errs: &[&LoadError],
+    configured: bool,
+    resolved: Option<String>,
+    fields: &mut Map<String, Value>,
+) -> Cond {
+    if let Some(e) = errs.iter().find(|e| is_dead_letter(e)) {
+        return Cond::failed(
+            "DeadLetterSinkResolved",
+            "Unable to get the dead letter sink's URI",
+            message(e),
+        );
+    }
+    match resolved {
+        Some(uri) => {
+            fields.insert("deadLetterSinkUri".into(), uri.into());
+            Cond::ok("DeadLetterSinkResolved")
+        }
+        None if configured => Cond::unknown(
+            "DeadLetterSinkResolved",
+            "NotResolved",
+            "the dead letter sink is resolved once the other problems are fixed",
+        ),
+        None => Cond::ok_because(
+            "DeadLetterSinkResolved",
+            "DeadLetterSinkNotConfigured",
+            "no dead letter sink is configured",
+        ),
+    }
+}
+
+fn field_starts(e: &LoadError, prefix: &str) -> bool {
+    e.field.as_deref().is_some_and(|f| f.starts_with(prefix))
+}
+
+fn is_dead_letter(e: &LoadError) -> bool {
+    field_starts(e, "spec.delivery.deadLetterSink")
+}
+
+fn is_broker_ref(e: &LoadError) -> bool {
+    e.field.as_deref() == Some("spec.broker")
+}
+
+/// The message of a spec problem, without the file-oriented origin of embedded mode.
+fn message(e: &LoadError) -> String {
+    match &e.field {
+        Some(f) => format!("field `{f}`: {}", e.message),
+        None => e.message.clone(),
+    }
+}
+
+impl DataplaneView {
+    /// `IngressReady` / `FilterReady`: some data-plane replica is ready to serve.
+    pub fn endpoints_condition(&self, type_: &'static str) -> Cond {
+        if self.ready_endpoints > 0 {
+            Cond::ok(type_)
+        } else {
+            Cond::failed(
+                type_,
+                "EndpointSlicesUnavailable",
+                self.problem.clone().unwrap_or_else(|| {
+                    "no ready data-plane endpoint: is the sluice-dataplane Deployment running?"
+                        .into()
+                }),
+            )
+        }
+    }
+
+    /// What the replicas say of one object: False if any says False, True if every replica
+    /// that answered says True, Unknown if none knows it yet.
+    pub fn object_condition(&self, type_: &'static str, obj: &ObjectRef) -> Cond {
+        let mut reports = self.replicas.iter().filter_map(|r| r.objects.get(obj));
+        let mut any = false;
+        let mut unknown = None;
+        for s in reports.by_ref() {
+            any = true;
+            match s.state {
+                State::False => return Cond::failed(type_, &s.reason, s.message.clone()),
+                State::Unknown => unknown = Some(s),
+                State::True => {}
+            }
+        }
+        match (any, unknown) {
+            (_, Some(s)) => Cond::unknown(type_, &s.reason, s.message.clone()),
+            (true, None) => Cond::ok(type_),
+            (false, None) if self.replicas.is_empty() => Cond::unknown(
+                type_,
+                "DataPlaneUnavailable",
+                self.problem
+                    .clone()
+                    .unwrap_or_else(|| "no data-plane replica has reported yet".into()),
+            ),
+            (false, None) => Cond::unknown(
+                type_,
+                "NotReconciled",
+                "the data-plane replicas have not applied this object yet",
+            ),
+        }
+    }
+}

@@ -57,8 +57,10 @@ impl SequenceStep {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SequenceSpec {
-    /// At least one.
+    /// At least one. At most 100 in the CRD: the API server budgets the cost of the
+    /// DeliverySpec CEL rules per item, so the list needs a bound.
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub steps: Vec<SequenceStep>,
     /// Default: InMemoryChannel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,8 +106,9 @@ pub struct ParallelBranch {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParallelSpec {
-    /// At least one.
+    /// At least one. At most 100 in the CRD (see [`SequenceSpec::steps`]).
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub branches: Vec<ParallelBranch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_template: Option<ChannelTemplate>,

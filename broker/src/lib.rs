@@ -1,7 +1,10 @@
 //! # sluice-broker
 //!
-//! The broker ingress: `POST /<namespace>/<broker>` with one CloudEvent (binary or structured
-//! mode) or a batch. For each request:
+//! The broker ingress: `POST /<namespace>/<broker>` (a Broker) or
+//! `POST /<namespace>/channels/<name>` (a messaging channel: Channel, InMemoryChannel, a
+//! Sequence's or Parallel's channels) with one CloudEvent (binary or structured mode) or a
+//! batch. Both are the same thing underneath — a channel storing events for subscriptions —
+//! so they share this path. For each request:
 //!
 //! ```text
 //! path → broker lookup → body (size-limited) → decode (sluice_core::http) → TTL + arrival time
@@ -30,8 +33,9 @@ use futures::StreamExt as _;
 use http::{header, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use sluice_channels::{Channel, ChannelError, Health};
+use sluice_core::eventtypes::EventTypeRegistry;
 use sluice_core::metrics::{BrokerLabels, Metrics, RejectLabels};
-use sluice_core::topology::Key;
+use sluice_core::topology::{Key, Kind, ObjectRef};
 use sluice_core::{Envelope, Event};
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,15 +55,32 @@ pub struct BrokerEntry {
 
 impl BrokerEntry {
     pub fn new(key: &Key, channel: Arc<dyn Channel>, metrics: &Metrics) -> Self {
+        Self::for_object(&ObjectRef::broker(key.clone()), channel, metrics)
+    }
+
+    /// An entry for a broker or a messaging channel; a channel's metrics are labelled
+    /// `broker="channels/<name>"`, its path under the namespace.
+    pub fn for_object(target: &ObjectRef, channel: Arc<dyn Channel>, metrics: &Metrics) -> Self {
+        let broker = match target.kind {
+            Kind::Broker => target.key.name.clone(),
+            _ => format!("channels/{}", target.key.name),
+        };
         let accepted = metrics
             .accepted
             .get_or_create(&BrokerLabels {
-                namespace: key.namespace.clone(),
-                broker: key.name.clone(),
+                namespace: target.key.namespace.clone(),
+                broker,
             })
             .clone();
         BrokerEntry { channel, accepted }
     }
+}
+
+/// An object that answers each event POSTed to its path itself instead of storing it (an
+/// EventTransform at `/<ns>/eventtransforms/<name>`): the request waits for its answer.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, event: Event, headers: Vec<(String, String)>) -> Response;
 }
 
 /// Why an event was refused.
@@ -69,7 +90,13 @@ pub enum IngestError {
         "no broker {0} here; check the namespace and name in the URL (POST /<namespace>/<broker>)"
     )]
     UnknownBroker(Key),
-    #[error("the request path must be /<namespace>/<broker>, got {0:?}")]
+    #[error("no channel {0} here; check the namespace and name in the URL (POST /<namespace>/channels/<name>)")]
+    UnknownChannel(Key),
+    #[error("no EventTransform {0} here; check the namespace and name in the URL (POST /<namespace>/eventtransforms/<name>)")]
+    UnknownTransform(Key),
+    #[error("an EventTransform takes one event per request, got {0}")]
+    OneEvent(usize),
+    #[error("the request path must be /<namespace>/<broker> or /<namespace>/channels/<channel>, got {0:?}")]
     BadPath(String),
     #[error("not found: POST events to /<namespace>/<broker>")]
     Root,
@@ -83,14 +110,15 @@ pub enum IngestError {
     TooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     Body(String),
-    #[error("broker {broker} cannot take events right now: {source}")]
+    #[error("{target} cannot take events right now: {source}")]
     Channel {
-        broker: Key,
+        /// The Broker or Channel.
+        target: ObjectRef,
         #[source]
         source: ChannelError,
     },
-    #[error("broker {broker} is not ready: {reason}")]
-    NotReady { broker: Key, reason: String },
+    #[error("{target} is not ready: {reason}")]
+    NotReady { target: ObjectRef, reason: String },
     #[error("sluice is shutting down and takes no new events; retry (another replica, or this one once restarted)")]
     ShuttingDown,
 }
@@ -99,7 +127,11 @@ impl IngestError {
     /// The HTTP status for this refusal (SEMANTICS.md §2).
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::UnknownBroker(_) | IngestError::Root => StatusCode::NOT_FOUND,
+            IngestError::UnknownBroker(_)
+            | IngestError::UnknownChannel(_)
+            | IngestError::UnknownTransform(_)
+            | IngestError::Root => StatusCode::NOT_FOUND,
+            IngestError::OneEvent(_) => StatusCode::BAD_REQUEST,
             IngestError::BadPath(_)
             | IngestError::Malformed(_)
             | IngestError::Ttl(_)
@@ -116,6 +148,9 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::UnknownBroker(_) => "unknown_broker",
+            IngestError::UnknownChannel(_) => "unknown_channel",
+            IngestError::UnknownTransform(_) => "unknown_transform",
+            IngestError::OneEvent(_) => "malformed",
             IngestError::BadPath(_) | IngestError::Root => "bad_path",
             IngestError::Method(_) => "method",
             IngestError::Malformed(_) | IngestError::Body(_) => "malformed",
@@ -173,7 +208,12 @@ impl IntoResponse for IngestError {
 /// The ingress: the brokers it serves (swapped whole on every topology change) and the
 /// request limits.
 pub struct Ingress {
-    brokers: ArcSwap<HashMap<Key, BrokerEntry>>,
+    /// Keyed by `ObjectRef::broker` / `ObjectRef::channel`.
+    brokers: ArcSwap<HashMap<ObjectRef, BrokerEntry>>,
+    /// Objects that answer events themselves (EventTransforms), by `ObjectRef`.
+    handlers: ArcSwap<HashMap<ObjectRef, Arc<dyn EventHandler>>>,
+    /// The `(type, source)` pairs accepted per broker and channel.
+    event_types: Arc<EventTypeRegistry>,
     metrics: Arc<Metrics>,
     max_body: usize,
     /// Shutting down: producers get 503 while queued events drain (replies are still taken).
@@ -184,6 +224,8 @@ impl Ingress {
     pub fn new(metrics: Arc<Metrics>, max_body: usize) -> Self {
         Ingress {
             brokers: ArcSwap::from_pointee(HashMap::new()),
+            handlers: ArcSwap::from_pointee(HashMap::new()),
+            event_types: Arc::new(EventTypeRegistry::default()),
             metrics,
             max_body,
             closing: AtomicBool::new(false),
@@ -201,14 +243,39 @@ impl Ingress {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Replaces the set of brokers served.
+    /// Replaces the set of brokers served (and serves no messaging channel).
     pub fn set_brokers(&self, brokers: HashMap<Key, BrokerEntry>) {
-        self.brokers.store(Arc::new(brokers));
+        let routes = brokers
+            .into_iter()
+            .map(|(k, e)| (ObjectRef::broker(k), e))
+            .collect();
+        self.set_routes(routes);
+    }
+
+    /// Replaces the set of brokers and messaging channels served, keyed by
+    /// `ObjectRef::broker` / `ObjectRef::channel`.
+    pub fn set_routes(&self, routes: HashMap<ObjectRef, BrokerEntry>) {
+        self.brokers.store(Arc::new(routes));
+    }
+
+    /// The event types seen so far (recorded once an event is stored).
+    pub fn event_types(&self) -> &Arc<EventTypeRegistry> {
+        &self.event_types
+    }
+
+    /// Replaces the objects that answer events themselves (EventTransforms).
+    pub fn set_handlers(&self, handlers: HashMap<ObjectRef, Arc<dyn EventHandler>>) {
+        self.handlers.store(Arc::new(handlers));
     }
 
     /// The channel of a broker, if it is served.
     pub fn channel(&self, key: &Key) -> Option<Arc<dyn Channel>> {
-        self.brokers.load().get(key).map(|b| b.channel.clone())
+        self.storage(&ObjectRef::broker(key.clone()))
+    }
+
+    /// The storage of a broker or messaging channel, if it is served.
+    pub fn storage(&self, target: &ObjectRef) -> Option<Arc<dyn Channel>> {
+        self.brokers.load().get(target).map(|b| b.channel.clone())
     }
 
     /// Applies the TTL and arrival time to each event and publishes them, in order, into the
@@ -219,15 +286,28 @@ impl Ingress {
         events: Vec<Event>,
         headers: Vec<(String, String)>,
     ) -> Result<(), IngestError> {
+        self.publish_to(&ObjectRef::broker(key.clone()), events, headers)
+            .await
+    }
+
+    /// [`publish`](Self::publish) into a broker or a messaging channel. Channels get the
+    /// same loop guard (`knativebrokerttl`) as brokers: a reply wired back into the channel
+    /// it came from ends instead of circling forever.
+    pub async fn publish_to(
+        &self,
+        target: &ObjectRef,
+        events: Vec<Event>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), IngestError> {
         let entry = self
             .brokers
             .load()
-            .get(key)
+            .get(target)
             .cloned()
-            .ok_or_else(|| IngestError::UnknownBroker(key.clone()))?;
+            .ok_or_else(|| unknown(target))?;
         if let Health::NotReady(reason) = entry.channel.health() {
             return Err(IngestError::NotReady {
-                broker: key.clone(),
+                target: target.clone(),
                 reason,
             });
         }
@@ -239,6 +319,11 @@ impl Ingress {
             prepared.push(event);
         }
         let n = prepared.len() as u64;
+        // Discovery: the pairs of valid events that reached it (even if storing them is then
+        // refused for backpressure: the producer sends them all the same).
+        for e in &prepared {
+            self.event_types.record(target, e.ty(), e.source());
+        }
         let result = if prepared.len() == 1 {
             let event = prepared.pop().expect("one event");
             entry
@@ -253,20 +338,29 @@ impl Ingress {
             entry.channel.publish_batch(envelopes).await
         };
         result.map_err(|source| IngestError::Channel {
-            broker: key.clone(),
+            target: target.clone(),
             source,
         })?;
         entry.accepted.inc_by(n);
         Ok(())
     }
 
-    fn reject(&self, key: Option<&Key>, e: &IngestError) {
-        let (namespace, broker) = match (key, e) {
+    fn reject(&self, target: Option<&ObjectRef>, e: &IngestError) {
+        let (namespace, broker) = match (target, e) {
             // Don't let arbitrary URLs create label sets.
-            (Some(k), e) if !matches!(e, IngestError::UnknownBroker(_)) => {
-                (k.namespace.clone(), k.name.clone())
-            }
-            _ => (String::new(), String::new()),
+            (
+                Some(_),
+                IngestError::UnknownBroker(_)
+                | IngestError::UnknownChannel(_)
+                | IngestError::UnknownTransform(_),
+            )
+            | (None, _) => (String::new(), String::new()),
+            (Some(t), _) if t.kind == Kind::Broker => (t.key.namespace.clone(), t.key.name.clone()),
+            (Some(t), _) if t.kind == Kind::EventTransform => (
+                t.key.namespace.clone(),
+                format!("eventtransforms/{}", t.key.name),
+            ),
+            (Some(t), _) => (t.key.namespace.clone(), format!("channels/{}", t.key.name)),
         };
         self.metrics
             .rejected
@@ -278,7 +372,7 @@ impl Ingress {
             .inc();
     }
 
-    async fn handle(&self, req: Request) -> Result<StatusCode, IngestError> {
+    async fn handle(&self, req: Request) -> Result<Response, IngestError> {
         let key = parse_path(req.uri().path())?;
         if req.method() != Method::POST {
             return Err(IngestError::Method(req.method().clone()));
@@ -290,10 +384,14 @@ impl Ingress {
         result
     }
 
-    async fn handle_post(&self, key: &Key, req: Request) -> Result<StatusCode, IngestError> {
-        if !self.brokers.load().contains_key(key) {
-            return Err(IngestError::UnknownBroker(key.clone()));
-        }
+    async fn handle_post(&self, key: &ObjectRef, req: Request) -> Result<Response, IngestError> {
+        let handler = match key.kind {
+            Kind::EventTransform => {
+                Some((self.handlers.load().get(key).cloned()).ok_or_else(|| unknown(key))?)
+            }
+            _ if self.brokers.load().contains_key(key) => None,
+            _ => return Err(unknown(key)),
+        };
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
         }
@@ -336,8 +434,23 @@ impl Ingress {
         let body: Bytes = buf.freeze();
         let events = sluice_core::http::decode(&parts.headers, body)?;
         let headers = sluice_core::envelope::passthrough_headers(&parts.headers);
-        self.publish(key, events, headers).await?;
-        Ok(StatusCode::ACCEPTED)
+        if let Some(handler) = handler {
+            if events.len() != 1 {
+                return Err(IngestError::OneEvent(events.len()));
+            }
+            let event = events.into_iter().next().expect("one event");
+            return Ok(handler.handle(event, headers).await);
+        }
+        self.publish_to(key, events, headers).await?;
+        Ok(StatusCode::ACCEPTED.into_response())
+    }
+}
+
+fn unknown(target: &ObjectRef) -> IngestError {
+    match target.kind {
+        Kind::Broker => IngestError::UnknownBroker(target.key.clone()),
+        Kind::EventTransform => IngestError::UnknownTransform(target.key.clone()),
+        _ => IngestError::UnknownChannel(target.key.clone()),
     }
 }
 
@@ -364,16 +477,26 @@ async fn discard_stream(mut body: axum::body::BodyDataStream, max: usize) {
     .await;
 }
 
-/// `/<ns>/<name>` → the broker key; `/` → 404; anything else → 400.
-pub fn parse_path(path: &str) -> Result<Key, IngestError> {
+/// `/<ns>/<name>` → a broker; `/<ns>/channels/<name>` → a messaging channel; `/` → 404;
+/// anything else → 400. (A broker path has two segments, a channel path three, so a broker
+/// named `channels` does not shadow channels.)
+pub fn parse_path(path: &str) -> Result<ObjectRef, IngestError> {
     let trimmed = path.trim_start_matches('/');
     if trimmed.is_empty() {
         return Err(IngestError::Root);
     }
     let mut parts = trimmed.trim_end_matches('/').split('/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
-            Ok(Key::new(ns, name))
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(name), None, None) if !ns.is_empty() && !name.is_empty() => {
+            Ok(ObjectRef::broker(Key::new(ns, name)))
+        }
+        (Some(ns), Some("channels"), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
+            Ok(ObjectRef::channel(Key::new(ns, name)))
+        }
+        (Some(ns), Some("eventtransforms"), Some(name), None)
+            if !ns.is_empty() && !name.is_empty() =>
+        {
+            Ok(ObjectRef::new(Kind::EventTransform, Key::new(ns, name)))
         }
         _ => Err(IngestError::BadPath(path.to_string())),
     }
@@ -389,7 +512,7 @@ async fn route(State(ingress): State<Arc<Ingress>>, req: Request) -> Response {
             .into_response();
     }
     match ingress.handle(req).await {
-        Ok(status) => status.into_response(),
+        Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = %e, status = e.status().as_u16(), "event refused");
             let close = matches!(e, IngestError::TooLarge { .. });
@@ -495,4 +618,44 @@ pub async fn serve_with(
     // Requests in progress finish; idle connections are closed.
     graceful.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_brokers_and_channels() {
+        let broker = |ns: &str, n: &str| Ok(ObjectRef::broker(Key::new(ns, n)));
+        let channel = |ns: &str, n: &str| Ok(ObjectRef::channel(Key::new(ns, n)));
+        let cases: &[(&str, Result<ObjectRef, &str>)] = &[
+            ("/ns/b", broker("ns", "b")),
+            ("/ns/b/", broker("ns", "b")),
+            // A broker may be called `channels`: two segments are always a broker.
+            ("/ns/channels", broker("ns", "channels")),
+            ("/ns/channels/c", channel("ns", "c")),
+            ("/ns/channels/c/", channel("ns", "c")),
+            (
+                "/ns/eventtransforms/t",
+                Ok(ObjectRef::new(Kind::EventTransform, Key::new("ns", "t"))),
+            ),
+            ("/", Err("root")),
+            ("/ns", Err("bad")),
+            ("/ns/other/c", Err("bad")),
+            ("/ns/channels/c/x", Err("bad")),
+        ];
+        for (path, want) in cases {
+            let got = parse_path(path);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{path}"),
+                (Err("root"), Err(IngestError::Root)) => {}
+                (Err("bad"), Err(IngestError::BadPath(_))) => {}
+                _ => panic!("{path}: got {got:?}, wanted {want:?}"),
+            }
+        }
+        assert_eq!(
+            unknown(&ObjectRef::channel(Key::new("ns", "c"))).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
 }

@@ -195,6 +195,21 @@ impl KafkaSettings {
         }
     }
 
+    /// The settings of a messaging channel: topic [`channel_topic_name`]`(channel)`.
+    pub fn for_channel(
+        channel: &Key,
+        bootstrap_servers: impl Into<String>,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> Self {
+        Self::new(
+            bootstrap_servers,
+            channel_topic_name(channel),
+            partitions,
+            replication_factor,
+        )
+    }
+
     /// The settings of a broker's channel: topic [`topic_name`]`(broker)`.
     pub fn for_broker(
         broker: &Key,
@@ -235,6 +250,16 @@ impl KafkaSettings {
 /// The topic of a broker: `knative-broker-<namespace>-<name>` (as Knative's Kafka broker).
 pub fn topic_name(broker: &Key) -> String {
     format!("knative-broker-{}-{}", broker.namespace, broker.name)
+}
+
+/// The topic of a messaging channel (a KafkaChannel, or a Channel whose template is one):
+/// `knative-messaging-kafka.<namespace>.<name>`, as Knative's KafkaChannel names it, so a
+/// broker and a channel of the same name never share a topic.
+pub fn channel_topic_name(channel: &Key) -> String {
+    format!(
+        "knative-messaging-kafka.{}.{}",
+        channel.namespace, channel.name
+    )
 }
 
 /// The consumer group of a subscription `ns/name`: `knative-trigger-<ns>-<name>`.

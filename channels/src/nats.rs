@@ -92,6 +92,21 @@ impl NatsSettings {
             max_bytes: sluice_core::topology::ChannelConfig::DEFAULT_NATS_MAX_BYTES,
         }
     }
+
+    /// The settings of a messaging channel (a NatsJetStreamChannel, or a Channel whose
+    /// template is one): stream `KN_CHANNEL_<NS>__<NAME>`, subject
+    /// `<ns>.<name>._knative_channel`, so a broker and a channel of the same name never
+    /// share a stream.
+    pub fn for_channel(url: impl Into<String>, channel: &Key) -> Self {
+        let broker = Self::for_broker(url, channel);
+        NatsSettings {
+            stream: broker.stream.replacen("KN_BROKER_", "KN_CHANNEL_", 1),
+            subject: broker
+                .subject
+                .replace("._knative_broker", "._knative_channel"),
+            ..broker
+        }
+    }
 }
 
 /// `KN_BROKER_<NS>__<NAME>`: upper-cased, anything not alphanumeric becomes `_`.
@@ -695,6 +710,9 @@ mod tests {
     fn names_are_sanitised() {
         let b = Key::new("my-ns", "the.broker");
         assert_eq!(stream_name(&b), "KN_BROKER_MY_NS__THE_BROKER");
+        let c = NatsSettings::for_channel("nats://x", &b);
+        assert_eq!(c.stream, "KN_CHANNEL_MY_NS__THE_BROKER");
+        assert!(c.subject.ends_with("._knative_channel"), "{}", c.subject);
         assert_eq!(subject(&b), "my-ns.the_broker._knative_broker");
         assert_eq!(consumer_name("ns/t.1 x"), "knative-trigger-ns__t_1_x");
     }

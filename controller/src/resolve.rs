@@ -143,7 +143,18 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
                 replace(&mut a.spec.sink, sink);
             }
             // Not read from the cluster (embedded mode only).
-            Resource::ContainerSource(_) | Resource::ConfigMap(_) => {}
+            // Channels, Subscriptions, flows and EventTransforms are not watched in
+            // Kubernetes mode yet (they run in embedded mode).
+            Resource::ConfigMap(_)
+            | Resource::ContainerSource(_)
+            | Resource::Channel(_)
+            | Resource::InMemoryChannel(_)
+            | Resource::KafkaChannel(_)
+            | Resource::NatsJetStreamChannel(_)
+            | Resource::Subscription(_)
+            | Resource::Sequence(_)
+            | Resource::Parallel(_)
+            | Resource::EventTransform(_) => {}
         }
     }
 }

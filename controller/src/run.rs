@@ -147,7 +147,9 @@ fn current_status(r: &Loaded) -> Value {
         R::KafkaSource(o) => serde_json::to_value(&o.status),
         R::ApiServerSource(o) => serde_json::to_value(&o.status),
         R::ContainerSource(o) => serde_json::to_value(&o.status),
-        R::ConfigMap(_) => return Value::Null,
+        // ConfigMaps have no status; channels, Subscriptions, flows and EventTransforms are
+        // not watched in Kubernetes mode yet.
+        _ => return Value::Null,
     };
     v.unwrap_or(Value::Null)
 }
@@ -160,7 +162,7 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::KafkaSource => apply::<KafkaSource>(client, r, status).await,
         Kind::ApiServerSource => apply::<ApiServerSource>(client, r, status).await,
         Kind::ContainerSource => apply::<ContainerSource>(client, r, status).await,
-        Kind::ConfigMap => Ok(()),
+        _ => Ok(()),
     }
 }
 

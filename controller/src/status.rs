@@ -112,8 +112,9 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
                 apiserver_source(world, a, &mut d);
                 d
             }
-            // ContainerSource runs in embedded mode only: the cluster watch does not read it.
-            Resource::Broker(_) | Resource::ConfigMap(_) | Resource::ContainerSource(_) => continue,
+            // Brokers are done above; not watched in Kubernetes mode yet: ContainerSource,
+            // channels, Subscriptions, flows, EventTransforms (they run in embedded mode).
+            _ => continue,
         };
         out.insert(obj, d);
     }

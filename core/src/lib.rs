@@ -19,6 +19,7 @@
 pub mod delivery;
 pub mod envelope;
 pub mod event;
+pub mod eventtypes;
 pub mod http;
 pub mod metrics;
 pub mod offsets;

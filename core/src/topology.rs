@@ -131,6 +131,22 @@ pub enum Kind {
     ApiServerSource,
     ContainerSource,
     ConfigMap,
+    /// `messaging.knative.dev/v1` Channel (its storage is picked by `channelTemplate`).
+    Channel,
+    /// `messaging.knative.dev/v1` InMemoryChannel.
+    InMemoryChannel,
+    /// `messaging.knative.dev/v1beta1` KafkaChannel.
+    KafkaChannel,
+    /// `messaging.knative.dev/v1alpha1` NatsJetStreamChannel (eventing-natss).
+    NatsJetStreamChannel,
+    /// `messaging.knative.dev/v1` Subscription.
+    Subscription,
+    /// `flows.knative.dev/v1` Sequence.
+    Sequence,
+    /// `flows.knative.dev/v1` Parallel.
+    Parallel,
+    /// `eventing.knative.dev/v1alpha1` EventTransform.
+    EventTransform,
 }
 
 impl Kind {
@@ -143,7 +159,24 @@ impl Kind {
             Kind::ApiServerSource => "ApiServerSource",
             Kind::ContainerSource => "ContainerSource",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Channel => "Channel",
+            Kind::InMemoryChannel => "InMemoryChannel",
+            Kind::KafkaChannel => "KafkaChannel",
+            Kind::NatsJetStreamChannel => "NatsJetStreamChannel",
+            Kind::Subscription => "Subscription",
+            Kind::Sequence => "Sequence",
+            Kind::Parallel => "Parallel",
+            Kind::EventTransform => "EventTransform",
         }
+    }
+
+    /// The kinds that are messaging channels (one name space per namespace: a `Channel`'s
+    /// backing channel takes its name, so two channel kinds cannot share a name).
+    pub fn is_channel(self) -> bool {
+        matches!(
+            self,
+            Kind::Channel | Kind::InMemoryChannel | Kind::KafkaChannel | Kind::NatsJetStreamChannel
+        )
     }
 }
 
@@ -166,6 +199,12 @@ impl ObjectRef {
     pub fn trigger(key: Key) -> Self {
         ObjectRef::new(Kind::Trigger, key)
     }
+
+    /// The storage of a messaging channel, whatever kind it was written as (a Broker's
+    /// storage is `ObjectRef::broker`). Subscriptions, routes and replies name channels so.
+    pub fn channel(key: Key) -> Self {
+        ObjectRef::new(Kind::Channel, key)
+    }
 }
 
 impl fmt::Display for ObjectRef {
@@ -180,6 +219,16 @@ pub enum ReplyTo {
     /// Published into a broker, with the same durability as a producer's event and the TTL
     /// one lower (a Trigger's replies go to its own broker).
     Broker(Key),
+    /// Published into a messaging channel (a Subscription's `reply`, the next step of a
+    /// Sequence, a Parallel branch's channel), like a broker reply: same durability as a
+    /// producer's event, TTL one lower, never back to the channel it came from unless the
+    /// user wired it so.
+    Channel {
+        key: Key,
+        /// The channel's address, named as `knativeerrordest` when the reply cannot be
+        /// stored and the original event is dead-lettered.
+        address: Endpoint,
+    },
     /// Sent to a URL under the subscription's delivery policy.
     Endpoint(Endpoint),
     /// Dropped (counted).
@@ -193,11 +242,19 @@ pub enum ReplyTo {
 pub struct Subscription {
     /// The object this subscription was compiled from (its status is reported there).
     pub owner: ObjectRef,
-    /// The channel it reads (for a Trigger: its broker).
+    /// The channel storage it reads: `ObjectRef::broker` for a Trigger, `ObjectRef::channel`
+    /// for a Subscription, a Sequence step or a Parallel branch.
     pub channel: ObjectRef,
     /// `None`: every event.
     pub filter: Option<Arc<dyn EventFilter>>,
     pub subscriber: Endpoint,
+    /// Set when the subscriber is a Broker or messaging channel this process serves (a
+    /// Trigger or Subscription whose subscriber is a Sequence, Parallel, Channel or Broker,
+    /// a Parallel branch without a filter): events are then published into it in-process,
+    /// with the same durability and loop guard as a reply, instead of POSTed to
+    /// `subscriber` (its address, still named in `knativeerrordest`). So such a hop keeps
+    /// working while the ingress refuses producers during a shutdown drain.
+    pub subscriber_target: Option<ObjectRef>,
     pub reply: ReplyTo,
     /// Effective policy: the trigger's `delivery`, else the broker's, else the default.
     pub delivery: DeliveryPolicy,
@@ -373,6 +430,77 @@ pub struct ContainerSource {
     pub fingerprint: u64,
 }
 
+/// A messaging channel: storage with an address (`/<ns>/channels/<name>` on the ingress)
+/// and no filters of its own. Written as a Channel / InMemoryChannel / KafkaChannel /
+/// NatsJetStreamChannel, or made by a Sequence or Parallel.
+#[derive(Debug, Clone)]
+pub struct MessagingChannel {
+    pub key: Key,
+    /// The object whose status this channel's readiness is (its kind as written; a Channel
+    /// a Sequence made is of its `channelTemplate`'s kind).
+    pub object: ObjectRef,
+    /// The Sequence or Parallel that made it, if one did.
+    pub owner: Option<ObjectRef>,
+    pub channel: ChannelConfig,
+    /// Its URL on the ingress: `<ingress>/<ns>/channels/<name>`.
+    pub address: Endpoint,
+    /// `spec.delivery` (or its template's): Subscriptions without their own use it whole.
+    pub delivery: Option<DeliveryPolicy>,
+    /// Changes whenever anything above changes.
+    pub fingerprint: u64,
+}
+
+impl MessagingChannel {
+    /// The storage identity (what subscriptions and replies name).
+    pub fn storage(&self) -> ObjectRef {
+        ObjectRef::channel(self.key.clone())
+    }
+}
+
+/// A Sequence or Parallel: no runtime of its own, only the channels and subscriptions it
+/// compiled to, whose statuses make its own (SEMANTICS.md §10).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub object: ObjectRef,
+    /// The channel events enter by (Sequence: step 0's; Parallel: the ingress channel).
+    pub address: Key,
+    /// Every channel it made, in order.
+    pub channels: Vec<Key>,
+    /// Every subscription it made (owner refs into [`Topology::subscriptions`]), in order.
+    pub subscriptions: Vec<ObjectRef>,
+    pub fingerprint: u64,
+}
+
+/// What an EventTransform does with its sink's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformReply {
+    /// Returned as it is.
+    Pass,
+    /// Transformed by this (already validated) JSONata expression.
+    Jsonata(String),
+    /// Dropped: the caller gets an empty 202.
+    Discard,
+}
+
+/// An EventTransform (`eventing.knative.dev/v1alpha1`): a JSONata expression applied to
+/// each event POSTed to its address (`/<ns>/eventtransforms/<name>` on the ingress). The
+/// expression sees the whole event as structured-mode JSON and must produce a CloudEvent
+/// object. Without a sink the result is the HTTP answer (a reply, when the caller is a
+/// Trigger or Subscription); with a sink it is sent there.
+#[derive(Debug, Clone)]
+pub struct EventTransform {
+    pub key: Key,
+    /// Checked when loaded (a syntax error refuses the resource with its position).
+    pub expression: String,
+    pub sink: Option<Endpoint>,
+    pub reply: TransformReply,
+    /// For the one attempt to the sink (its `timeout`, `format`).
+    pub delivery: DeliveryPolicy,
+    /// Its URL on the ingress.
+    pub address: Endpoint,
+    pub fingerprint: u64,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -383,6 +511,12 @@ pub struct Topology {
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
     pub apiserver_sources: BTreeMap<Key, Arc<ApiServerSource>>,
     pub container_sources: BTreeMap<Key, Arc<ContainerSource>>,
+    /// Messaging channels by name (unique across channel kinds in a namespace).
+    pub channels: BTreeMap<Key, Arc<MessagingChannel>>,
+    /// Sequences and Parallels.
+    pub flows: BTreeMap<ObjectRef, Arc<Flow>>,
+    /// EventTransforms by name.
+    pub transforms: BTreeMap<Key, Arc<EventTransform>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -405,6 +539,24 @@ impl Topology {
         self.subscriptions.get(&ObjectRef::trigger(key.clone()))
     }
 
+    /// Whether a channel storage (a broker's or a messaging channel's) is wanted.
+    pub fn has_storage(&self, storage: &ObjectRef) -> bool {
+        match storage.kind {
+            Kind::Broker => self.brokers.contains_key(&storage.key),
+            Kind::Channel => self.channels.contains_key(&storage.key),
+            _ => false,
+        }
+    }
+
+    /// Every channel storage to run: brokers' and messaging channels', with their settings
+    /// and fingerprints.
+    pub fn storages(&self) -> impl Iterator<Item = (ObjectRef, &ChannelConfig)> + '_ {
+        let brokers =
+            (self.brokers.values()).map(|b| (ObjectRef::broker(b.key.clone()), &b.channel));
+        let channels = (self.channels.values()).map(|c| (c.storage(), &c.channel));
+        brokers.chain(channels)
+    }
+
     /// Every object, for status reporting.
     pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
         let brokers = self.brokers.keys().cloned().map(ObjectRef::broker);
@@ -417,11 +569,18 @@ impl Topology {
             .map(|k| ObjectRef::new(Kind::ApiServerSource, k));
         let containers = (self.container_sources.keys().cloned())
             .map(|k| ObjectRef::new(Kind::ContainerSource, k));
+        let channels = self.channels.values().map(|c| c.object.clone());
+        let flows = self.flows.keys().cloned();
+        let transforms =
+            (self.transforms.keys().cloned()).map(|k| ObjectRef::new(Kind::EventTransform, k));
         brokers
             .chain(subs)
             .chain(pings)
             .chain(kafkas)
             .chain(apiservers)
             .chain(containers)
+            .chain(channels)
+            .chain(flows)
+            .chain(transforms)
     }
 }

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use sluice_core::delivery::{BackoffPolicy, DeliveryPolicy, Endpoint, Format};
 use sluice_core::topology::{
     ApiServerMode, ApiServerSource, Broker, ChannelConfig, ContainerSource, InitialOffset,
-    KafkaSource, Key, NamespaceScope, ObjectRef, PingSource, ReplyTo, StartFrom, Subscription,
-    Topology, WatchedResource,
+    KafkaSource, Key, Kind, NamespaceScope, ObjectRef, PingSource, ReplyTo, StartFrom,
+    Subscription, Topology, WatchedResource,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -66,15 +66,21 @@ impl Defaults {
     }
 }
 
-struct Ctx<'a> {
-    defaults: &'a Defaults,
+pub(crate) struct Ctx<'a> {
+    pub(crate) defaults: &'a Defaults,
     brokers: HashSet<Key>,
     config_maps: BTreeMap<Key, &'a ConfigMap>,
-    errors: Vec<LoadError>,
+    /// Messaging channel names (written, or made by a Sequence/Parallel), with their kind.
+    pub(crate) channels: BTreeMap<Key, Kind>,
+    /// Sequences and Parallels defined (refs to them resolve to their first channel).
+    pub(crate) flows: HashSet<ObjectRef>,
+    /// EventTransforms defined.
+    pub(crate) transforms: HashSet<Key>,
+    pub(crate) errors: Vec<LoadError>,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, r: &Loaded, field: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, r: &Loaded, field: &str, message: impl Into<String>) {
         self.errors.push(LoadError {
             origin: r.origin.clone(),
             resource: Some(r.describe()),
@@ -104,6 +110,9 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
         defaults,
         brokers: HashSet::new(),
         config_maps: BTreeMap::new(),
+        channels: BTreeMap::new(),
+        flows: HashSet::new(),
+        transforms: HashSet::new(),
         errors: Vec::new(),
     };
     let mut seen: BTreeMap<(&str, Key), &Loaded> = BTreeMap::new();
@@ -123,13 +132,10 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
             Resource::ConfigMap(cm) => {
                 ctx.config_maps.insert(key, cm);
             }
-            Resource::Trigger(_)
-            | Resource::PingSource(_)
-            | Resource::KafkaSource(_)
-            | Resource::ApiServerSource(_)
-            | Resource::ContainerSource(_) => {}
+            _ => {}
         }
     }
+    crate::convert_flows::register(&mut ctx, resources);
 
     let mut topology = Topology::default();
     for r in resources {
@@ -150,6 +156,8 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
             }
         }
     }
+    crate::convert_flows::build(&mut ctx, resources, &mut topology);
+    crate::convert_transform::build(&mut ctx, resources, &mut topology);
     for r in resources {
         match &r.resource {
             Resource::PingSource(p) => {
@@ -186,7 +194,7 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
     (topology, ctx.errors)
 }
 
-fn annotation<'a>(
+pub(crate) fn annotation<'a>(
     meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     key: &str,
 ) -> Option<&'a str> {
@@ -441,6 +449,11 @@ fn trigger(
         fingerprint,
         owner: ObjectRef::trigger(key),
         channel: ObjectRef::broker(broker_key.clone()),
+        subscriber_target: crate::convert_flows::local_target(
+            ctx,
+            &t.spec.subscriber,
+            &r.namespace,
+        ),
         subscriber,
         filter: Some(Arc::new(filter?)),
         reply: ReplyTo::Broker(broker_key),
@@ -451,7 +464,7 @@ fn trigger(
     })
 }
 
-fn delivery_policy(
+pub(crate) fn delivery_policy(
     ctx: &mut Ctx,
     r: &Loaded,
     spec: &DeliverySpec,
@@ -513,7 +526,12 @@ fn delivery_policy(
     (ctx.errors.len() == before).then_some(p)
 }
 
-fn resolve(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Endpoint> {
+pub(crate) fn resolve(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    dest: &Destination,
+    path: &str,
+) -> Option<Endpoint> {
     let url = resolve_url(ctx, r, dest, path)?;
     let endpoint = Endpoint::new(url).and_then(|e| match &dest.ca_certs {
         Some(pem) => e.with_ca_certs(pem).map_err(|m| format!("CACerts: {m}")),
@@ -615,6 +633,12 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
         ))
         .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
         .ok(),
+        ("eventing.knative.dev", "EventTransform") => {
+            crate::convert_transform::address_of(ctx, r, reference, ns, path)
+        }
+        ("messaging.knative.dev" | "flows.knative.dev", _) => {
+            crate::convert_flows::address_of(ctx, r, reference, ns, path)
+        }
         _ => match ctx
             .defaults
             .addressables
@@ -625,9 +649,19 @@ fn address_of(ctx: &mut Ctx, r: &Loaded, reference: &KReference, path: &str) -> 
                 ctx.error(r, &format!("{path}.ref"), why.clone());
                 None
             }
+            // Not looked up (embedded mode): a Knative Service's address is its cluster-local
+            // name (SEMANTICS.md §13), so Knative's documentation examples load unchanged.
+            None if group == "serving.knative.dev" && reference.kind == "Service" => {
+                Url::parse(&format!(
+                    "http://{}.{ns}.svc.{}/",
+                    reference.name, ctx.defaults.cluster_domain
+                ))
+                .map_err(|e| ctx.error(r, &format!("{path}.ref"), e.to_string()))
+                .ok()
+            }
             None => {
                 ctx.error(r, &format!("{path}.ref"), format!(
-                    "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker and v1 Service (and, in Kubernetes mode, any object with a status.address.url); use `uri` for anything else",
+                    "cannot resolve {} `{}` to an address here: Sluice resolves refs to eventing.knative.dev/v1 Broker, messaging.knative.dev channels, flows.knative.dev Sequence and Parallel, EventTransform, v1 and serving.knative.dev/v1 Service (and, in Kubernetes mode, any object with a status.address.url); use `uri` for anything else",
                     reference.kind, reference.name
                 ));
                 None
@@ -662,7 +696,9 @@ impl AddressableRef {
         let group = api_version.split('/').next().unwrap_or_default();
         matches!(
             (group, kind),
-            ("eventing.knative.dev", "Broker") | ("v1", "Service")
+            ("eventing.knative.dev", "Broker" | "EventTransform")
+                | ("v1", "Service")
+                | ("messaging.knative.dev" | "flows.knative.dev", _)
         )
     }
 }
@@ -712,6 +748,31 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
         }
         Resource::ApiServerSource(a) => out.push(&a.spec.sink),
         Resource::ContainerSource(c) => out.push(&c.spec.sink),
+        Resource::Channel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::InMemoryChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::KafkaChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::NatsJetStreamChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
+        Resource::Subscription(s) => {
+            out.extend(s.spec.subscriber.as_ref());
+            out.extend(s.spec.reply.as_ref());
+            out.extend(dls(s.spec.delivery.as_ref()));
+        }
+        Resource::Sequence(q) => {
+            for step in &q.spec.steps {
+                out.extend(dls(step.delivery.as_ref()));
+            }
+            out.extend(q.spec.reply.as_ref());
+        }
+        Resource::Parallel(p) => {
+            for b in &p.spec.branches {
+                out.extend(b.filter.as_ref());
+                out.push(&b.subscriber);
+                out.extend(b.reply.as_ref());
+                out.extend(dls(b.delivery.as_ref()));
+            }
+            out.extend(p.spec.reply.as_ref());
+        }
+        Resource::EventTransform(t) => out.extend(t.spec.sink.as_ref()),
         Resource::ConfigMap(_) => {}
     }
     out
@@ -720,7 +781,7 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
 /// The default PingSource schedule (Knative's): every minute.
 pub const DEFAULT_PING_SCHEDULE: &str = "* * * * *";
 
-fn fingerprint_of(spec: &impl serde::Serialize, resolved: &str) -> u64 {
+pub(crate) fn fingerprint_of(spec: &impl serde::Serialize, resolved: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(spec).unwrap_or_default().hash(&mut h);

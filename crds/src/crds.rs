@@ -23,7 +23,7 @@ pub const REGENERATE: &str = "cargo run -p sluice -- crdgen --out-dir crds/yaml"
 
 /// Every CRD Sluice serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    use crate::{eventtype, k8s_sources, sources, types};
+    use crate::{eventtype, flows, k8s_sources, messaging, sources, transform, types};
     let mut kafka = sources::KafkaSource::crd();
     add_version(&mut kafka, "v1beta1", None);
     let mut eventtype = eventtype::EventType::crd();
@@ -44,6 +44,14 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         k8s_sources::ApiServerSource::crd(),
         k8s_sources::SinkBinding::crd(),
         k8s_sources::ContainerSource::crd(),
+        messaging::Channel::crd(),
+        messaging::InMemoryChannel::crd(),
+        messaging::KafkaChannel::crd(),
+        messaging::NatsJetStreamChannel::crd(),
+        messaging::Subscription::crd(),
+        flows::Sequence::crd(),
+        flows::Parallel::crd(),
+        transform::EventTransform::crd(),
     ];
     for crd in &mut all {
         finish(crd);

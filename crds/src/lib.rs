@@ -1,7 +1,8 @@
 //! # sluice-crds
 //!
-//! The resources users write — Knative's Broker and Trigger, the PingSource and KafkaSource
-//! sources, and v1 ConfigMap for broker settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
+//! The resources users write — Knative's Broker and Trigger, the messaging channels and
+//! Subscription, Sequence and Parallel, EventTransform, the PingSource and KafkaSource sources, and v1
+//! ConfigMap for broker settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
 //! the one path from resources to Sluice's [`Topology`](sluice_core::topology::Topology):
 //!
 //! ```text
@@ -17,12 +18,17 @@
 //! Knative YAML unchanged and the controller can give them a status.
 
 pub mod convert;
+mod convert_flows;
+mod convert_transform;
 pub mod crds;
 pub mod duration;
 pub mod eventtype;
+pub mod flows;
 pub mod k8s_sources;
 pub mod load;
+pub mod messaging;
 pub mod sources;
+pub mod transform;
 pub mod types;
 
 pub use convert::{build, build_lenient, external_refs, AddressableRef, Defaults};

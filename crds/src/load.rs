@@ -3,8 +3,13 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
+use crate::flows::{Parallel, Sequence};
 use crate::k8s_sources::{ApiServerSource, ContainerSource};
+use crate::messaging::{
+    Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, Subscription,
+};
 use crate::sources::{KafkaSource, PingSource};
+use crate::transform::EventTransform;
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::de::DeserializeOwned;
@@ -25,18 +30,39 @@ pub enum Resource {
     KafkaSource(Box<KafkaSource>),
     ApiServerSource(Box<ApiServerSource>),
     ContainerSource(Box<ContainerSource>),
+    Channel(Box<Channel>),
+    InMemoryChannel(Box<InMemoryChannel>),
+    KafkaChannel(Box<KafkaChannel>),
+    NatsJetStreamChannel(Box<NatsJetStreamChannel>),
+    Subscription(Box<Subscription>),
+    Sequence(Box<Sequence>),
+    Parallel(Box<Parallel>),
+    EventTransform(Box<EventTransform>),
 }
 
 impl Resource {
     pub fn kind(&self) -> &'static str {
+        self.object_kind().as_str()
+    }
+
+    /// The topology kind of this resource.
+    pub fn object_kind(&self) -> Kind {
         match self {
-            Resource::Broker(_) => "Broker",
-            Resource::Trigger(_) => "Trigger",
-            Resource::ConfigMap(_) => "ConfigMap",
-            Resource::PingSource(_) => "PingSource",
-            Resource::KafkaSource(_) => "KafkaSource",
-            Resource::ApiServerSource(_) => "ApiServerSource",
-            Resource::ContainerSource(_) => "ContainerSource",
+            Resource::Broker(_) => Kind::Broker,
+            Resource::Trigger(_) => Kind::Trigger,
+            Resource::ConfigMap(_) => Kind::ConfigMap,
+            Resource::PingSource(_) => Kind::PingSource,
+            Resource::KafkaSource(_) => Kind::KafkaSource,
+            Resource::Channel(_) => Kind::Channel,
+            Resource::InMemoryChannel(_) => Kind::InMemoryChannel,
+            Resource::KafkaChannel(_) => Kind::KafkaChannel,
+            Resource::NatsJetStreamChannel(_) => Kind::NatsJetStreamChannel,
+            Resource::Subscription(_) => Kind::Subscription,
+            Resource::Sequence(_) => Kind::Sequence,
+            Resource::Parallel(_) => Kind::Parallel,
+            Resource::EventTransform(_) => Kind::EventTransform,
+            Resource::ApiServerSource(_) => Kind::ApiServerSource,
+            Resource::ContainerSource(_) => Kind::ContainerSource,
         }
     }
 }
@@ -54,16 +80,10 @@ pub struct Loaded {
 impl Loaded {
     /// The object this resource is.
     pub fn object(&self) -> ObjectRef {
-        let kind = match &self.resource {
-            Resource::Broker(_) => Kind::Broker,
-            Resource::Trigger(_) => Kind::Trigger,
-            Resource::ConfigMap(_) => Kind::ConfigMap,
-            Resource::PingSource(_) => Kind::PingSource,
-            Resource::KafkaSource(_) => Kind::KafkaSource,
-            Resource::ApiServerSource(_) => Kind::ApiServerSource,
-            Resource::ContainerSource(_) => Kind::ContainerSource,
-        };
-        ObjectRef::new(kind, Key::new(&self.namespace, &self.name))
+        ObjectRef::new(
+            self.resource.object_kind(),
+            Key::new(&self.namespace, &self.name),
+        )
     }
 
     /// `Kind namespace/name`, for messages.
@@ -119,7 +139,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
@@ -269,6 +289,14 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "ApiServerSource" => Some(Kind::ApiServerSource),
         "ContainerSource" => Some(Kind::ContainerSource),
         "ConfigMap" => Some(Kind::ConfigMap),
+        "Channel" => Some(Kind::Channel),
+        "InMemoryChannel" => Some(Kind::InMemoryChannel),
+        "KafkaChannel" => Some(Kind::KafkaChannel),
+        "NatsJetStreamChannel" => Some(Kind::NatsJetStreamChannel),
+        "Subscription" => Some(Kind::Subscription),
+        "Sequence" => Some(Kind::Sequence),
+        "Parallel" => Some(Kind::Parallel),
+        "EventTransform" => Some(Kind::EventTransform),
         _ => None,
     }
     .map(|k| Box::new(ObjectRef::new(k, Key::new(&namespace, &name))));
@@ -292,6 +320,31 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
             Resource::KafkaSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        // Knative served these as v1beta1 before v1; the specs Sluice reads are the same.
+        ("messaging.knative.dev/v1" | "messaging.knative.dev/v1beta1", "Channel") => {
+            Resource::Channel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1" | "messaging.knative.dev/v1beta1", "InMemoryChannel") => {
+            Resource::InMemoryChannel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1beta1", "KafkaChannel") => {
+            Resource::KafkaChannel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1alpha1", "NatsJetStreamChannel") => {
+            Resource::NatsJetStreamChannel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("messaging.knative.dev/v1" | "messaging.knative.dev/v1beta1", "Subscription") => {
+            Resource::Subscription(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("flows.knative.dev/v1" | "flows.knative.dev/v1beta1", "Sequence") => {
+            Resource::Sequence(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("flows.knative.dev/v1" | "flows.knative.dev/v1beta1", "Parallel") => {
+            Resource::Parallel(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("eventing.knative.dev/v1alpha1", "EventTransform") => {
+            Resource::EventTransform(Box::new(typed(value, &origin, &describe, &object)?))
         }
         _ if KUBERNETES_ONLY.contains(&(api_version.as_str(), kind.as_str())) => {
             return Err(err(

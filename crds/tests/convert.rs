@@ -215,8 +215,8 @@ fn invalid_resources_have_precise_messages() {
             "field `spec.subscriber.uri`: \"/relative\" is not an absolute URL",
         ),
         (
-            trig("  broker: default\n  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}}\n"),
-            "field `spec.subscriber.ref`: cannot resolve Service `fn`",
+            trig("  broker: default\n  subscriber: {ref: {apiVersion: example.com/v1, kind: Widget, name: fn}}\n"),
+            "field `spec.subscriber.ref`: cannot resolve Widget `fn`",
         ),
         (
             trig("  broker: default\n  subscriber: {uri: http://x/}\n  delivery: {backoffDelay: 200ms}\n"),

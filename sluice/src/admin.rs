@@ -36,6 +36,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz/ingress", get(readyz_ingress))
         .route("/metrics", get(metrics))
         .route("/topology", get(topology))
+        .route("/eventtypes", get(event_types))
         .with_state(state)
 }
 
@@ -73,20 +74,22 @@ fn status_json(obj: &ObjectRef, st: Option<&Status>) -> Value {
 }
 
 /// Ready when the resources are loaded, the ingress listens and is not shutting down, and
-/// every broker is ready. Sources are not part of it: a KafkaSource whose cluster is down
+/// every broker and messaging channel is ready. Sources are not part of it: a KafkaSource whose cluster is down
 /// does not stop the brokers from taking events (their state shows in `/topology`).
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let started = s.started.load(Ordering::Acquire);
     let closing = s.ingress.is_closing();
     let board = s.status.snapshot();
+    // Brokers and messaging channels: what the ingress serves.
+    let served = |o: &ObjectRef| o.kind == Kind::Broker || o.kind.is_channel();
     let brokers: Vec<Value> = board
         .iter()
-        .filter(|(o, _)| o.kind == Kind::Broker)
+        .filter(|(o, _)| served(o))
         .map(|(o, st)| status_json(o, Some(st)))
         .collect();
     let brokers_ready = board
         .iter()
-        .filter(|(o, _)| o.kind == Kind::Broker)
+        .filter(|(o, _)| served(o))
         .all(|(_, st)| st.ready == Ready::True);
     let ready = started && !closing && brokers_ready;
     let status = if ready {
@@ -128,6 +131,15 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut brokers = Vec::new();
     let mut triggers = Vec::new();
     let mut sources = Vec::new();
+    let mut channels = Vec::new();
+    let mut subscriptions = Vec::new();
+    let mut flows = Vec::new();
+    let reply_text = |r: &ReplyTo| match r {
+        ReplyTo::Broker(b) => format!("broker {b}"),
+        ReplyTo::Channel { address, .. } => address.to_string(),
+        ReplyTo::Endpoint(u) => u.to_string(),
+        ReplyTo::Discard => "discard".into(),
+    };
     for obj in objects {
         let mut v = status_json(&obj, board.get(&obj));
         let m = v.as_object_mut().expect("an object");
@@ -150,14 +162,73 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                             .map(|u| u.as_str())
                             .into(),
                     );
-                    let reply = match &sub.reply {
-                        ReplyTo::Broker(b) => format!("broker {b}"),
-                        ReplyTo::Endpoint(u) => u.to_string(),
-                        ReplyTo::Discard => "discard".into(),
-                    };
-                    m.insert("reply".into(), reply.into());
+                    m.insert("reply".into(), reply_text(&sub.reply).into());
                 }
                 triggers.push(v);
+            }
+            Kind::Subscription => {
+                if let Some(sub) = t.subscriptions.get(&obj) {
+                    m.insert("channel".into(), sub.channel.key.name.clone().into());
+                    m.insert("subscriber".into(), sub.subscriber.as_str().into());
+                    m.insert("reply".into(), reply_text(&sub.reply).into());
+                    m.insert(
+                        "deadLetterSink".into(),
+                        sub.delivery
+                            .dead_letter_sink
+                            .as_ref()
+                            .map(|u| u.as_str())
+                            .into(),
+                    );
+                }
+                subscriptions.push(v);
+            }
+            k if k.is_channel() => {
+                if let Some(c) = t.channels.get(&obj.key) {
+                    // Where it stores events (a broker's class names are broker kinds).
+                    let storage = match &c.channel {
+                        sluice_core::topology::ChannelConfig::Memory { .. } => "InMemory",
+                        sluice_core::topology::ChannelConfig::Kafka { .. } => "Kafka",
+                        sluice_core::topology::ChannelConfig::Nats { .. } => "NatsJetStream",
+                    };
+                    m.insert("class".into(), storage.into());
+                    m.insert("url".into(), c.address.as_str().into());
+                    m.insert(
+                        "owner".into(),
+                        c.owner.as_ref().map(|o| o.to_string()).into(),
+                    );
+                }
+                channels.push(v);
+            }
+            Kind::EventTransform => {
+                if let Some(x) = t.transforms.get(&obj.key) {
+                    m.insert("url".into(), x.address.as_str().into());
+                    m.insert("sink".into(), x.sink.as_ref().map(|s| s.to_string()).into());
+                }
+                flows.push(v);
+            }
+            Kind::Sequence | Kind::Parallel => {
+                if let Some(f) = t.flows.get(&obj) {
+                    let url = t.channels.get(&f.address).map(|c| c.address.to_string());
+                    m.insert("url".into(), url.into());
+                    // Knative's channelStatuses / subscriptionStatuses, in order.
+                    let part = |o: &ObjectRef| {
+                        let st = board.get(o);
+                        json!({
+                            "kind": o.kind.as_str(),
+                            "name": o.key.name,
+                            "ready": st.map_or("Unknown", |s| s.ready.as_str()),
+                            "message": st.filter(|s| !s.message.is_empty()).map(|s| s.message.clone()),
+                        })
+                    };
+                    let channels: Vec<Value> = (f.channels.iter())
+                        .filter_map(|k| t.channels.get(k))
+                        .map(|c| part(&c.object))
+                        .collect();
+                    let subs: Vec<Value> = f.subscriptions.iter().map(part).collect();
+                    m.insert("channelStatuses".into(), channels.into());
+                    m.insert("subscriptionStatuses".into(), subs.into());
+                }
+                flows.push(v);
             }
             Kind::PingSource
             | Kind::KafkaSource
@@ -173,8 +244,42 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 m.insert("sink".into(), sink.into());
                 sources.push(v);
             }
-            Kind::ConfigMap => {}
+            _ => {}
         }
     }
-    Json(json!({ "brokers": brokers, "triggers": triggers, "sources": sources }))
+    Json(json!({
+        "brokers": brokers,
+        "triggers": triggers,
+        "sources": sources,
+        "channels": channels,
+        "subscriptions": subscriptions,
+        "flows": flows,
+    }))
+}
+
+/// The `(type, source)` pairs seen per broker and channel (`sluice get eventtypes`).
+async fn event_types(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let registry = s.ingress.event_types();
+    let types: Vec<Value> = registry
+        .snapshot()
+        .into_iter()
+        .map(|e| {
+            let reference = match e.key.at.kind {
+                Kind::Broker => format!("Broker {}", e.key.at.key.name),
+                _ => format!("Channel {}", e.key.at.key.name),
+            };
+            json!({
+                "namespace": e.key.at.key.namespace,
+                "reference": reference,
+                "type": e.key.event_type,
+                "source": e.key.source,
+                "count": e.count,
+            })
+        })
+        .collect();
+    Json(json!({
+        "eventTypes": types,
+        "capacity": registry.capacity(),
+        "overflow": registry.overflow(),
+    }))
 }

@@ -1,10 +1,12 @@
 //! Which channel kinds this build of `sluice` can run (features `kafka` and `nats`, both on by
-//! default), and how a broker's [`ChannelConfig`] becomes one.
+//! default), and how a broker's or messaging channel's [`ChannelConfig`] becomes one.
+//! Brokers and channels get differently named topics and streams (Knative's names for
+//! each), so a Broker and a Channel of the same name never share storage.
 
 use async_trait::async_trait;
 use sluice_channels::memory::MemoryChannel;
 use sluice_channels::{Channel, ChannelError};
-use sluice_core::topology::{ChannelConfig, Key};
+use sluice_core::topology::{ChannelConfig, Kind, ObjectRef};
 use std::sync::Arc;
 
 pub struct Factory;
@@ -13,7 +15,7 @@ pub struct Factory;
 impl sluice_dispatcher::ChannelFactory for Factory {
     async fn create(
         &self,
-        broker: &Key,
+        owner: &ObjectRef,
         config: &ChannelConfig,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         match config {
@@ -28,12 +30,20 @@ impl sluice_dispatcher::ChannelFactory for Factory {
                 replication_factor,
             } => {
                 use sluice_channels::kafka::{KafkaChannel, KafkaSettings};
-                let settings = KafkaSettings::for_broker(
-                    broker,
-                    bootstrap_servers.as_str(),
-                    *partitions,
-                    *replication_factor,
-                );
+                let settings = match owner.kind {
+                    Kind::Broker => KafkaSettings::for_broker(
+                        &owner.key,
+                        bootstrap_servers.as_str(),
+                        *partitions,
+                        *replication_factor,
+                    ),
+                    _ => KafkaSettings::for_channel(
+                        &owner.key,
+                        bootstrap_servers.as_str(),
+                        *partitions,
+                        *replication_factor,
+                    ),
+                };
                 Ok(Arc::new(KafkaChannel::connect(settings).await?))
             }
             #[cfg(feature = "nats")]
@@ -43,14 +53,17 @@ impl sluice_dispatcher::ChannelFactory for Factory {
                 max_bytes,
             } => {
                 use sluice_channels::nats::{NatsChannel, NatsSettings};
-                let mut settings = NatsSettings::for_broker(url.as_str(), broker);
+                let mut settings = match owner.kind {
+                    Kind::Broker => NatsSettings::for_broker(url.as_str(), &owner.key),
+                    _ => NatsSettings::for_channel(url.as_str(), &owner.key),
+                };
                 settings.max_age = *max_age;
                 settings.max_bytes = *max_bytes;
                 Ok(Arc::new(NatsChannel::connect(settings).await?))
             }
             #[allow(unreachable_patterns)]
             other => Err(ChannelError::Config(format!(
-                "broker {broker}: class {} is not compiled into this build of sluice (build with --features kafka,nats)",
+                "{owner}: class {} is not compiled into this build of sluice (build with --features kafka,nats)",
                 other.class_name()
             ))),
         }

@@ -18,13 +18,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run brokers and triggers from Knative YAML files (embedded mode, no cluster).
+    /// Run Knative YAML (brokers, triggers, channels, subscriptions, sequences, parallels,
+    /// sources) from files (embedded mode, no cluster).
     Run(RunArgs),
     /// Send one CloudEvent to a URL and print the response.
     Send(SendArgs),
     /// Run an event-display sink that prints every event it receives.
     Display(DisplayArgs),
-    /// Show the brokers and triggers of a running `sluice run`.
+    /// Show the objects of a running `sluice run` (brokers, triggers, channels,
+    /// subscriptions, sequences, parallels, sources) and their status.
     Get(GetArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crdgen(CrdgenArgs),
@@ -235,10 +237,18 @@ pub struct DisplayArgs {
     /// Answer every request with this status instead of 200 (to try retries and dead letters).
     #[arg(long, default_value_t = 200)]
     pub status: u16,
+    /// Answer each event with a copy of it (a reply), its `source` set to the path it was
+    /// received on: a step of a Sequence or a Parallel filter that passes everything.
+    #[arg(long, conflicts_with = "status")]
+    pub reply: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// What to show: every object (default), or `eventtypes` (the event types seen at
+    /// each broker and channel).
+    #[arg(value_parser = ["all", "eventtypes"], default_value = "all")]
+    pub what: String,
     /// Admin address of the running sluice.
     #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN_ADDR")]
     pub admin: SocketAddr,

@@ -1,5 +1,7 @@
 //! `sluice display`: an event-display sink, like Knative's `event_display`. Prints every
-//! CloudEvent it receives (any content mode) and answers with the configured status.
+//! CloudEvent it receives (any content mode) and answers with the configured status, or
+//! with `--reply` echoes each event back as a reply (a stand-in for a Sequence step or a
+//! Parallel filter, like Knative's `appender`).
 
 use crate::cli::DisplayArgs;
 use anyhow::Context as _;
@@ -13,7 +15,9 @@ use std::fmt::Write as _;
 pub async fn display(args: DisplayArgs) -> anyhow::Result<()> {
     let status = StatusCode::from_u16(args.status)
         .with_context(|| format!("--status {} is not an HTTP status", args.status))?;
-    let app = Router::new().fallback(handle).with_state(status);
+    let app = Router::new()
+        .fallback(handle)
+        .with_state((status, args.reply));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -23,9 +27,13 @@ pub async fn display(args: DisplayArgs) -> anyhow::Result<()> {
             )
         })?;
     eprintln!(
-        "sluice display: listening on http://{}/ (answering {})",
+        "sluice display: listening on http://{}/ ({})",
         args.listen,
-        status.as_u16()
+        if args.reply {
+            "replying with each event, its source set to the request path".to_string()
+        } else {
+            format!("answering {}", status.as_u16())
+        }
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
@@ -36,20 +44,28 @@ pub async fn display(args: DisplayArgs) -> anyhow::Result<()> {
 }
 
 async fn handle(
-    State(status): State<StatusCode>,
+    State((status, reply)): State<(StatusCode, bool)>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     match sluice_core::http::decode(&headers, body) {
         Ok(events) => {
-            for e in events {
-                println!("{}(received on {})\n", render(&e), uri.path());
+            for e in &events {
+                println!("{}(received on {})\n", render(e), uri.path());
+            }
+            if let (true, Some(first)) = (reply, events.into_iter().next()) {
+                let mut answer = first;
+                answer.set("source", uri.path());
+                let mut out = HeaderMap::new();
+                let body = sluice_core::http::encode_binary(&answer, &mut out);
+                return (StatusCode::OK, out, body).into_response();
             }
         }
         Err(e) => println!("☁️  not a CloudEvent: {e}\n"),
     }
-    status
+    status.into_response()
 }
 
 /// The event as Knative's event_display prints it.

@@ -6,7 +6,11 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let url = format!("http://{}/topology", args.admin);
+    let path = match args.what.as_str() {
+        "eventtypes" => "eventtypes",
+        _ => "topology",
+    };
+    let url = format!("http://{}/{path}", args.admin);
     let client = reqwest::Client::builder().no_proxy().build()?;
     let v: Value = client
         .get(&url)
@@ -23,8 +27,36 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .context("reading the admin API's answer")?
         .parse()
         .context("the admin API answered something that is not JSON")?;
-    print!("{}", render(&v));
+    match path {
+        "eventtypes" => print!("{}", render_event_types(&v)),
+        _ => print!("{}", render(&v)),
+    }
     Ok(())
+}
+
+/// The table `sluice get eventtypes` prints.
+pub fn render_event_types(v: &Value) -> String {
+    let mut out = format!(
+        "{:<16} {:<28} {:<36} {:<36} COUNT\n",
+        "NAMESPACE", "REFERENCE", "TYPE", "SOURCE"
+    );
+    for e in v["eventTypes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<36} {:<36} {}\n",
+            s(e, "namespace"),
+            s(e, "reference"),
+            s(e, "type"),
+            s(e, "source"),
+            e["count"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let Some(n) = v["overflow"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "({n} events of further types were not recorded: the registry keeps {} pairs)\n",
+            v["capacity"].as_u64().unwrap_or(0)
+        ));
+    }
+    out
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -84,6 +116,69 @@ pub fn render(v: &Value) -> String {
             s(t, "subscriber"),
             reason
         ));
+    }
+    let channels = v["channels"].as_array().cloned().unwrap_or_default();
+    if !channels.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<20} {:<8} {:<4} {:<44} REASON\n",
+            "NAMESPACE", "CHANNEL", "KIND", "READY", "GEN", "URL"
+        ));
+        for c in &channels {
+            let (ready, reason) = ready_cols(c);
+            out.push_str(&format!(
+                "{:<16} {:<28} {:<20} {:<8} {:<4} {:<44} {}\n",
+                s(c, "namespace"),
+                s(c, "name"),
+                s(c, "kind"),
+                ready,
+                c["observedGeneration"].as_i64().unwrap_or(0),
+                s(c, "url"),
+                reason
+            ));
+        }
+    }
+    let subscriptions = v["subscriptions"].as_array().cloned().unwrap_or_default();
+    if !subscriptions.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<24} {:<8} {:<36} {:<36} REASON\n",
+            "NAMESPACE", "SUBSCRIPTION", "CHANNEL", "READY", "SUBSCRIBER", "REPLY"
+        ));
+        for sub in &subscriptions {
+            let (ready, reason) = ready_cols(sub);
+            out.push_str(&format!(
+                "{:<16} {:<28} {:<24} {:<8} {:<36} {:<36} {}\n",
+                s(sub, "namespace"),
+                s(sub, "name"),
+                s(sub, "channel"),
+                ready,
+                s(sub, "subscriber"),
+                s(sub, "reply"),
+                reason
+            ));
+        }
+    }
+    let flows = v["flows"].as_array().cloned().unwrap_or_default();
+    if !flows.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<24} {:<10} {:<8} {:<4} {:<44} REASON\n",
+            "NAMESPACE", "FLOW", "KIND", "READY", "GEN", "URL"
+        ));
+        for f in &flows {
+            let (ready, reason) = ready_cols(f);
+            out.push_str(&format!(
+                "{:<16} {:<24} {:<10} {:<8} {:<4} {:<44} {}\n",
+                s(f, "namespace"),
+                s(f, "name"),
+                s(f, "kind"),
+                ready,
+                f["observedGeneration"].as_i64().unwrap_or(0),
+                s(f, "url"),
+                reason
+            ));
+        }
     }
     let sources = v["sources"].as_array().cloned().unwrap_or_default();
     if !sources.is_empty() {

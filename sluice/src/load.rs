@@ -186,6 +186,37 @@ fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
                 t.container_sources.insert(obj.key.clone(), s.clone());
             }
         }
-        Kind::ConfigMap => {}
+        Kind::Subscription => {
+            if let Some(s) = previous.subscriptions.get(obj) {
+                t.subscriptions.insert(obj.clone(), s.clone());
+            }
+        }
+        k if k.is_channel() => {
+            if let Some(c) = previous.channels.get(&obj.key).filter(|c| &c.object == obj) {
+                t.channels.insert(obj.key.clone(), c.clone());
+            }
+        }
+        Kind::Sequence | Kind::Parallel => {
+            // A flow is its channels and subscriptions: keep them all.
+            if let Some(f) = previous.flows.get(obj) {
+                for k in &f.channels {
+                    if let Some(c) = previous.channels.get(k) {
+                        t.channels.insert(k.clone(), c.clone());
+                    }
+                }
+                for o in &f.subscriptions {
+                    if let Some(s) = previous.subscriptions.get(o) {
+                        t.subscriptions.insert(o.clone(), s.clone());
+                    }
+                }
+                t.flows.insert(obj.clone(), f.clone());
+            }
+        }
+        Kind::EventTransform => {
+            if let Some(x) = previous.transforms.get(&obj.key) {
+                t.transforms.insert(obj.key.clone(), x.clone());
+            }
+        }
+        _ => {}
     }
 }

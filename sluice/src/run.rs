@@ -137,11 +137,14 @@ pub async fn serve(
             admin = %node.admin,
             brokers = t.brokers.len(),
             triggers = t.subscriptions.len(),
+            channels = t.channels.len(),
+            flows = t.flows.len(),
+            transforms = t.transforms.len(),
             sources = t.ping_sources.len()
                 + t.kafka_sources.len()
                 + t.apiserver_sources.len()
                 + t.container_sources.len(),
-            "sluice is running; POST events to http://{}/<namespace>/<broker>", node.ingress
+            "sluice is running; POST events to http://{}/<namespace>/<broker> or /<namespace>/channels/<channel>", node.ingress
         );
     }
 
@@ -297,9 +300,12 @@ async fn reload_loop(
                 }
                 tracing::info!(
                     brokers = t.brokers.len(),
-                    triggers = t.subscriptions.len(),
-                    sources =
-                        t.ping_sources.len() + t.kafka_sources.len() + t.apiserver_sources.len(),
+                    channels = t.channels.len(),
+                    subscriptions = t.subscriptions.len(),
+                    sources = t.ping_sources.len()
+                        + t.kafka_sources.len()
+                        + t.apiserver_sources.len()
+                        + t.container_sources.len(),
                     invalid = t.invalid.len(),
                     "resources reloaded"
                 );

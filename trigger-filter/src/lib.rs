@@ -79,6 +79,7 @@ mod error;
 mod filter;
 mod jsonpath;
 mod spec;
+pub mod transform;
 
 pub use error::{FilterError, MapDialect};
 pub use filter::{compile, CompiledFilter};

@@ -6,8 +6,10 @@
 //! gets there:
 //!
 //! ```text
-//! watch<Topology> ──▶ reconciler ──▶ channels    one per broker (made by a ChannelFactory)
-//!                        │        ──▶ routing     the ingress's broker → channel table
+//! watch<Topology> ──▶ reconciler ──▶ channels    one per broker and per messaging channel
+//!                        │                        (made by a ChannelFactory)
+//!                        │        ──▶ routing     the ingress's broker/channel → storage table
+//!                        │        ──▶ transforms  EventTransforms answering on the ingress
 //!                        │        ──▶ workers     one per subscription: consume → filter →
 //!                        │                        deliver → reply → settle   (worker.rs)
 //!                        └──────────▶ StatusBoard Ready / reason / message / generation per object
@@ -35,6 +37,7 @@
 //! counted and logged, workers stop, and channels are closed (durable ones commit).
 
 mod reconcile;
+mod transform;
 mod worker;
 
 pub use reconcile::ShutdownReport;
@@ -44,18 +47,21 @@ use sluice_broker::Ingress;
 use sluice_channels::{Channel, ChannelError};
 use sluice_core::metrics::Metrics;
 use sluice_core::status::StatusBoard;
-use sluice_core::topology::{ChannelConfig, Key, Topology};
+use sluice_core::topology::{ChannelConfig, Key, ObjectRef, Topology};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// Makes channels for brokers.
+/// Makes channel storage for brokers and messaging channels.
 #[async_trait]
 pub trait ChannelFactory: Send + Sync {
+    /// `owner` is `ObjectRef::broker(..)` or `ObjectRef::channel(..)`: implementations name
+    /// topics and streams after it (a broker and a channel of the same name must not share
+    /// one).
     async fn create(
         &self,
-        broker: &Key,
+        owner: &ObjectRef,
         config: &ChannelConfig,
     ) -> Result<Arc<dyn Channel>, ChannelError>;
 }

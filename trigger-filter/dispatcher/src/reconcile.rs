@@ -7,7 +7,7 @@ use sluice_broker::{BrokerEntry, Ingress};
 use sluice_channels::{Channel, ChannelError, Health, SubscriptionSpec};
 use sluice_core::metrics::{DropLabels, Metrics};
 use sluice_core::status::{Status, StatusBoard};
-use sluice_core::topology::{Broker, Key, Kind, ObjectRef, Subscription, Topology};
+use sluice_core::topology::{ChannelConfig, Flow, Kind, ObjectRef, Subscription, Topology};
 use sluice_delivery::Sender;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,7 +59,8 @@ impl Channel for Unavailable {
 }
 
 struct RunningChannel {
-    broker: Arc<Broker>,
+    /// The settings it was made with.
+    config: ChannelConfig,
     channel: Arc<dyn Channel>,
     /// The broker's newer settings could not be applied; this channel (older settings)
     /// keeps serving meanwhile.
@@ -82,7 +83,8 @@ impl RunningWorker {
 
 /// A channel replaced by one with new settings, delivering what it still holds.
 struct Retiring {
-    broker: Key,
+    /// The broker or messaging channel it belonged to.
+    broker: ObjectRef,
     channel: Arc<dyn Channel>,
     workers: Vec<RunningWorker>,
 }
@@ -94,9 +96,10 @@ pub(crate) struct Reconciler {
     factory: Box<dyn ChannelFactory>,
     status: Arc<StatusBoard>,
     applied: watch::Sender<u64>,
-    channels: HashMap<Key, RunningChannel>,
-    /// Brokers without a channel, and why.
-    failed: HashMap<Key, String>,
+    /// Keyed by `ObjectRef::broker` / `ObjectRef::channel`.
+    channels: HashMap<ObjectRef, RunningChannel>,
+    /// Brokers and messaging channels without storage, and why.
+    failed: HashMap<ObjectRef, String>,
     workers: HashMap<ObjectRef, RunningWorker>,
     /// Subscriptions that could not be started, and why.
     sub_failed: HashMap<ObjectRef, String>,
@@ -189,6 +192,9 @@ impl Reconciler {
         self.reconcile_channels(t).await;
         self.reconcile_workers(t).await;
         self.publish_routes();
+        self.publish_transforms(t);
+        // Deleted brokers and channels leave the event-type registry.
+        self.ingress.event_types().retain(|o| t.has_storage(o));
         self.report(t);
         self.applied.send_modify(|n| *n += 1);
         self.failed.is_empty()
@@ -205,7 +211,17 @@ impl Reconciler {
                 t.subscriptions
                     .values()
                     .map(|s| (s.owner.clone(), s.fingerprint)),
-            );
+            )
+            .chain(
+                t.channels
+                    .values()
+                    .map(|c| (c.object.clone(), c.fingerprint)),
+            )
+            .chain(t.flows.values().map(|f| (f.object.clone(), f.fingerprint)))
+            .chain(t.transforms.values().map(|x| {
+                let obj = ObjectRef::new(Kind::EventTransform, x.key.clone());
+                (obj, x.fingerprint)
+            }));
         for (obj, fp) in fingerprints {
             let e = self.generations.entry(obj).or_insert((fp, 1));
             if e.0 != fp {
@@ -219,11 +235,12 @@ impl Reconciler {
     }
 
     async fn reconcile_channels(&mut self, t: &Topology) {
-        // Deleted brokers: their workers stop, their subscriptions go, their channel closes.
-        let deleted: Vec<Key> = self
+        // Deleted brokers and channels: their workers stop, their subscriptions go, their
+        // storage closes.
+        let deleted: Vec<ObjectRef> = self
             .channels
             .keys()
-            .filter(|k| !t.brokers.contains_key(*k))
+            .filter(|k| !t.has_storage(k))
             .cloned()
             .collect();
         for key in deleted {
@@ -231,36 +248,30 @@ impl Reconciler {
                 self.delete_channel(&key, running.channel).await;
             }
         }
-        self.failed.retain(|k, _| t.brokers.contains_key(k));
+        self.failed.retain(|k, _| t.has_storage(k));
 
-        // New, changed and failed brokers: make their channels (concurrently: one slow or
+        // New, changed and failed ones: make their storage (concurrently: one slow or
         // unreachable server does not hold up the others).
-        let wanted: Vec<Arc<Broker>> = t
-            .brokers
-            .values()
-            .filter(|b| {
-                self.channels
-                    .get(&b.key)
-                    .is_none_or(|r| r.broker.channel != b.channel)
-            })
-            .cloned()
+        let wanted: Vec<(ObjectRef, ChannelConfig)> = t
+            .storages()
+            .filter(|(k, config)| self.channels.get(k).is_none_or(|r| &r.config != *config))
+            .map(|(k, c)| (k, c.clone()))
             .collect();
         let factory = &self.factory;
-        let made = futures::future::join_all(wanted.into_iter().map(|b| async move {
-            let r = factory.create(&b.key, &b.channel).await;
-            (b, r)
+        let made = futures::future::join_all(wanted.into_iter().map(|(k, config)| async move {
+            let r = factory.create(&k, &config).await;
+            (k, config, r)
         }))
         .await;
-        for (broker, result) in made {
-            let key = broker.key.clone();
+        for (key, config, result) in made {
             match result {
                 Ok(channel) => {
-                    tracing::info!(broker = %key, class = broker.channel.class_name(), "broker channel ready");
+                    tracing::info!(channel = %key, class = config.class_name(), "channel ready");
                     self.failed.remove(&key);
                     let old = self.channels.insert(
                         key.clone(),
                         RunningChannel {
-                            broker,
+                            config,
                             channel,
                             update_failed: None,
                         },
@@ -273,11 +284,11 @@ impl Reconciler {
                     let reason = e.to_string();
                     match self.channels.get_mut(&key) {
                         Some(running) => {
-                            tracing::error!(broker = %key, error = %reason, "the broker's new channel settings cannot be applied; still serving with the previous ones");
+                            tracing::error!(channel = %key, error = %reason, "the new channel settings cannot be applied; still serving with the previous ones");
                             running.update_failed = Some(reason);
                         }
                         None => {
-                            tracing::error!(broker = %key, error = %reason, "broker channel could not be created; the broker is not ready");
+                            tracing::error!(channel = %key, error = %reason, "channel could not be created; it is not ready");
                             self.failed.insert(key, reason);
                         }
                     }
@@ -285,19 +296,17 @@ impl Reconciler {
             }
         }
         // Settings that are unchanged again clear an earlier failure to change them.
-        for (key, running) in self.channels.iter_mut() {
-            if t.brokers
-                .get(key)
-                .is_some_and(|b| b.channel == running.broker.channel)
-            {
-                running.update_failed = None;
-                running.broker = t.brokers[key].clone();
+        for (key, config) in t.storages() {
+            if let Some(running) = self.channels.get_mut(&key) {
+                if &running.config == config {
+                    running.update_failed = None;
+                }
             }
         }
     }
 
     /// Moves a replaced channel and its workers aside; they deliver what it holds.
-    async fn retire(&mut self, broker: Key, channel: Arc<dyn Channel>) {
+    async fn retire(&mut self, broker: ObjectRef, channel: Arc<dyn Channel>) {
         let owners: Vec<ObjectRef> = self
             .workers
             .iter()
@@ -335,7 +344,7 @@ impl Reconciler {
         }
     }
 
-    async fn delete_channel(&mut self, key: &Key, channel: Arc<dyn Channel>) {
+    async fn delete_channel(&mut self, key: &ObjectRef, channel: Arc<dyn Channel>) {
         let owners: Vec<ObjectRef> = self
             .workers
             .iter()
@@ -353,19 +362,23 @@ impl Reconciler {
         }
         let pending = channel.pending().unwrap_or(0);
         if pending > 0 {
-            tracing::warn!(broker = %key, pending, "broker deleted; the events it still held in memory are dropped");
+            tracing::warn!(channel = %key, pending, "deleted; the events it still held in memory are dropped");
             self.count_lost(key, "broker_deleted", pending);
         }
         channel.close().await;
-        tracing::info!(broker = %key, "broker removed");
+        tracing::info!(channel = %key, "removed");
     }
 
-    fn count_lost(&self, broker: &Key, reason: &str, n: usize) {
+    fn count_lost(&self, owner: &ObjectRef, reason: &str, n: usize) {
+        let broker = match owner.kind {
+            Kind::Broker => owner.key.name.clone(),
+            _ => format!("channels/{}", owner.key.name),
+        };
         self.metrics
             .dropped
             .get_or_create(&DropLabels {
-                namespace: broker.namespace.clone(),
-                broker: broker.name.clone(),
+                namespace: owner.key.namespace.clone(),
+                broker,
                 trigger: String::new(),
                 reason: reason.into(),
             })
@@ -377,7 +390,7 @@ impl Reconciler {
         let mut stop = Vec::new();
         for (owner, w) in &self.workers {
             let wanted = t.subscriptions.get(owner);
-            let current_channel = self.channels.get(&w.sub.channel.key).map(|c| &c.channel);
+            let current_channel = self.channels.get(&w.sub.channel).map(|c| &c.channel);
             let keep = wanted.is_some_and(|s| {
                 s.fingerprint == w.sub.fingerprint
                     && s.channel == w.sub.channel
@@ -412,12 +425,8 @@ impl Reconciler {
             if self.workers.contains_key(owner) {
                 continue;
             }
-            let Some(channel) = self
-                .channels
-                .get(&sub.channel.key)
-                .map(|c| c.channel.clone())
-            else {
-                continue; // its broker has no channel yet; reported, retried
+            let Some(channel) = self.channels.get(&sub.channel).map(|c| c.channel.clone()) else {
+                continue; // its broker or channel has no storage yet; reported, retried
             };
             let spec = SubscriptionSpec {
                 id: sub.channel_id(),
@@ -490,21 +499,63 @@ impl Reconciler {
     }
 
     fn publish_routes(&self) {
-        let mut entries: HashMap<Key, BrokerEntry> = self
+        let mut entries: HashMap<ObjectRef, BrokerEntry> = self
             .channels
             .iter()
             .map(|(k, c)| {
                 (
                     k.clone(),
-                    BrokerEntry::new(k, c.channel.clone(), &self.metrics),
+                    BrokerEntry::for_object(k, c.channel.clone(), &self.metrics),
                 )
             })
             .collect();
         for (k, reason) in &self.failed {
             let channel: Arc<dyn Channel> = Arc::new(Unavailable(reason.clone()));
-            entries.insert(k.clone(), BrokerEntry::new(k, channel, &self.metrics));
+            entries.insert(
+                k.clone(),
+                BrokerEntry::for_object(k, channel, &self.metrics),
+            );
         }
-        self.ingress.set_brokers(entries);
+        self.ingress.set_routes(entries);
+    }
+
+    /// Serves every EventTransform on the ingress (they hold no state: replaced whole).
+    fn publish_transforms(&self, t: &Topology) {
+        let handlers = t
+            .transforms
+            .values()
+            .map(|spec| {
+                let handler: Arc<dyn sluice_broker::EventHandler> =
+                    Arc::new(crate::transform::Transformer {
+                        spec: spec.clone(),
+                        sender: self.sender.clone(),
+                    });
+                (
+                    ObjectRef::new(Kind::EventTransform, spec.key.clone()),
+                    handler,
+                )
+            })
+            .collect();
+        self.ingress.set_handlers(handlers);
+    }
+
+    /// The state of a broker's or messaging channel's storage, as a status.
+    fn storage_status(&self, storage: &ObjectRef, gen: i64) -> Status {
+        if let Some(reason) = self.failed.get(storage) {
+            Status::not_ready(gen, "ChannelFailure", reason.clone())
+        } else if let Some(running) = self.channels.get(storage) {
+            match (running.channel.health(), &running.update_failed) {
+                (Health::NotReady(r), _) => Status::not_ready(gen, "ChannelNotReady", r),
+                (Health::Ready, Some(r)) => Status::not_ready(
+                    gen,
+                    "ChannelFailure",
+                    format!("the new channel settings cannot be applied ({r}); events still go to the channel with the previous settings"),
+                ),
+                (Health::Ready, None) => Status::ready(gen),
+            }
+        } else {
+            Status::unknown(gen, "ChannelPending", "the channel is being created")
+        }
     }
 
     /// Writes every broker's and subscription's status.
@@ -512,39 +563,34 @@ impl Reconciler {
         for key in t.brokers.keys() {
             let obj = ObjectRef::broker(key.clone());
             let gen = self.generation(&obj);
-            let status = if let Some(reason) = self.failed.get(key) {
-                Status::not_ready(gen, "ChannelFailure", reason.clone())
-            } else if let Some(running) = self.channels.get(key) {
-                match (running.channel.health(), &running.update_failed) {
-                    (Health::NotReady(r), _) => Status::not_ready(gen, "ChannelNotReady", r),
-                    (Health::Ready, Some(r)) => Status::not_ready(
-                        gen,
-                        "ChannelFailure",
-                        format!("the new channel settings cannot be applied ({r}); events still go to the channel with the previous settings"),
-                    ),
-                    (Health::Ready, None) => Status::ready(gen),
-                }
-            } else {
-                Status::unknown(gen, "ChannelPending", "the channel is being created")
-            };
+            let status = self.storage_status(&obj, gen);
             self.status.set(obj, status);
+        }
+        for c in t.channels.values() {
+            let gen = self.generation(&c.object);
+            let status = self.storage_status(&c.storage(), gen);
+            self.status.set(c.object.clone(), status);
         }
         for (owner, sub) in &t.subscriptions {
             let gen = self.generation(owner);
-            let broker_status = self.status.get(&ObjectRef::broker(sub.channel.key.clone()));
-            let status = if !t.brokers.contains_key(&sub.channel.key) {
+            let (what, not_exist, not_ready) = match sub.channel.kind {
+                Kind::Broker => ("broker", "BrokerDoesNotExist", "BrokerNotReady"),
+                _ => ("channel", "ChannelDoesNotExist", "ChannelNotReady"),
+            };
+            let channel_status = self.storage_status(&sub.channel, gen);
+            let status = if !t.has_storage(&sub.channel) {
                 Status::not_ready(
                     gen,
-                    "BrokerDoesNotExist",
-                    format!("broker {} does not exist", sub.channel.key),
+                    not_exist,
+                    format!("{what} {} does not exist", sub.channel.key),
                 )
             } else if let Some(reason) = self.sub_failed.get(owner) {
                 Status::not_ready(gen, "SubscriptionFailed", reason.clone())
-            } else if let (Some(b), false) = (&broker_status, self.workers.contains_key(owner)) {
-                if b.is_ready() {
+            } else if !self.workers.contains_key(owner) {
+                if channel_status.is_ready() {
                     Status::unknown(gen, "SubscriptionPending", "starting")
                 } else {
-                    Status::not_ready(gen, "BrokerNotReady", b.message.clone())
+                    Status::not_ready(gen, not_ready, channel_status.message.clone())
                 }
             } else if self.workers.contains_key(owner) {
                 match self.restarts.get(owner) {
@@ -559,13 +605,23 @@ impl Reconciler {
             };
             self.status.set(owner.clone(), status);
         }
+        // Sequences and Parallels: what their channels and subscriptions say.
+        for flow in t.flows.values() {
+            let gen = self.generation(&flow.object);
+            let parts = flow_parts(flow, t, &self.status);
+            self.status
+                .set(flow.object.clone(), flow_status(gen, &parts));
+        }
+        // EventTransforms are served as soon as they are published.
+        for key in t.transforms.keys() {
+            let obj = ObjectRef::new(Kind::EventTransform, key.clone());
+            let gen = self.generation(&obj);
+            self.status.set(obj, Status::ready(gen));
+        }
         // Objects whose latest edit is invalid: the reason wins over the running state.
         for (obj, problem) in &t.invalid {
             let gen = self.generation(obj);
-            let running = match obj.kind {
-                Kind::Broker => t.brokers.contains_key(&obj.key),
-                _ => t.subscriptions.contains_key(obj),
-            };
+            let running = is_running(t, obj);
             let message = if running {
                 format!("{problem} (the previous version keeps running)")
             } else {
@@ -574,11 +630,10 @@ impl Reconciler {
             self.status
                 .set(obj.clone(), Status::not_ready(gen, "InvalidSpec", message));
         }
-        // Forget deleted brokers and triggers (sources are reported by their own owner).
+        // Forget deleted objects (sources are reported by their own owner).
         self.status.retain(|o| match o.kind {
-            Kind::Broker => t.brokers.contains_key(&o.key) || t.invalid.contains_key(o),
-            Kind::Trigger => t.subscriptions.contains_key(o) || t.invalid.contains_key(o),
-            _ => true,
+            Kind::PingSource | Kind::KafkaSource | Kind::ConfigMap => true,
+            _ => is_running(t, o) || t.invalid.contains_key(o),
         });
     }
 
@@ -634,5 +689,175 @@ impl Reconciler {
             tracing::info!("every in-memory event was delivered before shutdown");
         }
         ShutdownReport { drained, lost }
+    }
+}
+
+/// Whether the topology runs `obj` (the reconciler reports a status for it).
+fn is_running(t: &Topology, obj: &ObjectRef) -> bool {
+    match obj.kind {
+        Kind::Broker => t.brokers.contains_key(&obj.key),
+        Kind::Trigger | Kind::Subscription => t.subscriptions.contains_key(obj),
+        Kind::Sequence | Kind::Parallel => t.flows.contains_key(obj),
+        Kind::EventTransform => t.transforms.contains_key(&obj.key),
+        k if k.is_channel() => t.channels.get(&obj.key).is_some_and(|c| &c.object == obj),
+        _ => false,
+    }
+}
+
+/// One dependent of a flow's Ready: which part, and its status (`None`: not reported yet).
+#[derive(Debug, Clone)]
+struct Part {
+    object: ObjectRef,
+    is_channel: bool,
+    status: Option<Status>,
+}
+
+fn flow_parts(flow: &Flow, t: &Topology, board: &StatusBoard) -> Vec<Part> {
+    let channels = flow
+        .channels
+        .iter()
+        .filter_map(|k| t.channels.get(k))
+        .map(|c| Part {
+            object: c.object.clone(),
+            is_channel: true,
+            status: board.get(&c.object),
+        });
+    let subs = flow.subscriptions.iter().map(|o| Part {
+        object: o.clone(),
+        is_channel: false,
+        status: board.get(o),
+    });
+    channels.chain(subs).collect()
+}
+
+/// A Sequence's or Parallel's Ready from its parts (SEMANTICS.md §8: False if any dependent
+/// is False, else Unknown if any is Unknown or missing, else True). Channels are checked
+/// before subscriptions, so the reason points at the first thing to fix: `ChannelsNotReady`
+/// or `SubscriptionsNotReady`, the message naming the part and its own reason.
+fn flow_status(gen: i64, parts: &[Part]) -> Status {
+    use sluice_core::status::Ready;
+    let worst = |is_channel: bool| -> Option<(Ready, String)> {
+        let mut unknown = None;
+        for p in parts.iter().filter(|p| p.is_channel == is_channel) {
+            match &p.status {
+                Some(s) if s.ready == Ready::False => {
+                    return Some((
+                        Ready::False,
+                        format!("{}: {}: {}", p.object, s.reason, s.message),
+                    ))
+                }
+                Some(s) if s.ready == Ready::True => {}
+                Some(s) => {
+                    unknown.get_or_insert((
+                        Ready::Unknown,
+                        format!("{}: {}: {}", p.object, s.reason, s.message),
+                    ));
+                }
+                None => {
+                    unknown.get_or_insert((
+                        Ready::Unknown,
+                        format!("{}: not reconciled yet", p.object),
+                    ));
+                }
+            }
+        }
+        unknown
+    };
+    let channels = worst(true);
+    let subs = worst(false);
+    let pick = match (&channels, &subs) {
+        (Some((Ready::False, _)), _) | (Some(_), None) => channels.map(|c| ("ChannelsNotReady", c)),
+        (_, Some((Ready::False, _))) | (None, Some(_)) => {
+            subs.map(|s| ("SubscriptionsNotReady", s))
+        }
+        (Some(_), Some(_)) => channels.map(|c| ("ChannelsNotReady", c)),
+        (None, None) => None,
+    };
+    match pick {
+        None => Status::ready(gen),
+        Some((reason, (Ready::False, m))) => Status::not_ready(gen, reason, m),
+        Some((reason, (_, m))) => Status::unknown(gen, reason, m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::status::Ready;
+    use sluice_core::topology::Key;
+
+    fn part(kind: Kind, name: &str, status: Option<Status>) -> Part {
+        Part {
+            object: ObjectRef::new(kind, Key::new("ns", name)),
+            is_channel: kind.is_channel(),
+            status,
+        }
+    }
+
+    #[test]
+    fn flow_ready_follows_its_parts() {
+        let ok = |k, n| part(k, n, Some(Status::ready(1)));
+        let all_ready = [
+            ok(Kind::InMemoryChannel, "c0"),
+            ok(Kind::Subscription, "s0"),
+        ];
+        assert!(flow_status(3, &all_ready).is_ready());
+        assert_eq!(flow_status(3, &all_ready).observed_generation, 3);
+
+        // A False subscription beats an Unknown channel (False wins over Unknown).
+        let parts = [
+            part(
+                Kind::InMemoryChannel,
+                "c0",
+                Some(Status::unknown(1, "ChannelPending", "creating")),
+            ),
+            part(
+                Kind::Subscription,
+                "s0",
+                Some(Status::not_ready(1, "SubscriptionFailed", "boom")),
+            ),
+        ];
+        let s = flow_status(1, &parts);
+        assert_eq!(
+            (s.ready, s.reason.as_str()),
+            (Ready::False, "SubscriptionsNotReady")
+        );
+        assert!(
+            s.message
+                .contains("Subscription ns/s0: SubscriptionFailed: boom"),
+            "{}",
+            s.message
+        );
+
+        // A False channel is named before a False subscription.
+        let parts = [
+            part(
+                Kind::KafkaChannel,
+                "c1",
+                Some(Status::not_ready(1, "ChannelFailure", "no kafka")),
+            ),
+            part(
+                Kind::Subscription,
+                "s0",
+                Some(Status::not_ready(1, "SubscriptionFailed", "x")),
+            ),
+        ];
+        let s = flow_status(1, &parts);
+        assert_eq!(
+            (s.ready, s.reason.as_str()),
+            (Ready::False, "ChannelsNotReady")
+        );
+        assert!(s.message.starts_with("KafkaChannel ns/c1"), "{}", s.message);
+
+        // Missing status: Unknown.
+        let parts = [
+            ok(Kind::InMemoryChannel, "c0"),
+            part(Kind::Subscription, "s0", None),
+        ];
+        let s = flow_status(1, &parts);
+        assert_eq!(
+            (s.ready, s.reason.as_str()),
+            (Ready::Unknown, "SubscriptionsNotReady")
+        );
     }
 }

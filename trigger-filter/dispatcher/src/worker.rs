@@ -20,7 +20,7 @@ use sluice_channels::{Message, Subscription as ChannelSubscription};
 use sluice_core::delivery::{DeliveryPolicy, Endpoint};
 use sluice_core::event::TTL_ATTRIBUTE;
 use sluice_core::metrics::{DropLabels, Metrics, TriggerLabels};
-use sluice_core::topology::{ReplyTo, Subscription};
+use sluice_core::topology::{ObjectRef, ReplyTo, Subscription};
 use sluice_core::{Envelope, Event};
 use sluice_delivery::policy::{after_failure, Next};
 use sluice_delivery::{Delivered, Failure, Outcome, Request, Sender};
@@ -254,7 +254,7 @@ impl Worker {
             let outcome = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Settled::Stopped(msg),
-                o = self.sender.attempt(req.url, req.envelope, s.delivery.format, req.namespace, s.delivery.timeout) => o,
+                o = self.attempt(&envelope) => o,
             };
             let (failure, dest) = match outcome {
                 Outcome::Accepted { reply: None } => break Delivered::Ok { reply: None },
@@ -311,6 +311,49 @@ impl Worker {
         Settled::Done
     }
 
+    /// One attempt: POST to the subscriber, or — when it is storage this process serves —
+    /// publish into it in-process (its TTL one lower, like a reply). A refused publish is a
+    /// retryable failure under the same schedule as an HTTP one; an event whose TTL is used
+    /// up is dropped (a loop), which ends the delivery as done.
+    async fn attempt(&self, envelope: &Envelope) -> Outcome {
+        let s = &*self.sub;
+        let Some(target) = &s.subscriber_target else {
+            return self
+                .sender
+                .attempt(
+                    &s.subscriber,
+                    envelope,
+                    s.delivery.format,
+                    Some(&s.owner.key.namespace),
+                    s.delivery.timeout,
+                )
+                .await;
+        };
+        let published = self
+            .ingress
+            .publish_to(
+                target,
+                vec![envelope.event.clone()],
+                envelope.headers.clone(),
+            )
+            .await;
+        match published {
+            Ok(()) => Outcome::Accepted { reply: None },
+            Err(IngestError::Ttl(e)) => {
+                tracing::info!(subscription = %s.owner, id = envelope.event.id(), error = %e, "event dropped by the loop guard");
+                self.counters.dropped_reply_ttl.inc();
+                Outcome::Accepted { reply: None }
+            }
+            Err(e) => Outcome::Failed(Failure {
+                status: Some(e.status().as_u16()),
+                body: Default::default(),
+                retryable: true,
+                retry_after: None,
+                reason: format!("could not store the event in {target}: {e}"),
+            }),
+        }
+    }
+
     /// Sends a subscriber's reply where the subscription says. `None`: stopped first.
     async fn route_reply(&self, mut reply: Event, original: &Envelope) -> Option<ReplyOutcome> {
         let s = &*self.sub;
@@ -319,15 +362,22 @@ impl Worker {
                 self.counters.dropped_reply_discarded.inc();
                 Some(ReplyOutcome::Done)
             }
-            ReplyTo::Broker(broker) => {
-                // The reply carries the TTL of the event it answers; the broker takes one off.
+            ReplyTo::Broker(_) | ReplyTo::Channel { .. } => {
+                let (target, address) = match &s.reply {
+                    ReplyTo::Channel { key, address } => {
+                        (ObjectRef::channel(key.clone()), Some(address.clone()))
+                    }
+                    ReplyTo::Broker(key) => (ObjectRef::broker(key.clone()), None),
+                    _ => unreachable!("matched above"),
+                };
+                // The reply carries the TTL of the event it answers; the ingress takes one off.
                 if let Some(ttl) = original.event.get(TTL_ATTRIBUTE) {
                     reply.set(TTL_ATTRIBUTE, ttl.clone());
                 }
                 let published = tokio::select! {
                     biased;
                     _ = self.stop.cancelled() => return None,
-                    r = self.ingress.publish(broker, vec![reply], original.headers.clone()) => r,
+                    r = self.ingress.publish_to(&target, vec![reply], original.headers.clone()) => r,
                 };
                 Some(match published {
                     Ok(()) => {
@@ -349,7 +399,9 @@ impl Worker {
                             retry_after: None,
                             reason: format!("could not store the reply: {e}"),
                         }),
-                        dest: None,
+                        // A channel reply names the channel's address (SEMANTICS.md §9); a
+                        // Trigger's reply keeps Knative's broker behaviour (the subscriber).
+                        dest: address,
                     },
                 })
             }

@@ -153,7 +153,7 @@ struct Factory {
 impl ChannelFactory for Factory {
     async fn create(
         &self,
-        _: &Key,
+        _: &ObjectRef,
         config: &ChannelConfig,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         if let Some(why) = self.fail_create.lock().unwrap().clone() {
@@ -296,6 +296,7 @@ fn policy(retry: u32) -> DeliveryPolicy {
 
 fn trigger(name: &str, sink: &Sink, delivery: DeliveryPolicy) -> Subscription {
     Subscription {
+        subscriber_target: None,
         owner: ObjectRef::trigger(Key::new("ns", name)),
         channel: ObjectRef::broker(broker_key()),
         filter: None,

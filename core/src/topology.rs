@@ -129,6 +129,8 @@ pub enum Kind {
     PingSource,
     KafkaSource,
     ConfigMap,
+    /// `serving.knative.dev/v1` Service (embedded mode: local processes, autoscaled).
+    Service,
 }
 
 impl Kind {
@@ -139,6 +141,7 @@ impl Kind {
             Kind::PingSource => "PingSource",
             Kind::KafkaSource => "KafkaSource",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Service => "Service",
         }
     }
 }
@@ -296,6 +299,86 @@ pub struct KafkaSource {
     pub fingerprint: u64,
 }
 
+/// How a Service scales (Knative Serving's KPA settings, `autoscaling.knative.dev/*`
+/// annotations already validated; see `sluice-autoscaler`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingSpec {
+    /// `min-scale`: replicas kept even without requests.
+    pub min_scale: u32,
+    /// `max-scale`: 0 = unlimited.
+    pub max_scale: u32,
+    /// `initial-scale`: replicas started with the Service, kept for the first stable window.
+    pub initial_scale: u32,
+    /// `activation-scale`: replicas started at least when scaling up from zero.
+    pub activation_scale: u32,
+    /// `target`: concurrent requests per replica (`containerConcurrency`, else 100).
+    pub target: f64,
+    /// `target-utilization-percentage` / 100 (0.7): the share of `target` aimed at.
+    pub utilization: f64,
+    /// `window`: the stable window (60 s).
+    pub stable_window: std::time::Duration,
+    /// `panic-window-percentage`: the panic window as a percentage of the stable one (10).
+    pub panic_window_percentage: f64,
+    /// `panic-threshold-percentage`: panic when the panic-window demand reaches this
+    /// percentage of the ready capacity (200).
+    pub panic_threshold_percentage: f64,
+    /// At most this factor up per decision (1000).
+    pub max_scale_up_rate: f64,
+    /// At most this divisor down per decision (2).
+    pub max_scale_down_rate: f64,
+    /// `scale-down-delay`: a decrease only happens once it held for this long (0).
+    pub scale_down_delay: std::time::Duration,
+    /// How long the last replica stays after the decision says zero (30 s; Sluice
+    /// annotation `sluice.dev/scale-to-zero-grace-period`, Knative's `config-autoscaler` key).
+    pub scale_to_zero_grace: std::time::Duration,
+    /// How often a decision is taken (2 s).
+    pub tick: std::time::Duration,
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        ScalingSpec {
+            min_scale: 0,
+            max_scale: 0,
+            initial_scale: 1,
+            activation_scale: 1,
+            target: 100.0,
+            utilization: 0.7,
+            stable_window: std::time::Duration::from_secs(60),
+            panic_window_percentage: 10.0,
+            panic_threshold_percentage: 200.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            scale_down_delay: std::time::Duration::ZERO,
+            scale_to_zero_grace: std::time::Duration::from_secs(30),
+            tick: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// A `serving.knative.dev/v1` Service as embedded mode runs it: replicas are local processes
+/// started from `command` + `args`, scaled on request concurrency, reached through the
+/// activator at [`Service::address`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub key: Key,
+    /// Program and its arguments (`command` then `args`), at least one element.
+    pub command: Vec<String>,
+    /// `env`, in order; `PORT`, `K_SERVICE`, `K_CONFIGURATION`, `K_REVISION` are added.
+    pub env: Vec<(String, String)>,
+    /// `readinessProbe.httpGet.path`; `None`: ready once the port accepts connections.
+    pub readiness_path: Option<String>,
+    /// `containerConcurrency`: requests one replica takes at once; 0 = unlimited.
+    pub container_concurrency: u32,
+    /// `timeoutSeconds`: a request (waiting for a replica included) gets this long.
+    pub timeout: std::time::Duration,
+    pub scaling: ScalingSpec,
+    /// Where triggers send to it (the activator's route on the ingress).
+    pub address: url::Url,
+    /// Changes whenever anything above changes.
+    pub fingerprint: u64,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -304,6 +387,8 @@ pub struct Topology {
     pub subscriptions: BTreeMap<ObjectRef, Arc<Subscription>>,
     pub ping_sources: BTreeMap<Key, Arc<PingSource>>,
     pub kafka_sources: BTreeMap<Key, Arc<KafkaSource>>,
+    /// `serving.knative.dev/v1` Services (embedded mode).
+    pub services: BTreeMap<Key, Arc<Service>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -334,6 +419,7 @@ impl Topology {
             (self.ping_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::PingSource, k));
         let kafkas =
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
-        brokers.chain(subs).chain(pings).chain(kafkas)
+        let services = (self.services.keys().cloned()).map(|k| ObjectRef::new(Kind::Service, k));
+        brokers.chain(subs).chain(pings).chain(kafkas).chain(services)
     }
 }

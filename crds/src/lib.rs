@@ -22,6 +22,7 @@ pub mod duration;
 pub mod eventtype;
 pub mod k8s_sources;
 pub mod load;
+pub mod serving;
 pub mod sources;
 pub mod types;
 

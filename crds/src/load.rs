@@ -3,6 +3,7 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
+use crate::serving::Service;
 use crate::sources::{KafkaSource, PingSource};
 use crate::types::{Broker, Trigger};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -22,6 +23,8 @@ pub enum Resource {
     ConfigMap(Box<ConfigMap>),
     PingSource(Box<PingSource>),
     KafkaSource(Box<KafkaSource>),
+    /// `serving.knative.dev/v1` Service (embedded mode: local processes).
+    Service(Box<Service>),
 }
 
 impl Resource {
@@ -32,6 +35,7 @@ impl Resource {
             Resource::ConfigMap(_) => "ConfigMap",
             Resource::PingSource(_) => "PingSource",
             Resource::KafkaSource(_) => "KafkaSource",
+            Resource::Service(_) => "Service",
         }
     }
 }
@@ -55,6 +59,7 @@ impl Loaded {
             Resource::ConfigMap(_) => Kind::ConfigMap,
             Resource::PingSource(_) => Kind::PingSource,
             Resource::KafkaSource(_) => Kind::KafkaSource,
+            Resource::Service(_) => Kind::Service,
         };
         ObjectRef::new(kind, Key::new(&self.namespace, &self.name))
     }
@@ -112,7 +117,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, sources.knative.dev/v1 PingSource and KafkaSource (v1beta1 too), serving.knative.dev/v1 Service (run as local processes), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
@@ -262,6 +267,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "PingSource" => Some(Kind::PingSource),
         "KafkaSource" => Some(Kind::KafkaSource),
         "ConfigMap" => Some(Kind::ConfigMap),
+        "Service" if api_version == "serving.knative.dev/v1" => Some(Kind::Service),
         _ => None,
     }
     .map(|k| Box::new(ObjectRef::new(k, Key::new(&namespace, &name))));
@@ -279,6 +285,9 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
             Resource::KafkaSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("serving.knative.dev/v1", "Service") => {
+            Resource::Service(Box::new(typed(value, &origin, &describe, &object)?))
         }
         _ if KUBERNETES_ONLY.contains(&(api_version.as_str(), kind.as_str())) => {
             return Err(err(

@@ -15,7 +15,7 @@
 //!   and panic windows;
 //! - [`kpa`]: the decision, a pure function of the observation and the time;
 //! - [`gate`]: the activator's state machine (pure); [`activator`]: its async wrapper;
-//! - `local`: replicas as local processes, and the proxy that sends requests through the
+//! - [`local`]: replicas as local processes, and the proxy that sends requests through the
 //!   activator (embedded mode's `serving.knative.dev/v1` Service).
 //!
 //! Only tokio time is used, so every loop is tested with paused time.
@@ -23,9 +23,11 @@
 pub mod activator;
 pub mod gate;
 pub mod kpa;
+pub mod local;
 pub mod metrics;
 pub mod spec;
 
 pub use activator::{Activator, Lease, Load, Refused};
 pub use gate::{Gate, DEFAULT_QUEUE_CAPACITY};
 pub use kpa::{Decider, Decision, Observation};
+pub use local::{LocalServices, ServiceStats};

@@ -132,7 +132,8 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
                 let sink = st.sink_uri.clone();
                 replace(&mut k.spec.sink, sink);
             }
-            Resource::ConfigMap(_) => {}
+            // Services are read in embedded mode only (Knative Serving owns them in a cluster).
+            Resource::ConfigMap(_) | Resource::Service(_) => {}
         }
     }
 }

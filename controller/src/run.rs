@@ -142,7 +142,7 @@ fn current_status(r: &Loaded) -> Value {
         R::Trigger(o) => serde_json::to_value(&o.status),
         R::PingSource(o) => serde_json::to_value(&o.status),
         R::KafkaSource(o) => serde_json::to_value(&o.status),
-        R::ConfigMap(_) => return Value::Null,
+        R::ConfigMap(_) | R::Service(_) => return Value::Null,
     };
     v.unwrap_or(Value::Null)
 }
@@ -153,7 +153,8 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::Trigger => apply::<Trigger>(client, r, status).await,
         Kind::PingSource => apply::<PingSource>(client, r, status).await,
         Kind::KafkaSource => apply::<KafkaSource>(client, r, status).await,
-        Kind::ConfigMap => Ok(()),
+        // Knative Serving owns Services in a cluster; Sluice runs them in embedded mode only.
+        Kind::ConfigMap | Kind::Service => Ok(()),
     }
 }
 

@@ -103,7 +103,7 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
             Resource::KafkaSource(k) => {
                 source(world, r, k.metadata.generation, errs, "ConsumerGroup")
             }
-            Resource::Broker(_) | Resource::ConfigMap(_) => continue,
+            Resource::Broker(_) | Resource::ConfigMap(_) | Resource::Service(_) => continue,
         };
         out.insert(obj, d);
     }

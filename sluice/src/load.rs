@@ -176,6 +176,11 @@ fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
                 t.kafka_sources.insert(obj.key.clone(), s.clone());
             }
         }
+        Kind::Service => {
+            if let Some(s) = previous.services.get(&obj.key) {
+                t.services.insert(obj.key.clone(), s.clone());
+            }
+        }
         Kind::ConfigMap => {}
     }
 }

@@ -6,6 +6,7 @@ use crate::cli::{NodeArgs, RunArgs};
 use crate::load;
 use anyhow::Context as _;
 use notify::Watcher as _;
+use sluice_autoscaler::LocalServices;
 use sluice_broker::Ingress;
 use sluice_core::metrics::Metrics;
 use sluice_core::status::StatusBoard;
@@ -75,8 +76,20 @@ pub async fn serve(
         sources_stop.clone(),
     ));
 
+    // serving.knative.dev/v1 Services: local processes behind the activator, reached on the
+    // ingress at /<ns>/services/<name>.
+    let services = Arc::new(LocalServices::new());
+    let services_stop = CancellationToken::new();
+    let services_task = tokio::spawn(services_loop(
+        services.clone(),
+        topology_rx.clone(),
+        status.clone(),
+        services_stop.clone(),
+    ));
+
     let state = Arc::new(AdminState {
         metrics,
+        services: services.clone(),
         status,
         ingress: ingress.clone(),
         started: Default::default(),
@@ -112,9 +125,13 @@ pub async fn serve(
     });
     let ingress_task = tokio::spawn({
         let sd = stop_ingress.clone();
-        sluice_broker::serve(ingress_listener, ingress.clone(), async move {
-            sd.cancelled().await
-        })
+        let router = sluice_broker::router(ingress.clone()).merge(services.router());
+        sluice_broker::serve_router(
+            ingress_listener,
+            router,
+            sluice_broker::ServeOptions::default(),
+            async move { sd.cancelled().await },
+        )
     });
     state.started.store(true, Ordering::Release);
     {
@@ -144,6 +161,10 @@ pub async fn serve(
             "the drain period ended before every in-memory event was delivered"
         );
     }
+    // Services last: deliveries drained above may have been going to them. Their replicas
+    // finish what they hold, then stop.
+    services_stop.cancel();
+    let _ = services_task.await;
     stop_ingress.cancel();
     stop_admin.cancel();
     let _ = ingress_task.await;
@@ -182,6 +203,55 @@ async fn sources_loop(
         }
     }
     sources.shutdown().await;
+}
+
+/// Runs the Services of each topology and keeps their status on the board.
+async fn services_loop(
+    services: Arc<LocalServices>,
+    mut topology: watch::Receiver<Arc<Topology>>,
+    status: Arc<StatusBoard>,
+    stop: CancellationToken,
+) {
+    let current = topology.borrow_and_update().clone();
+    services.apply(&current).await;
+    report_services(&services, &current, &status);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = topology.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let t = topology.borrow_and_update().clone();
+                services.apply(&t).await;
+                report_services(&services, &t, &status);
+            }
+            _ = tick.tick() => {
+                let t = topology.borrow().clone();
+                report_services(&services, &t, &status);
+            }
+        }
+    }
+    services.shutdown().await;
+}
+
+fn report_services(services: &LocalServices, t: &Topology, board: &StatusBoard) {
+    use sluice_core::status::Status;
+    use sluice_core::topology::{Kind, ObjectRef};
+    for s in services.stats() {
+        let Some(key) = s.key.clone() else { continue };
+        let obj = ObjectRef::new(Kind::Service, key);
+        let status = match (t.invalid.get(&obj), &s.problem) {
+            (Some(problem), _) => Status::not_ready(1, "InvalidSpec", problem.clone()),
+            (None, Some(problem)) if s.ready == 0 && s.desired > 0 => {
+                Status::not_ready(1, "RevisionFailed", problem.clone())
+            }
+            _ => Status::ready(1),
+        };
+        board.set(obj, status);
+    }
+    board.retain(|o| o.kind != Kind::Service || t.services.contains_key(&o.key));
 }
 
 fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {

@@ -374,6 +374,15 @@ fn spawn_replica(
         .env("K_REVISION", &revision)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    // A replica never outlives Sluice, even when Sluice is killed with SIGKILL.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start `{}`: {e}", service.command.join(" ")))?;

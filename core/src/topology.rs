@@ -420,6 +420,10 @@ impl Topology {
         let kafkas =
             (self.kafka_sources.keys().cloned()).map(|k| ObjectRef::new(Kind::KafkaSource, k));
         let services = (self.services.keys().cloned()).map(|k| ObjectRef::new(Kind::Service, k));
-        brokers.chain(subs).chain(pings).chain(kafkas).chain(services)
+        brokers
+            .chain(subs)
+            .chain(pings)
+            .chain(kafkas)
+            .chain(services)
     }
 }

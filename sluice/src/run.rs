@@ -82,6 +82,7 @@ pub async fn serve(
     let services_stop = CancellationToken::new();
     let services_task = tokio::spawn(services_loop(
         services.clone(),
+        metrics.clone(),
         topology_rx.clone(),
         status.clone(),
         services_stop.clone(),
@@ -208,13 +209,15 @@ async fn sources_loop(
 /// Runs the Services of each topology and keeps their status on the board.
 async fn services_loop(
     services: Arc<LocalServices>,
+    metrics: Arc<Metrics>,
     mut topology: watch::Receiver<Arc<Topology>>,
     status: Arc<StatusBoard>,
     stop: CancellationToken,
 ) {
+    let mut shown = std::collections::BTreeSet::new();
     let current = topology.borrow_and_update().clone();
     services.apply(&current).await;
-    report_services(&services, &current, &status);
+    report_services(&services, &current, &status, &metrics, &mut shown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -225,22 +228,72 @@ async fn services_loop(
                 }
                 let t = topology.borrow_and_update().clone();
                 services.apply(&t).await;
-                report_services(&services, &t, &status);
+                report_services(&services, &t, &status, &metrics, &mut shown);
             }
             _ = tick.tick() => {
                 let t = topology.borrow().clone();
-                report_services(&services, &t, &status);
+                report_services(&services, &t, &status, &metrics, &mut shown);
             }
         }
     }
     services.shutdown().await;
 }
 
-fn report_services(services: &LocalServices, t: &Topology, board: &StatusBoard) {
+/// Status on the board and the autoscaler gauges of every Service (`shown`: the Services
+/// that have gauges, so a deleted one's series go away).
+fn report_services(
+    services: &LocalServices,
+    t: &Topology,
+    board: &StatusBoard,
+    metrics: &Metrics,
+    shown: &mut std::collections::BTreeSet<sluice_core::topology::Key>,
+) {
+    use sluice_core::metrics::ServiceLabels;
     use sluice_core::status::Status;
     use sluice_core::topology::{Kind, ObjectRef};
-    for s in services.stats() {
+    let labels = |k: &sluice_core::topology::Key| ServiceLabels {
+        namespace: k.namespace.clone(),
+        service: k.name.clone(),
+    };
+    let stats = services.stats();
+    let now: std::collections::BTreeSet<_> = stats.iter().filter_map(|s| s.key.clone()).collect();
+    for gone in shown.difference(&now) {
+        let l = labels(gone);
+        metrics.autoscaler_desired.remove(&l);
+        metrics.autoscaler_actual.remove(&l);
+        metrics.autoscaler_ready.remove(&l);
+        metrics.autoscaler_panic.remove(&l);
+        metrics.activator_queue_depth.remove(&l);
+        metrics.activator_in_flight.remove(&l);
+    }
+    *shown = now;
+    for s in stats {
         let Some(key) = s.key.clone() else { continue };
+        let l = labels(&key);
+        metrics
+            .autoscaler_desired
+            .get_or_create(&l)
+            .set(s.desired as i64);
+        metrics
+            .autoscaler_actual
+            .get_or_create(&l)
+            .set(s.actual as i64);
+        metrics
+            .autoscaler_ready
+            .get_or_create(&l)
+            .set(s.ready as i64);
+        metrics
+            .autoscaler_panic
+            .get_or_create(&l)
+            .set(s.panic as i64);
+        metrics
+            .activator_queue_depth
+            .get_or_create(&l)
+            .set(s.queued as i64);
+        metrics
+            .activator_in_flight
+            .get_or_create(&l)
+            .set(s.in_flight as i64);
         let obj = ObjectRef::new(Kind::Service, key);
         let status = match (t.invalid.get(&obj), &s.problem) {
             (Some(problem), _) => Status::not_ready(1, "InvalidSpec", problem.clone()),

@@ -159,6 +159,23 @@ async fn events_scale_a_service_from_zero_without_loss_then_it_scales_back_to_ze
         .contains("reason=\"no_dead_letter_sink\"} 1"));
     let pids: BTreeSet<u32> = got.iter().map(|(_, p)| *p).collect();
     assert!(pids.iter().all(|p| alive(*p)), "replicas run: {pids:?}");
+    let get = s.get().await;
+    let line = get
+        .lines()
+        .find(|l| l.starts_with("default") && l.contains(" fn "))
+        .unwrap_or_else(|| panic!("sluice get lists the service:\n{get}"));
+    assert!(
+        line.contains(&format!("http://{}/default/services/fn", s.ingress)),
+        "{line}"
+    );
+    assert!(line.contains("True"), "{line}");
+    assert!(
+        s.metric(&format!(
+            "sluice_autoscaler_ready_replicas{{namespace=\"default\",service=\"fn\"}}"
+        ))
+        .await
+            >= 1.0
+    );
 
     // No request for the window (6 s) and the grace period (1 s): back to zero, and the
     // replica process is gone.
@@ -167,6 +184,21 @@ async fn events_scale_a_service_from_zero_without_loss_then_it_scales_back_to_ze
         (st["actual"] == 0 && st["readyReplicas"] == 0).then_some(())
     })
     .await;
+    let svc = "{namespace=\"default\",service=\"fn\"}";
+    eventually(T, "gauges at zero", || async {
+        let desired = s
+            .metric(&format!("sluice_autoscaler_desired_replicas{svc}"))
+            .await;
+        let actual = s
+            .metric(&format!("sluice_autoscaler_actual_replicas{svc}"))
+            .await;
+        (desired == 0.0 && actual == 0.0).then_some(())
+    })
+    .await;
+    assert!(s
+        .metrics()
+        .await
+        .contains(&format!("sluice_activator_queue_depth{svc} 0")));
     eventually(T, "replica processes stopped", || async {
         pids.iter().all(|p| !alive(*p)).then_some(())
     })

@@ -169,13 +169,13 @@ async fn events_scale_a_service_from_zero_without_loss_then_it_scales_back_to_ze
         "{line}"
     );
     assert!(line.contains("True"), "{line}");
-    assert!(
-        s.metric(&format!(
-            "sluice_autoscaler_ready_replicas{{namespace=\"default\",service=\"fn\"}}"
-        ))
-        .await
-            >= 1.0
-    );
+    eventually(T, "the ready replica in the gauges", || async {
+        let ready = s
+            .metric("sluice_autoscaler_ready_replicas{namespace=\"default\",service=\"fn\"}")
+            .await;
+        (ready >= 1.0).then_some(())
+    })
+    .await;
 
     // No request for the window (6 s) and the grace period (1 s): back to zero, and the
     // replica process is gone.

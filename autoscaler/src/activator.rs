@@ -180,6 +180,19 @@ impl Activator {
         self.lock().gate.victim()
     }
 
+    /// The Service is going away (deleted, or replaced by an edit): every waiting request is
+    /// answered at once (the caller turns it into a 503 that delivery retries, reaching the
+    /// new version) instead of waiting for a replica that will not come.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        let waiting: Vec<WaitId> = inner.waiters.keys().copied().collect();
+        for w in waiting {
+            inner.gate.cancel(w);
+        }
+        inner.waiters.clear();
+        inner.touch();
+    }
+
     /// `containerConcurrency` changed.
     pub fn set_concurrency(&self, container_concurrency: u32) {
         let mut inner = self.lock();
@@ -374,6 +387,22 @@ mod tests {
         assert!(!drained.is_finished());
         drop(lease);
         drained.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_answers_waiting_requests_at_once() {
+        let a = Activator::new(0, 10, Duration::from_secs(60));
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire(Duration::from_secs(300)).await.err() }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(a.load().queued, 1);
+        let before = Instant::now();
+        a.close();
+        assert_eq!(waiting.await.unwrap(), Some(Refused::Timeout));
+        assert_eq!(Instant::now(), before, "no waiting for the timeout");
+        assert_eq!(a.load().queued, 0);
     }
 
     #[tokio::test(start_paused = true)]

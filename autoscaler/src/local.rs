@@ -80,6 +80,8 @@ type Table = Arc<RwLock<HashMap<Key, Arc<Running>>>>;
 pub struct LocalServices {
     table: Table,
     client: Client<HttpConnector, Body>,
+    /// Services being stopped (their replicas finishing requests), awaited on shutdown.
+    stopping: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Default for LocalServices {
@@ -93,12 +95,13 @@ impl LocalServices {
         LocalServices {
             table: Arc::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            stopping: Mutex::default(),
         }
     }
 
     /// Runs the Services of `topology`: new ones start, removed ones stop (their replicas
     /// finish what they hold), changed ones are replaced.
-    pub async fn apply(&self, topology: &Topology) {
+    pub fn apply(&self, topology: &Topology) {
         let mut stopping = Vec::new();
         {
             let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
@@ -109,6 +112,7 @@ impl LocalServices {
                     .is_some_and(|s| s.fingerprint == running.service.fingerprint);
                 if !keep {
                     running.stop.cancel();
+                    running.activator.close();
                     stopping.push(running.clone());
                 }
                 keep
@@ -119,8 +123,12 @@ impl LocalServices {
                 }
             }
         }
+        // Old replicas finish their requests in the background; the new version already
+        // takes new ones.
+        let mut tasks = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
         for r in stopping {
-            wait_stopped(&r).await;
+            tasks.push(tokio::spawn(async move { wait_stopped(&r).await }));
         }
     }
 
@@ -132,9 +140,14 @@ impl LocalServices {
         };
         for r in &all {
             r.stop.cancel();
+            r.activator.close();
         }
         for r in all {
             wait_stopped(&r).await;
+        }
+        let earlier = std::mem::take(&mut *self.stopping.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in earlier {
+            let _ = t.await;
         }
     }
 

@@ -216,7 +216,7 @@ async fn services_loop(
 ) {
     let mut shown = std::collections::BTreeSet::new();
     let current = topology.borrow_and_update().clone();
-    services.apply(&current).await;
+    services.apply(&current);
     report_services(&services, &current, &status, &metrics, &mut shown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -227,7 +227,7 @@ async fn services_loop(
                     break;
                 }
                 let t = topology.borrow_and_update().clone();
-                services.apply(&t).await;
+                services.apply(&t);
                 report_services(&services, &t, &status, &metrics, &mut shown);
             }
             _ = tick.tick() => {

@@ -12,18 +12,25 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 /// A replica: answers 202 to POST after `delay` seconds (argv[2]) and appends
-/// `<ce-id> <pid>` to the file argv[1]; GET answers 200 (readiness). SIGTERM stops it at
+/// `<ce-id> <pid> <requests it was serving, this one included>` to the file argv[1]; GET
+/// answers 200 (readiness). SIGTERM stops it at
 /// once (Python's default), so a request still in flight at SIGTERM would fail.
 const REPLICA: &str = r#"
-import http.server, os, sys, time
+import http.server, os, sys, threading, time
 LOG, DELAY = sys.argv[1], float(sys.argv[2])
+lock, busy = threading.Lock(), [0]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
+        with lock:
+            busy[0] += 1
+            seen = busy[0]
         time.sleep(DELAY)
+        with lock:
+            busy[0] -= 1
         with open(LOG, "a") as f:
-            f.write("%s %d\n" % (self.headers.get("ce-id", "-"), os.getpid()))
+            f.write("%s %d %d\n" % (self.headers.get("ce-id", "-"), os.getpid(), seen))
         self.send_response(202)
         self.send_header("content-length", "0")
         self.end_headers()
@@ -64,14 +71,24 @@ spec:
     )
 }
 
-/// Lines `<id> <pid>` the replicas wrote.
+/// Lines `<id> <pid> <concurrent>` the replicas wrote, without the concurrency.
 fn received(dir: &std::path::Path) -> Vec<(String, u32)> {
+    received_with_concurrency(dir)
+        .into_iter()
+        .map(|(id, pid, _)| (id, pid))
+        .collect()
+}
+
+fn received_with_concurrency(dir: &std::path::Path) -> Vec<(String, u32, u32)> {
     std::fs::read_to_string(dir.join("received.log"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let (id, pid) = l.split_once(' ')?;
-            Some((id.to_string(), pid.parse().ok()?))
+            let mut f = l.split(' ');
+            let id = f.next()?.to_string();
+            let pid = f.next()?.parse().ok()?;
+            let busy = f.next()?.parse().ok()?;
+            Some((id, pid, busy))
         })
         .collect()
 }
@@ -286,4 +303,53 @@ async fn scale_down_lets_replicas_finish_their_requests() {
         (pids.iter().filter(|p| alive(**p)).count() < pids.len()).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn delivery_never_sends_more_than_container_concurrency_per_ready_replica() {
+    let dir = test_dir("autoscale-limit");
+    // One replica at most, one request at a time; the trigger would send up to 100 at once.
+    let yaml = format!(
+        "{}---\n{}",
+        service(
+            &dir,
+            "        autoscaling.knative.dev/initial-scale: \"0\"\n        autoscaling.knative.dev/max-scale: \"1\"\n        autoscaling.knative.dev/window: 6s",
+            "0.1",
+            1,
+        ),
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default, namespace: default}\nspec:\n  delivery:\n    retry: 0\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: to-fn, namespace: default}\nspec:\n  broker: default\n  subscriber:\n    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}\n"
+    );
+    std::fs::write(dir.join("resources.yaml"), yaml).unwrap();
+    let s = Sluice::start_in(dir.clone(), &[]).await;
+    let n = 20;
+    for i in 0..n {
+        let url = s.broker_url("default", "default");
+        assert_eq!(
+            post_event(&url, &format!("e{i}"), "t", &[], "{}").await,
+            202
+        );
+    }
+    // Requests wait in the activator meanwhile.
+    eventually(T, "requests queued in the activator", || async {
+        (service_status(&s).await["queued"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    let got = eventually(T, "every event at the replica", || async {
+        let r = received_with_concurrency(&dir);
+        (r.len() >= n).then_some(r)
+    })
+    .await;
+    let ids: BTreeSet<_> = got.iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids.len(), n, "each event once, none lost: {got:?}");
+    let most = got.iter().map(|(_, _, busy)| *busy).max().unwrap();
+    assert_eq!(
+        most, 1,
+        "the replica never had more than containerConcurrency requests"
+    );
+    let labels = "{namespace=\"default\",broker=\"default\",trigger=\"to-fn\"}";
+    assert_eq!(
+        s.metric(&format!("sluice_events_delivered_total{labels}"))
+            .await,
+        n as f64
+    );
 }

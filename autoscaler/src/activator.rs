@@ -175,9 +175,9 @@ impl Activator {
         inner.touch();
     }
 
-    /// The replica to remove first when scaling down.
-    pub fn victim(&self) -> Option<ReplicaId> {
-        self.lock().gate.victim()
+    /// The ready replicas taking new requests, with their requests in flight.
+    pub fn ready_replicas(&self) -> Vec<(ReplicaId, u32)> {
+        self.lock().gate.ready_replicas()
     }
 
     /// The Service is going away (deleted, or replaced by an edit): every waiting request is

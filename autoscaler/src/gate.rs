@@ -10,7 +10,7 @@
 //! - The first request that has to wait while no replica is ready pokes the autoscaler, so
 //!   scaling from zero starts at once instead of at the next tick.
 //! - A replica chosen for removal ([`Gate::drain`]) gets no new request; the caller stops it
-//!   once [`Gate::in_flight_of`] is zero.
+//!   once [`Gate::in_flight_of`] is zero (which one: [`crate::plan`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -68,6 +68,15 @@ impl Gate {
     /// Ready replicas that take new requests.
     pub fn ready(&self) -> u32 {
         self.ready.values().filter(|r| !r.draining).count() as u32
+    }
+
+    /// The ready replicas that take new requests, with their requests in flight.
+    pub fn ready_replicas(&self) -> Vec<(ReplicaId, u32)> {
+        self.ready
+            .iter()
+            .filter(|(_, r)| !r.draining)
+            .map(|(id, r)| (*id, r.in_flight))
+            .collect()
     }
 
     /// Requests waiting for a replica.
@@ -169,16 +178,6 @@ impl Gate {
     pub fn remove(&mut self, replica: ReplicaId) {
         self.ready.remove(&replica);
     }
-
-    /// The ready replica to remove first when scaling down: the one with the fewest requests
-    /// in flight (the newest among equals, so long-lived replicas keep their warm state).
-    pub fn victim(&self) -> Option<ReplicaId> {
-        self.ready
-            .iter()
-            .filter(|(_, r)| !r.draining)
-            .min_by_key(|(id, r)| (r.in_flight, std::cmp::Reverse(**id)))
-            .map(|(id, _)| *id)
-    }
 }
 
 #[cfg(test)]
@@ -251,10 +250,10 @@ mod tests {
         g.add_replica(2);
         assert_eq!(g.arrive(1), Arrival::Dispatch(1));
         assert_eq!(g.arrive(2), Arrival::Dispatch(2));
-        // The victim is the one with least in flight; equal → the newest.
-        assert_eq!(g.victim(), Some(2));
+        assert_eq!(g.ready_replicas(), vec![(1, 1), (2, 1)]);
         assert_eq!(g.drain(2), 1);
         assert_eq!(g.ready(), 1);
+        assert_eq!(g.ready_replicas(), vec![(1, 1)]);
         for id in 3..6 {
             assert_eq!(g.arrive(id), Arrival::Dispatch(1));
         }

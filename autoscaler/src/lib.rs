@@ -14,6 +14,7 @@
 //! - [`metrics`]: time-weighted concurrency in one-second buckets, averaged over the stable
 //!   and panic windows;
 //! - [`kpa`]: the decision, a pure function of the observation and the time;
+//! - [`plan`]: a decision → replicas to start, abandon or drain (pure);
 //! - [`gate`]: the activator's state machine (pure); [`activator`]: its async wrapper;
 //! - [`local`]: replicas as local processes, and the proxy that sends requests through the
 //!   activator (embedded mode's `serving.knative.dev/v1` Service).
@@ -25,6 +26,7 @@ pub mod gate;
 pub mod kpa;
 pub mod local;
 pub mod metrics;
+pub mod plan;
 pub mod spec;
 
 pub use activator::{Activator, Lease, Load, Refused};

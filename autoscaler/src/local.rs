@@ -19,6 +19,7 @@
 use crate::activator::{Activator, Refused};
 use crate::gate::{ReplicaId, DEFAULT_QUEUE_CAPACITY};
 use crate::kpa::{panic_window, Decider, Observation};
+use crate::plan::plan;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -284,7 +285,7 @@ async fn scale_loop(
         let now = Instant::now();
         let load = activator.load();
         let (stable, panic) = activator.averages(now, spec.stable_window, panic_window(spec));
-        let mut decision = decider.decide(
+        let decision = decider.decide(
             now,
             Observation {
                 stable,
@@ -292,54 +293,43 @@ async fn scale_loop(
                 ready: load.ready,
             },
         );
-        // Requests waiting with nothing starting: never leave them without a replica.
-        if load.queued > 0 && decision.desired == 0 {
-            decision.desired = 1;
-        }
-        let current = replicas.len() as u32;
-        if decision.desired > current {
-            for _ in current..decision.desired {
-                let id = next_id;
-                next_id += 1;
-                match spawn_replica(&service, id, ready_tx.clone()) {
-                    Ok(r) => {
-                        replicas.insert(id, r);
-                    }
-                    Err(problem) => {
-                        tracing::error!(service = %service.key, %problem, "cannot start a replica");
-                        stats.lock().unwrap_or_else(|e| e.into_inner()).problem = Some(problem);
-                        break;
-                    }
+        let starting: Vec<ReplicaId> = replicas
+            .iter()
+            .filter(|(_, r)| !r.ready)
+            .map(|(id, _)| *id)
+            .collect();
+        let ready = activator.ready_replicas();
+        let plan = plan(decision.desired, load.queued, &starting, &ready);
+        for _ in 0..plan.start {
+            let id = next_id;
+            next_id += 1;
+            match spawn_replica(&service, id, ready_tx.clone()) {
+                Ok(r) => {
+                    replicas.insert(id, r);
+                }
+                Err(problem) => {
+                    tracing::error!(service = %service.key, %problem, "cannot start a replica");
+                    stats.lock().unwrap_or_else(|e| e.into_inner()).problem = Some(problem);
+                    break;
                 }
             }
-        } else if decision.desired < current {
-            let mut excess = current - decision.desired;
-            // Replicas still starting go first: they hold no request.
-            let starting: Vec<ReplicaId> = replicas
-                .iter()
-                .filter(|(_, r)| !r.ready)
-                .map(|(id, _)| *id)
-                .take(excess as usize)
-                .collect();
-            for id in starting {
-                let r = replicas.remove(&id).expect("listed");
+        }
+        for id in plan.abandon {
+            if let Some(r) = replicas.remove(&id) {
                 stopping.push(tokio::spawn(terminate(r, None)));
-                excess -= 1;
             }
-            while excess > 0 {
-                let Some(id) = activator.victim() else { break };
-                let Some(r) = replicas.remove(&id) else {
-                    activator.remove(id);
-                    continue;
-                };
-                let held = activator.drain(id);
-                tracing::info!(service = %service.key, replica = id, in_flight = held, "scaling down: replica drains, then stops");
-                stopping.push(tokio::spawn(terminate(
-                    r,
-                    Some((activator.clone(), id, service.timeout)),
-                )));
-                excess -= 1;
-            }
+        }
+        for id in plan.drain {
+            let Some(r) = replicas.remove(&id) else {
+                activator.remove(id);
+                continue;
+            };
+            let held = activator.drain(id);
+            tracing::info!(service = %service.key, replica = id, in_flight = held, "scaling down: replica drains, then stops");
+            stopping.push(tokio::spawn(terminate(
+                r,
+                Some((activator.clone(), id, service.timeout)),
+            )));
         }
         let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
         s.desired = decision.desired;

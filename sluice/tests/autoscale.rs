@@ -353,3 +353,52 @@ async fn delivery_never_sends_more_than_container_concurrency_per_ready_replica(
         n as f64
     );
 }
+
+#[tokio::test]
+async fn an_edited_service_is_replaced_and_a_deleted_one_stops() {
+    let dir = test_dir("autoscale-reload");
+    let yaml = |delay: &str| {
+        service(
+            &dir,
+            "        autoscaling.knative.dev/min-scale: \"1\"",
+            delay,
+            0,
+        )
+    };
+    std::fs::write(dir.join("resources.yaml"), yaml("0")).unwrap();
+    let s = Sluice::start_in(dir.clone(), &[]).await;
+    let url = format!("http://{}/default/services/fn", s.ingress);
+    assert_eq!(post_event(&url, "before", "t", &[], "{}").await, 202);
+    let old_pid = received(&dir)[0].1;
+    assert!(alive(old_pid));
+
+    // An edit: a new replica serves, the old one stops.
+    s.write("resources.yaml", &yaml("0.01"));
+    let new_pid = eventually(T, "a request served by the new version", || async {
+        assert_eq!(post_event(&url, "after", "t", &[], "{}").await, 202);
+        received(&dir)
+            .iter()
+            .map(|(_, pid)| *pid)
+            .find(|p| *p != old_pid)
+    })
+    .await;
+    eventually(T, "the old replica stopped", || async {
+        (!alive(old_pid)).then_some(())
+    })
+    .await;
+
+    // Deleted: its replica stops and its address answers 404.
+    s.write("resources.yaml", "");
+    eventually(T, "the deleted service's replica stopped", || async {
+        (!alive(new_pid)).then_some(())
+    })
+    .await;
+    let status = client()
+        .post(&url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}

@@ -542,7 +542,10 @@ async fn proxy(
                 format!("Service {key}: replica {}: {e}", lease.replica()),
             )
         })?;
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        // The body is passed on whole: its framing is the proxy's, not the replica's.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONNECTION);
         let bytes = body
             .collect()
             .await

@@ -268,16 +268,22 @@ async fn scale_loop(
             }
         }
         // Replicas that exited on their own.
-        let exited: Vec<ReplicaId> = replicas
+        let exited: Vec<(ReplicaId, std::process::ExitStatus)> = replicas
             .iter_mut()
-            .filter_map(|(id, r)| matches!(r.child.try_wait(), Ok(Some(_))).then_some(*id))
+            .filter_map(|(id, r)| match r.child.try_wait() {
+                Ok(Some(status)) => Some((*id, status)),
+                _ => None,
+            })
             .collect();
-        for id in exited {
+        for (id, status) in exited {
             let r = replicas.remove(&id).expect("listed");
             r.probe.cancel();
             activator.remove(id);
-            let problem = format!("replica {id} exited");
-            tracing::warn!(service = %service.key, replica = id, "replica exited");
+            let problem = format!(
+                "replica {id} (`{}`) exited on its own ({status}); it must keep serving on $PORT",
+                service.command.join(" ")
+            );
+            tracing::warn!(service = %service.key, replica = id, %status, "replica exited");
             stats.lock().unwrap_or_else(|e| e.into_inner()).problem = Some(problem);
         }
         stopping.retain(|t| !t.is_finished());

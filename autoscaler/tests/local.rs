@@ -12,20 +12,23 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 fn topology() -> Topology {
+    with_command(&["sleep", "30"], 0)
+}
+
+fn with_command(command: &[&str], initial_scale: u32) -> Topology {
     let mut t = Topology::default();
     let key = Key::new("default", "s");
     t.services.insert(
         key.clone(),
         Arc::new(Service {
             key,
-            // A replica that never listens: it stays "starting".
-            command: vec!["sleep".into(), "30".into()],
+            command: command.iter().map(|c| c.to_string()).collect(),
             env: vec![],
             readiness_path: None,
             container_concurrency: 0,
             timeout: Duration::from_secs(300),
             scaling: ScalingSpec {
-                initial_scale: 0,
+                initial_scale,
                 ..ScalingSpec::default()
             },
             address: "http://127.0.0.1:8080/default/services/s".parse().unwrap(),
@@ -38,6 +41,7 @@ fn topology() -> Topology {
 #[tokio::test(start_paused = true)]
 async fn a_held_request_starts_a_replica_at_once_not_at_the_next_tick() {
     let services = LocalServices::new();
+    // A replica that never listens: it stays "starting".
     services.apply(&topology());
     // The first tick (at once) decides zero.
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -75,5 +79,43 @@ async fn a_held_request_starts_a_replica_at_once_not_at_the_next_tick() {
     let resp = held.await.unwrap().unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
+    services.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_exits_is_reported_with_its_exit_status() {
+    let services = LocalServices::new();
+    services.apply(&with_command(&["sh", "-c", "exit 3"], 1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let problem = loop {
+        if let Some(p) = services.stats()[0].problem.clone() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no problem reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        problem.contains("(`sh -c exit 3`) exited on its own (exit status: 3)"),
+        "{problem}"
+    );
+    services.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_start_is_reported() {
+    let services = LocalServices::new();
+    services.apply(&with_command(&["/nonexistent/fn"], 1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let problem = loop {
+        if let Some(p) = services.stats()[0].problem.clone() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no problem reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        problem.starts_with("cannot start `/nonexistent/fn`"),
+        "{problem}"
+    );
     services.shutdown().await;
 }

@@ -89,3 +89,17 @@ build kube-apiserver tests/kube/apiserver . "$kube_version" --version
 build kubectl tests/kube/apiserver ./kubectl "$kube_version" version --client
 
 echo "install-kube: $("$dest/kube-apiserver" --version), $("$dest/kubectl" version --client | head -1), $("$dest/etcd" --version | head -1) in $dest"
+
+# Helm, to render deploy/helm/sluice in the tests (`helm template` → server-side dry run on
+# the test API server). Built from its module like the rest: about 10 minutes the first time on
+# the 2-core machine (most of it compiling client-go), then cached by version.
+helm_version=v4.3.2
+helm_dest=${SLUICE_HELM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/helm-$helm_version}
+if ! [ -x "$helm_dest/helm" ] || ! "$helm_dest/helm" version --short 2>/dev/null | grep -qF "${helm_version%.*}"; then
+    echo "install-kube: building helm $helm_version into $helm_dest (slow the first time)"
+    start=$SECONDS
+    mkdir -p "$helm_dest"
+    GOBIN="$helm_dest" go install "helm.sh/helm/v4/cmd/helm@$helm_version"
+    echo "install-kube: built helm in $((SECONDS - start)) s"
+fi
+echo "install-kube: helm $("$helm_dest/helm" version --short) in $helm_dest"

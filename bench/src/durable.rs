@@ -24,7 +24,9 @@ use tokio::time::Instant;
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs open-model load through `send(seq, scheduled_ns)`, which resolves when the server
-/// acknowledged the event.
+/// acknowledged the event. At most `l.connections` events await their acknowledgement at
+/// once (0: no limit), like the HTTP generator's connections each awaiting one answer: an
+/// event due while all are taken waits for one (and counts that wait as send lag).
 pub async fn paced<S, F>(l: &Load, send: S) -> LoadResult
 where
     S: Fn(u64, u64) -> F,
@@ -50,6 +52,10 @@ where
     let start_ns = (start - crate::proc::origin()).as_nanos() as u64;
     let rate = l.rate.max(1) as u128;
     let mut tasks = tokio::task::JoinSet::new();
+    let in_flight = match l.connections {
+        0 => None,
+        n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+    };
     for seq in 0..total {
         let offset = (seq as u128 * 1_000_000_000 / rate) as u64;
         let due = start + Duration::from_nanos(offset);
@@ -58,8 +64,12 @@ where
         }
         let scheduled = start_ns + offset;
         let fut = send(seq, scheduled);
-        let (status, rec) = (status.clone(), rec.clone());
+        let (status, rec, in_flight) = (status.clone(), rec.clone(), in_flight.clone());
         tasks.spawn(async move {
+            let _permit = match in_flight {
+                Some(s) => s.acquire_owned().await.ok(),
+                None => None,
+            };
             let sent_at = now_ns();
             let r = tokio::time::timeout(PRODUCE_TIMEOUT, fut).await;
             let done = now_ns();

@@ -92,7 +92,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub fifo: i32,
     /// Instead of the scenarios: one step at this rate straight to the sink, then one through
-    /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf).
+    /// Sluice (S1 set-up, first size), printed to stderr (for profiling with perf). With
+    /// `--only s3`: one step of the raw Kafka client, then one through a Kafka broker.
     #[arg(long)]
     pub probe: Option<u64>,
     /// p99 end-to-end latency a sustained rate must keep on Kafka (S3 and its raw-client
@@ -108,9 +109,18 @@ pub struct Args {
     /// consumers use), to see what the setting costs.
     #[arg(long)]
     pub raw_kafka_fetch_wait_ms: Option<u32>,
+    /// Records the raw Kafka / NATS clients may have awaiting their acknowledgement at once
+    /// (default: `--connections`, what the HTTP generator can have awaiting a 202, as a
+    /// producer with that many connections would); 0 for no limit.
+    #[arg(long)]
+    pub raw_in_flight: Option<usize>,
 }
 
 impl Args {
+    /// The raw clients' limit on unacknowledged records (0: none).
+    pub fn raw_in_flight(&self) -> usize {
+        self.raw_in_flight.unwrap_or(self.connections)
+    }
     pub fn step_secs(&self) -> f64 {
         self.step_secs.unwrap_or(if self.quick { 1.0 } else { 3.0 })
     }

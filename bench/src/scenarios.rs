@@ -167,7 +167,13 @@ pub struct Durable {
     /// What ran against the server directly (None: not run, with the reason).
     pub raw: Outcome<SearchResult>,
     pub sluice: Outcome<SearchResult>,
+    /// Sluice held at [`DURABLE_LATENCY_RATES`] for `--half-secs` each (latency at moderate
+    /// load, whatever the highest sustained rate).
+    pub fixed: Vec<StepResult>,
 }
+
+/// The rates at which S3/S4 measure Sluice's latency beside the search.
+pub const DURABLE_LATENCY_RATES: [u64; 2] = [1000, 2000];
 
 /// Everything a run measured.
 #[derive(Debug, Clone)]
@@ -268,7 +274,11 @@ impl Bench<'_> {
             size,
             rate,
             duration: Duration::from_secs_f64(secs),
-            connections: self.args.connections,
+            connections: match driver {
+                Driver::Http(_) => self.args.connections,
+                #[allow(unreachable_patterns)]
+                _ => self.args.raw_in_flight(),
+            },
             step: id,
         };
         let step = Arc::new(Step::new(id, l.events(), fanout));
@@ -662,13 +672,25 @@ impl Bench<'_> {
             }
         };
         let raw = self.raw_search(label, &class).await;
+        let mut fixed = Vec::new();
         let sluice = match self.start_sluice(&class, &match_all()).await {
             Ok(s) => {
+                let target = Self::sluice_target(&s);
+                let p99 = self.p99_ms(&class);
+                for rate in DURABLE_LATENCY_RATES {
+                    eprintln!("{label} via Sluice: latency at {rate}/s");
+                    let drain = Duration::from_secs(20);
+                    let secs = self.args.half_secs();
+                    fixed.push(
+                        self.step(&target, p99, 1, DEFAULT_SIZE, rate, secs, drain)
+                            .await,
+                    );
+                }
                 let r = self
                     .search(
                         &format!("{label} via Sluice"),
-                        &Self::sluice_target(&s),
-                        self.p99_ms(&class),
+                        &target,
+                        p99,
                         1,
                         DEFAULT_SIZE,
                     )
@@ -679,7 +701,49 @@ impl Bench<'_> {
             Err(e) => Outcome::NotRun(format!("{e:#}")),
         };
         drop(server);
-        Outcome::Ran(Durable { raw, sluice })
+        Outcome::Ran(Durable { raw, sluice, fixed })
+    }
+
+    /// `--probe RATE --only s3`: one step of the raw Kafka client, then one through a Sluice
+    /// broker of class Kafka, on the same server (for profiling with perf).
+    async fn probe_kafka(&self, rate: u64) -> anyhow::Result<()> {
+        let kafka = tokio::spawn(sluice_tests::start_kafka()).await?;
+        let class = Class::Kafka {
+            bootstrap_servers: kafka.bootstrap_servers(),
+        };
+        let secs = self.args.step_secs();
+        let drain = Duration::from_secs(20);
+        let p99 = self.p99_ms(&class);
+        #[cfg(feature = "kafka")]
+        {
+            let bs = kafka.bootstrap_servers();
+            let (fetch_wait, recorder) = (self.args.raw_kafka_fetch_wait_ms, self.sink.recorder());
+            let raw = self
+                .sink_rt
+                .spawn(async move {
+                    crate::durable::kafka::KafkaRaw::start(&bs, fetch_wait, recorder).await
+                })
+                .await??;
+            eprintln!("probe: raw kafka client");
+            let driver = Driver::Kafka(Arc::new(raw));
+            self.step(&driver, p99, 1, DEFAULT_SIZE, rate, secs, drain)
+                .await;
+        }
+        let s = self.start_sluice(&class, &match_all()).await?;
+        eprintln!("probe: sluice (kafka) pid {}", s.pid);
+        self.step(
+            &Self::sluice_target(&s),
+            p99,
+            1,
+            DEFAULT_SIZE,
+            rate,
+            secs,
+            drain,
+        )
+        .await;
+        s.stop().await;
+        drop(kafka);
+        Ok(())
     }
 
     /// The raw-client search on the same server.
@@ -777,6 +841,10 @@ pub async fn run_all(
     let started = now_rfc3339();
     let not_requested = || Outcome::NotRun("not requested (--only)".into());
 
+    if let (Some(rate), true) = (args.probe, args.only == ["s3"]) {
+        b.probe_kafka(rate).await?;
+        std::process::exit(0);
+    }
     if let Some(rate) = args.probe {
         let size = args.sizes.first().copied().unwrap_or(DEFAULT_SIZE);
         let secs = args.step_secs();

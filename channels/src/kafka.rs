@@ -17,7 +17,9 @@
 //! [`KafkaSettings::publish_timeout`] (cluster unreachable, topic missing) fails with
 //! [`ChannelError::Unavailable`]; librdkafka's own queue being full is [`ChannelError::Full`].
 //! The CloudEvent's `partitionkey` extension is the record key; without it records are spread
-//! over partitions. Events are stored in binary content mode ([`crate::wire`]).
+//! over partitions. Events are stored in binary content mode ([`crate::wire`]). Concurrent
+//! publishes are pipelined by librdkafka (`linger.ms` 1); `publish_batch` hands every record
+//! of a batch over before awaiting their reports together.
 //!
 //! **Consumers and the group.** Each subscription has its own consumer, which joins the
 //! consumer group `knative-trigger-<ns>-<name>` with the `cooperative-sticky` assignor. Every
@@ -69,9 +71,13 @@
 //! [`Channel::redelivers_with_delay`] is false: the dispatcher may as well wait in-process.
 //!
 //! **Order and flow control.** Every message's lane is its partition, so an ordered trigger
-//! can serialise per partition; unordered triggers take messages as fast as they like. The
-//! pump pauses fetching while more than [`KafkaSettings::max_buffered`] messages wait for
-//! `next()`.
+//! can serialise per partition; unordered triggers take messages as fast as they like. While
+//! [`KafkaSettings::max_buffered`] messages wait for `next()`, the pump stops polling until
+//! half of them are taken; librdkafka keeps what it prefetched meanwhile (at most
+//! `queued.max.messages.kbytes`). Pausing the partitions instead would make librdkafka drop
+//! its prefetch and refetch it on resume, after a fetch backoff: a consumer that fell behind
+//! once then never caught up (issue 10). Only a queue full for a second (a stuck subscriber)
+//! pauses the partitions, so that the pump can go on polling and serving rebalances.
 //!
 //! **Latency.** See `CONSUMER_TUNABLES` (`fetch.wait.max.ms`) and the producer's `linger.ms`:
 //! both chosen for low latency at moderate load.
@@ -107,10 +113,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the pump thread waits in one poll: the longest a close takes to be noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Most records the pump takes from librdkafka per wake-up (one lock, one hand-over).
+const POLL_BATCH: usize = 256;
+/// How long the pump leaves a full queue be (not polling, librdkafka's prefetch kept) before
+/// it pauses the partitions and polls on, so that rebalances are served while a subscriber
+/// is stuck.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// librdkafka settings of every trigger consumer (a subscription's client properties may
 /// override them).
-const CONSUMER_TUNABLES: [(&str, &str); 5] = [
+const CONSUMER_TUNABLES: [(&str, &str); 6] = [
     // librdkafka prefetches up to 64 MiB per consumer by default; one consumer per trigger
     // makes that too much.
     ("queued.max.messages.kbytes", "8192"),
@@ -124,6 +136,10 @@ const CONSUMER_TUNABLES: [(&str, &str); 5] = [
     // while it was parked, after a rebalance — so 100 ms: at most ten idle fetches a second per
     // consumer, and an event is never held half a second at moderate load.
     ("fetch.wait.max.ms", "100"),
+    // When the prefetch queue is over `queued.max.messages.kbytes` (the subscriber is behind),
+    // librdkafka postpones the next fetch by this much: 1 s by default, a second without
+    // records each time the subscriber catches up. 20 ms keeps the queue fed.
+    ("fetch.queue.backoff.ms", "20"),
     // A replica that dies without leaving its group holds its partitions until its session
     // expires; 45 s (librdkafka's default) is a long pause in delivery. 10 s tolerates GC-free
     // Rust processes on a busy machine and bounds the pause.
@@ -463,7 +479,45 @@ impl CommittedOffsets {
     }
 }
 
+/// A record's headers: the event's attributes in Kafka binary content mode.
+fn record_headers(encoded: &wire::Encoded) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(encoded.headers.len());
+    for (k, v) in &encoded.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    headers
+}
+
 impl Inner {
+    /// A delivery report said the record is stored.
+    fn published(&self) -> Result<(), ChannelError> {
+        set_health(&self.health, Health::Ready);
+        Ok(())
+    }
+
+    /// The producer refused a record or failed to store it.
+    fn publish_failed(&self, e: KafkaError) -> ChannelError {
+        if e == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+            return ChannelError::Full("kafka producer queue is full".into());
+        }
+        let err = unavailable(&format!("publishing to {}", self.settings.topic), e);
+        set_health(&self.health, Health::NotReady(err.to_string()));
+        err
+    }
+
+    /// No delivery report came in time.
+    fn no_report(&self) -> ChannelError {
+        let err = unavailable(
+            &format!("publishing to {}", self.settings.topic),
+            "no delivery report in time",
+        );
+        set_health(&self.health, Health::NotReady(err.to_string()));
+        err
+    }
+
     async fn ensure_topic(&self) -> Result<(), ChannelError> {
         let s = &self.settings;
         let topic = NewTopic::new(
@@ -544,13 +598,7 @@ impl Channel for KafkaChannel {
     async fn publish(&self, envelope: Envelope) -> Result<(), ChannelError> {
         let inner = &self.inner;
         let encoded = wire::encode(&envelope, &wire::KAFKA)?;
-        let mut headers = OwnedHeaders::new_with_capacity(encoded.headers.len());
-        for (k, v) in &encoded.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
+        let headers = record_headers(&encoded);
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&inner.settings.topic)
             .payload(&encoded.payload[..])
             .headers(headers);
@@ -566,26 +614,67 @@ impl Channel for KafkaChannel {
         )
         .await;
         match sent {
-            Ok(Ok(_delivery)) => {
-                set_health(&inner.health, Health::Ready);
-                Ok(())
+            Ok(Ok(_delivery)) => inner.published(),
+            Ok(Err((e, _))) => Err(inner.publish_failed(e)),
+            Err(_) => Err(inner.no_report()),
+        }
+    }
+
+    /// All records are handed to the producer first (in order: the idempotent producer keeps
+    /// each partition's order), then their delivery reports are awaited together, so a batch
+    /// costs about one `acks=all` round trip, not one per event. Returns once every record
+    /// is acknowledged; on a failure, records of the batch other than the failed one may be
+    /// stored (the producer's retry duplicates them: at-least-once, never lost).
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), ChannelError> {
+        let inner = &self.inner;
+        let mut pending = Vec::with_capacity(envelopes.len());
+        let mut failed = None;
+        for envelope in &envelopes {
+            let encoded = match wire::encode(envelope, &wire::KAFKA) {
+                Ok(e) => e,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let headers = record_headers(&encoded);
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&inner.settings.topic)
+                .payload(&encoded.payload[..])
+                .headers(headers);
+            if let Some(key) = &encoded.key {
+                record = record.key(key.as_str());
             }
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => {
-                Err(ChannelError::Full("kafka producer queue is full".into()))
+            match inner.producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => {
+                    failed = Some(inner.publish_failed(e));
+                    break;
+                }
             }
-            Ok(Err((e, _))) => {
-                let err = unavailable(&format!("publishing to {}", inner.settings.topic), e);
-                set_health(&inner.health, Health::NotReady(err.to_string()));
-                Err(err)
-            }
-            Err(_) => {
-                let err = unavailable(
-                    &format!("publishing to {}", inner.settings.topic),
-                    "no delivery report in time",
-                );
-                set_health(&inner.health, Health::NotReady(err.to_string()));
-                Err(err)
-            }
+        }
+        // Wait for what was handed over even after a failure, so that the request's answer
+        // comes after everything it started.
+        let reports = tokio::time::timeout(
+            inner.settings.publish_timeout + Duration::from_secs(1),
+            futures::future::join_all(pending),
+        )
+        .await;
+        let result = match reports {
+            Err(_) => Err(inner.no_report()),
+            Ok(reports) => reports
+                .into_iter()
+                .map(|r| match r {
+                    Ok(Ok(_delivery)) => inner.published(),
+                    Ok(Err((e, _))) => Err(inner.publish_failed(e)),
+                    // The producer went away with the record (only when it is dropped).
+                    Err(_) => Err(inner.no_report()),
+                })
+                .find(Result::is_err)
+                .unwrap_or(Ok(())),
+        };
+        match failed {
+            Some(e) => Err(e),
+            None => result,
         }
     }
 
@@ -616,8 +705,10 @@ impl Channel for KafkaChannel {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
+            room: Condvar::new(),
             tx,
             queued: AtomicUsize::new(0),
+            resume_at: settings.max_buffered.max(1) / 2,
             topic: settings.topic.clone(),
             revoke_timeout: settings.revoke_timeout,
         });
@@ -644,12 +735,13 @@ impl Channel for KafkaChannel {
             match fixed {
                 Ok(()) => break,
                 // The group's coordinator is moving or loading (a cluster that just started,
-                // a broker restart): it answers shortly.
-                Err(StartError::Coordinator(e)) if Instant::now() < deadline => {
-                    tracing::debug!(subscription = %spec.id, error = %e, "group coordinator not ready; retrying");
+                // a broker restart), or the topic was just created and its partitions have
+                // no leader yet: it answers shortly.
+                Err(StartError::NotReady(e)) if Instant::now() < deadline => {
+                    tracing::debug!(subscription = %spec.id, error = %e, "group coordinator or partition leaders not ready; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(StartError::Coordinator(e) | StartError::Other(e)) => {
+                Err(StartError::NotReady(e) | StartError::Other(e)) => {
                     return Err(unavailable(&format!("subscription {}", spec.id), e))
                 }
             }
@@ -798,7 +890,7 @@ fn fix_start_position(
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     if partitions.is_empty() {
-        return Err(StartError::Other(format!(
+        return Err(StartError::NotReady(format!(
             "topic {topic} has no partitions (yet)"
         )));
     }
@@ -863,8 +955,9 @@ fn fix_start_position(
 
 /// Why the start position could not be fixed.
 enum StartError {
-    /// The group's coordinator is not ready (moving, loading): worth retrying at once.
-    Coordinator(String),
+    /// The group's coordinator is not ready (moving, loading), or the topic's partitions have
+    /// no leader yet (just created): worth retrying at once.
+    NotReady(String),
     Other(String),
 }
 
@@ -875,8 +968,11 @@ impl StartError {
             Some(
                 RDKafkaErrorCode::NotCoordinator
                 | RDKafkaErrorCode::CoordinatorLoadInProgress
-                | RDKafkaErrorCode::CoordinatorNotAvailable,
-            ) => StartError::Coordinator(text),
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            ) => StartError::NotReady(text),
             _ => StartError::Other(text),
         }
     }
@@ -890,9 +986,15 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever a handed-out message is acked or nacked (a revocation waits on it).
     settled: Condvar,
+    /// Signalled when `next()` brought the queue down to `resume_at` (the pump waits on it
+    /// while the queue is full).
+    room: Condvar,
     tx: mpsc::UnboundedSender<Item>,
     /// Items in the queue, for flow control.
     queued: AtomicUsize,
+    /// The pump, stopped because the queue is full, polls again once no more than this many
+    /// are queued.
+    resume_at: usize,
     topic: String,
     revoke_timeout: Duration,
 }
@@ -907,6 +1009,8 @@ struct State {
     in_flight: HashMap<(i32, u64), usize>,
     /// The assignment changed since the pump last paused fetching.
     reassigned: bool,
+    /// A revocation waits on `settled` for in-flight messages to settle.
+    revoking: bool,
 }
 
 /// One assigned partition. Each assignment gets a new epoch, so that what was handed out
@@ -922,6 +1026,67 @@ struct Part {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues what the pump polled (in order, so each partition's order is kept): records of
+    /// partitions still assigned are tracked and handed to `next()`; the rest belong to the
+    /// next owner and are dropped. Empties `batch`.
+    fn hand_out(&self, batch: &mut Vec<Polled>) {
+        let mut items = Vec::with_capacity(batch.len());
+        {
+            let mut st = self.lock();
+            for polled in batch.drain(..) {
+                match polled {
+                    Polled::Error(e) => items.push(Item::Error(e)),
+                    Polled::Record {
+                        partition,
+                        offset,
+                        decoded,
+                    } => {
+                        let Some(part) = st.parts.get(&partition).copied().filter(|p| p.live)
+                        else {
+                            continue;
+                        };
+                        st.tracker.received(partition, offset);
+                        match decoded {
+                            Ok(envelope) => items.push(Item::Message {
+                                envelope: Arc::new(envelope),
+                                partition,
+                                epoch: part.epoch,
+                                offset,
+                                count: 1,
+                            }),
+                            Err(DecodeError(reason)) => {
+                                tracing::warn!(partition, offset, %reason, "skipping a kafka record that is not a CloudEvent");
+                                st.tracker.finished(partition, offset);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for item in items {
+            self.push(item);
+        }
+    }
+
+    /// Blocks the pump until at most `resume_at` items are queued, or `timeout` passed.
+    fn wait_for_room(&self, timeout: Duration) {
+        let st = self.lock();
+        let _ = self.room.wait_timeout_while(st, timeout, |_| {
+            self.queued.load(Ordering::SeqCst) > self.resume_at
+        });
+    }
+
+    /// `next()` took an item off the queue: wake the pump if that made room (it waits in
+    /// [`Shared::wait_for_room`] while the queue is full).
+    fn taken(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::SeqCst);
+        if before == self.resume_at + 1 {
+            // Taking the lock orders this with the pump's check of the count.
+            drop(self.lock());
+            self.room.notify_all();
+        }
     }
 
     fn push(&self, item: Item) {
@@ -943,8 +1108,12 @@ impl Shared {
         if finished && st.parts.get(&partition).is_some_and(|p| p.epoch == epoch) {
             st.tracker.finished(partition, offset);
         }
+        // Only a revocation waits on `settled`: spare every other ack the wake-up syscall.
+        let waiting = st.revoking;
         drop(st);
-        self.settled.notify_all();
+        if waiting {
+            self.settled.notify_all();
+        }
     }
 
     fn assigned(&self, tpl: &TopicPartitionList) {
@@ -977,12 +1146,15 @@ impl Shared {
                 keys.push((*p, part.epoch));
             }
         }
+        // Set and checked under the lock, so no ack between the check and the wait is missed.
+        st.revoking = true;
         let (mut st, timed_out) = self
             .settled
             .wait_timeout_while(st, deadline, |st| {
                 keys.iter().any(|k| st.in_flight.contains_key(k))
             })
             .unwrap_or_else(|e| e.into_inner());
+        st.revoking = false;
         if timed_out.timed_out() {
             tracing::warn!(topic = %self.topic, partitions = ?revoked, timeout_ms = self.revoke_timeout.as_millis() as u64, "kafka partitions revoked with deliveries still in flight; the next owner delivers them again");
         }
@@ -1096,7 +1268,10 @@ impl Pump {
         } = self;
         let mut last_commit = Instant::now();
         let mut paused = false;
+        // Since when the queue has been full without a pause.
+        let mut full_since: Option<Instant> = None;
         let mut last_was_error = false;
+        let mut batch: Vec<Polled> = Vec::with_capacity(POLL_BATCH);
         while !*close.borrow() {
             if last_commit.elapsed() >= commit_interval {
                 commit(&consumer, &shared, CommitMode::Async);
@@ -1104,59 +1279,55 @@ impl Pump {
             }
             let queued = shared.queued.load(Ordering::SeqCst);
             let reassigned = std::mem::take(&mut shared.lock().reassigned);
-            if queued >= max_buffered && (!paused || reassigned) {
-                if let Ok(a) = consumer.assignment() {
-                    paused = consumer.pause(&a).is_ok();
+            if queued >= max_buffered {
+                // Full. For a while, simply stop polling: librdkafka keeps what it fetched
+                // (bounded by `queued.max.messages.kbytes`) and the subscriber takes the
+                // queue down in a moment. Pausing would throw the prefetched records away
+                // and refetch them on resume, a gap of up to `fetch.queue.backoff.ms` each
+                // time. Rebalance callbacks run inside `poll`, though, so a subscriber that
+                // stays stuck gets its partitions paused and the pump goes on polling.
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if !paused && since.elapsed() < PAUSE_AFTER {
+                    shared.wait_for_room(POLL_INTERVAL);
+                    continue;
                 }
-            } else if paused && queued <= max_buffered / 2 {
-                if let Ok(a) = consumer.assignment() {
-                    paused = consumer.resume(&a).is_err();
+                if !paused || reassigned {
+                    if let Ok(a) = consumer.assignment() {
+                        paused = consumer.pause(&a).is_ok();
+                    }
+                }
+            } else {
+                full_since = None;
+                if paused && queued <= max_buffered / 2 {
+                    if let Ok(a) = consumer.assignment() {
+                        paused = consumer.resume(&a).is_err();
+                    }
                 }
             }
-            match consumer.poll(POLL_INTERVAL) {
-                None => {}
-                Some(Ok(m)) => {
-                    last_was_error = false;
-                    let (partition, offset) = (m.partition(), m.offset());
-                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    let decoded = match m.headers() {
-                        Some(h) => wire::decode(
-                            h.iter().map(|h| (h.key, h.value.unwrap_or_default())),
-                            payload,
-                            &wire::KAFKA,
-                        ),
-                        None => wire::decode([], payload, &wire::KAFKA),
-                    };
-                    drop(m);
-                    let mut st = shared.lock();
-                    let Some(part) = st.parts.get(&partition).copied().filter(|p| p.live) else {
-                        continue;
-                    };
-                    st.tracker.received(partition, offset);
-                    match decoded {
-                        Ok(envelope) => {
-                            drop(st);
-                            shared.push(Item::Message {
-                                envelope: Arc::new(envelope),
-                                partition,
-                                epoch: part.epoch,
-                                offset,
-                                count: 1,
-                            });
+            // One poll that may wait, then whatever else is already there (up to the room
+            // left), so the records of a fetch cost one lock and one wake-up of the
+            // subscriber, not one each.
+            let room = max_buffered.saturating_sub(queued).clamp(1, POLL_BATCH);
+            let mut timeout = POLL_INTERVAL;
+            while batch.len() < room {
+                match consumer.poll(timeout) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        last_was_error = false;
+                        batch.push(Polled::take(&m));
+                    }
+                    Some(Err(e)) => {
+                        if !last_was_error {
+                            batch.push(Polled::Error(unavailable("consuming", &e)));
                         }
-                        Err(DecodeError(reason)) => {
-                            tracing::warn!(partition, offset, %reason, "skipping a kafka record that is not a CloudEvent");
-                            st.tracker.finished(partition, offset);
-                        }
+                        last_was_error = true;
+                        tracing::debug!(error = %e, "kafka consumer error");
                     }
                 }
-                Some(Err(e)) => {
-                    if !last_was_error {
-                        shared.push(Item::Error(unavailable("consuming", &e)));
-                    }
-                    last_was_error = true;
-                    tracing::debug!(error = %e, "kafka consumer error");
-                }
+                timeout = Duration::ZERO;
+            }
+            if !batch.is_empty() {
+                shared.hand_out(&mut batch);
             }
         }
         commit(&consumer, &shared, CommitMode::Sync);
@@ -1164,6 +1335,35 @@ impl Pump {
         drop(consumer);
         drop(shared);
         done.send_replace(true);
+    }
+}
+
+/// What one poll returned, decoded outside the subscription's lock.
+enum Polled {
+    Record {
+        partition: i32,
+        offset: i64,
+        decoded: Result<Envelope, DecodeError>,
+    },
+    Error(ChannelError),
+}
+
+impl Polled {
+    fn take(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let decoded = match m.headers() {
+            Some(h) => wire::decode(
+                h.iter().map(|h| (h.key, h.value.unwrap_or_default())),
+                payload,
+                &wire::KAFKA,
+            ),
+            None => wire::decode([], payload, &wire::KAFKA),
+        };
+        Polled::Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            decoded,
+        }
     }
 }
 
@@ -1221,7 +1421,7 @@ impl Subscription for KafkaSubscription {
                 _ = self.closed.changed() => return None,
                 item = self.rx.recv() => item?,
             };
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            self.shared.taken();
             match item {
                 Item::Error(e) => return Some(Err(e)),
                 Item::Message {

@@ -543,3 +543,39 @@ async fn removing_a_subscription_deletes_its_consumer_group() {
         .unwrap();
     assert!(!listed.contains(&group), "{group} still exists: {listed:?}");
 }
+
+/// A batch goes to the producer whole (every record handed over before any report is
+/// awaited) and comes back complete and in order; and a subscription whose queue is far
+/// smaller than the backlog — its consumer stops polling while the queue is full, and pauses
+/// its partitions if that lasts — still gets every event exactly once, in partition order,
+/// and commits up to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_arrives_whole_and_in_order_through_a_small_queue() {
+    let mut settings = fresh_settings(1);
+    settings.max_buffered = 4;
+    let ch = KafkaChannel::connect(settings).await.unwrap();
+    let sub_id = "kafka/batch-small-queue";
+    let mut sub = ch
+        .subscribe(SubscriptionSpec {
+            id: sub_id.into(),
+            start_from: StartFrom::Latest,
+            ordered: true,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..300).map(|i| format!("b{i}")).collect();
+    ch.publish_batch(ids.iter().map(|i| event(i)).collect())
+        .await
+        .unwrap();
+    let mut got = Vec::with_capacity(ids.len());
+    while got.len() < ids.len() {
+        let m = next(&mut sub).await;
+        got.push(id(&m));
+        m.ack();
+    }
+    assert_eq!(got, ids);
+    committed_until(&ch, sub_id, "committed up to the end", |c| {
+        c.get(&0) == Some(&300)
+    })
+    .await;
+}

@@ -30,6 +30,9 @@ pub const FIELD_MANAGER: &str = "sluice-controller";
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub addressing: Addressing,
+    /// What resources do not say (storage servers, the ingress URL): the data plane's, so
+    /// both validate the same way.
+    pub defaults: sluice_crds::Defaults,
     /// Where the leader Lease lives (the controller's own namespace).
     pub lease: LeaseConfig,
     /// How often the data plane is looked at when nothing else changes.
@@ -49,7 +52,6 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
     }
     tracing::info!("every kind listed; writing status while leading");
     let http = reqwest::Client::new();
-    let defaults = cfg.addressing.defaults();
     // What we last wrote, by object: a write we made comes back through the watch and must
     // not cause another.
     let mut written: BTreeMap<ObjectRef, Value> = BTreeMap::new();
@@ -77,7 +79,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         for e in &unreadable {
             tracing::warn!(problem = %e, "an object cannot be read; it gets no status");
         }
-        let mut defaults = defaults.clone();
+        let mut defaults = cfg.defaults.clone();
         let refs = sluice_crds::external_refs(&resources);
         defaults.addressables = crate::resolve::lookup(&client, &refs, &mut kinds).await;
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
@@ -159,17 +161,18 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
 }
 
 /// Server-side apply of the whole status: fields the controller stops setting are removed.
+/// Through a `DynamicObject` API: the answer is read as the API server sends it (a Broker
+/// without `spec` is valid and would not deserialize into the typed struct).
 async fn apply<K>(client: &Client, r: &Loaded, status: &Value) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource<DynamicType = ()>,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), &r.namespace);
+    let ar = kube::api::ApiResource::erase::<K>(&());
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &r.namespace, &ar);
     let body = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
+        "apiVersion": ar.api_version,
+        "kind": ar.kind,
         "status": status,
     });
     let pp = PatchParams::apply(FIELD_MANAGER).force();

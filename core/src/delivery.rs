@@ -7,24 +7,22 @@ use url::Url;
 
 /// A destination URL checked and parsed once, at load time: the delivery loop sends to
 /// [`Endpoint::uri`] without re-parsing it for every attempt.
+///
+/// An `https` endpoint is verified against the system's roots, plus the PEM certificates of
+/// its Destination's `CACerts` when it has them ([`Endpoint::with_ca_certs`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     url: Url,
     uri: http::Uri,
+    ca_certs: Option<std::sync::Arc<str>>,
 }
 
 impl Endpoint {
-    /// Checks that Sluice can send to `url`. Only `http` for now: `https` needs TLS, which this
-    /// build does not have, so it is refused here rather than failing every delivery later.
+    /// Checks that Sluice can send to `url` (`http` or `https`, with a host).
     pub fn new(url: Url) -> Result<Self, String> {
         match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(format!(
-                    "{url}: https destinations are not supported yet (Sluice has no TLS client); use an http:// URL"
-                ))
-            }
-            other => return Err(format!("{url}: scheme `{other}` is not http")),
+            "http" | "https" => {}
+            other => return Err(format!("{url}: scheme `{other}` is not http or https")),
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(format!("{url}: the URL has no host"));
@@ -33,9 +31,38 @@ impl Endpoint {
             .as_str()
             .parse::<http::Uri>()
             .map_err(|e| format!("{url}: not a valid request URI: {e}"))?;
-        Ok(Endpoint { url, uri })
+        Ok(Endpoint {
+            url,
+            uri,
+            ca_certs: None,
+        })
     }
 
+    /// The same endpoint, trusting the CA certificates in `pem` (a Destination's `CACerts`)
+    /// besides the system's roots. The PEM is checked here, once: it must hold at least one
+    /// certificate.
+    pub fn with_ca_certs(mut self, pem: &str) -> Result<Self, String> {
+        let blocks = pem.matches("-----BEGIN CERTIFICATE-----").count();
+        if blocks == 0 || blocks != pem.matches("-----END CERTIFICATE-----").count() {
+            return Err(
+                "CACerts must hold PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
+                    .into(),
+            );
+        }
+        if self.url.scheme() != "https" {
+            return Err(format!(
+                "{}: CACerts is set but the URL is not https",
+                self.url
+            ));
+        }
+        self.ca_certs = Some(pem.into());
+        Ok(self)
+    }
+
+    /// The extra CA certificates (PEM) this endpoint's server is verified with.
+    pub fn ca_certs(&self) -> Option<&str> {
+        self.ca_certs.as_deref()
+    }
     pub fn url(&self) -> &Url {
         &self.url
     }
@@ -140,12 +167,13 @@ mod tests {
     fn endpoints_are_checked_once() {
         let ok = Endpoint::new(Url::parse("http://127.0.0.1:8080/a?b=c").unwrap()).unwrap();
         assert_eq!(ok.uri().path_and_query().unwrap().as_str(), "/a?b=c");
-        // Issue 9 item 5: https was accepted at load and then failed every delivery.
-        let e = Endpoint::new(Url::parse("https://example.com/").unwrap()).unwrap_err();
-        assert!(
-            e.contains("https destinations are not supported yet"),
-            "{e}"
-        );
+        // Issue 9 item 5 refused https; there is a TLS client now.
+        assert!(Endpoint::new(Url::parse("https://example.com/").unwrap()).is_ok());
+        let e = Endpoint::new(Url::parse("https://example.com/").unwrap())
+            .unwrap()
+            .with_ca_certs("not pem")
+            .unwrap_err();
+        assert!(e.contains("CACerts must hold PEM certificates"), "{e}");
         assert!(Endpoint::new(Url::parse("ftp://example.com/").unwrap()).is_err());
     }
 }

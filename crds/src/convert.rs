@@ -509,8 +509,16 @@ fn delivery_policy(
 
 fn resolve(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Endpoint> {
     let url = resolve_url(ctx, r, dest, path)?;
-    match Endpoint::new(url) {
+    let endpoint = Endpoint::new(url).and_then(|e| match &dest.ca_certs {
+        Some(pem) => e.with_ca_certs(pem).map_err(|m| format!("CACerts: {m}")),
+        None => Ok(e),
+    });
+    match endpoint {
         Ok(e) => Some(e),
+        Err(e) if e.starts_with("CACerts") => {
+            ctx.error(r, &format!("{path}.CACerts"), e);
+            None
+        }
         Err(e) => {
             let field = if dest.uri.is_some() {
                 format!("{path}.uri")

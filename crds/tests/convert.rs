@@ -275,19 +275,34 @@ fn crds_are_generated_for_every_kind() {
     assert!(yaml.contains("name: triggers.eventing.knative.dev"));
 }
 
-/// Issue 9 item 5: an https subscriber was accepted and then failed every delivery.
+/// https destinations are accepted (issue 15 item 1), and a Destination's `CACerts` is checked
+/// at load: PEM certificates, on an https URL.
 #[test]
-fn https_destinations_are_refused_at_load_until_tls_exists() {
-    let yaml = format!(
-        "{BROKER}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: default\n  subscriber: {{uri: \"https://example.com/\"}}\n"
-    );
-    let errs = build_str(&yaml).unwrap_err();
-    assert_eq!(errs.len(), 1, "{errs:?}");
+fn https_destinations_and_their_ca_certs_are_checked_at_load() {
+    let trigger = |sub: &str| {
+        format!(
+            "{BROKER}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: default\n  subscriber: {sub}\n"
+        )
+    };
+    build_str(&trigger("{uri: \"https://example.com/\"}")).unwrap();
+    let pem = "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n";
+    build_str(&trigger(&format!(
+        "{{uri: \"https://example.com/\", CACerts: \"{pem}\"}}"
+    )))
+    .unwrap();
+    let errs = build_str(&trigger(
+        "{uri: \"https://example.com/\", CACerts: \"nope\"}",
+    ))
+    .unwrap_err();
     assert!(
-        errs[0].contains("Trigger default/t: field `spec.subscriber.uri`")
-            && errs[0].contains("https destinations are not supported yet"),
+        errs[0].contains("field `spec.subscriber.CACerts`") && errs[0].contains("PEM certificates"),
         "{errs:?}"
     );
+    let errs = build_str(&trigger(&format!(
+        "{{uri: \"http://example.com/\", CACerts: \"{pem}\"}}"
+    )))
+    .unwrap_err();
+    assert!(errs[0].contains("not https"), "{errs:?}");
 }
 
 /// On reload, one bad object is reported on its own and the others are built.

@@ -16,13 +16,13 @@
 //! caller, which routes it.
 
 pub mod policy;
+mod tls;
+
+pub use tls::TRUST_BUNDLE_ENV;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use policy::{after_failure, classify, dead_letter_event, parse_retry_after, Class, Next};
 use sluice_core::delivery::{DeliveryPolicy, Endpoint, Format};
 use sluice_core::event::TTL_ATTRIBUTE;
@@ -86,9 +86,6 @@ pub struct Request<'a> {
     pub namespace: Option<&'a str>,
 }
 
-/// The pooled HTTP/1.1 client (plain HTTP; no TLS yet).
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// Sends events over a pooled HTTP client. Clone freely: clones share the pool.
 ///
 /// The client is hyper's directly rather than reqwest: per event, reqwest re-parsed the URL
@@ -97,7 +94,11 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// benchmarks (docs/benchmarks.md).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    client: HttpClient,
+    client: tls::HttpClient,
+    /// Clients for destinations with their own `CACerts`, by PEM.
+    with_ca: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<std::sync::Arc<str>, tls::HttpClient>>,
+    >,
 }
 
 impl Default for Sender {
@@ -114,19 +115,30 @@ enum AttemptError {
     Timeout,
     /// The response head came, the body could not be read.
     Body { status: u16, reason: String },
+    /// No client could be made for the destination (its `CACerts` do not parse).
+    Client(String),
 }
 
 impl Sender {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Sender { client }
+        Sender {
+            client: tls::client(None).expect("a client without extra CAs always builds"),
+            with_ca: Default::default(),
+        }
+    }
+
+    /// The client trusting `url`'s `CACerts`, made on first use.
+    fn client_for(&self, url: &Endpoint) -> Result<tls::HttpClient, String> {
+        let Some(pem) = url.ca_certs() else {
+            return Ok(self.client.clone());
+        };
+        let mut map = self.with_ca.lock().expect("not poisoned");
+        if let Some(c) = map.get(pem) {
+            return Ok(c.clone());
+        }
+        let c = tls::client(Some(pem))?;
+        map.insert(pem.into(), c.clone());
+        Ok(c)
     }
 
     /// One attempt: POST the event and classify the answer. The broker's TTL attribute is
@@ -190,7 +202,8 @@ impl Sender {
         *req.uri_mut() = url.uri().clone();
         *req.headers_mut() = headers;
         let deadline = tokio::time::Instant::now() + timeout;
-        let response = tokio::time::timeout_at(deadline, self.client.request(req))
+        let client = self.client_for(url).map_err(AttemptError::Client)?;
+        let response = tokio::time::timeout_at(deadline, client.request(req))
             .await
             .map_err(|_| AttemptError::Timeout)?
             .map_err(AttemptError::Send)?;
@@ -355,7 +368,7 @@ fn transport_failure(e: AttemptError, timeout: Duration) -> Failure {
             format!("could not connect: {}", error_chain(&e))
         }
         AttemptError::Send(e) => format!("request failed: {}", error_chain(&e)),
-        AttemptError::Body { reason, .. } => reason,
+        AttemptError::Body { reason, .. } | AttemptError::Client(reason) => reason,
     };
     Failure {
         status: None,

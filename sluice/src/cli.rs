@@ -77,12 +77,8 @@ pub struct NodeFlags {
     /// Events each in-memory trigger queue holds before the ingress answers 503.
     #[arg(long, default_value_t = sluice_core::topology::ChannelConfig::DEFAULT_MEMORY_CAPACITY, env = "SLUICE_QUEUE_CAPACITY")]
     pub queue_capacity: usize,
-    /// Kafka bootstrap servers for Kafka brokers whose ConfigMap names none.
-    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP_SERVERS")]
-    pub kafka_bootstrap_servers: Option<String>,
-    /// NATS server URL for NATS JetStream brokers whose ConfigMap names none.
-    #[arg(long, env = "SLUICE_NATS_URL")]
-    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageFlags,
     /// Bytes of events each in-memory broker holds before the ingress answers 503.
     #[arg(long, default_value_t = sluice_core::topology::ChannelConfig::DEFAULT_MEMORY_MAX_BYTES, env = "SLUICE_QUEUE_MAX_BYTES")]
     pub queue_max_bytes: usize,
@@ -95,11 +91,29 @@ pub struct NodeFlags {
 /// What [`crate::run::serve`] needs of the flags.
 pub type NodeArgs = NodeFlags;
 
-impl NodeFlags {
-    /// The channel settings these flags give to resources that do not set their own.
+/// Where Kafka and NATS brokers keep their events when their ConfigMap does not say. The
+/// controller needs them too: it validates brokers exactly as the data plane does.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageFlags {
+    /// Kafka bootstrap servers for Kafka brokers whose ConfigMap names none.
+    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
+    /// NATS server URL for NATS JetStream brokers whose ConfigMap names none.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+impl StorageFlags {
     pub fn apply_to(&self, defaults: &mut sluice_crds::Defaults) {
         defaults.kafka_bootstrap_servers = self.kafka_bootstrap_servers.clone();
         defaults.nats_url = self.nats_url.clone();
+    }
+}
+
+impl NodeFlags {
+    /// The channel settings these flags give to resources that do not set their own.
+    pub fn apply_to(&self, defaults: &mut sluice_crds::Defaults) {
+        self.storage.apply_to(defaults);
         defaults.memory_capacity = self.queue_capacity.max(1);
         defaults.memory_max_bytes = self.queue_max_bytes.max(1);
     }
@@ -134,6 +148,8 @@ pub struct KubeFlags {
 pub struct ControllerArgs {
     #[command(flatten)]
     pub kube: KubeFlags,
+    #[command(flatten)]
+    pub storage: StorageFlags,
     /// This replica's name in the leader Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,

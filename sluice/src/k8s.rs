@@ -49,8 +49,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         "{identity}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let mut defaults = addressing(&args.kube).defaults();
+    args.storage.apply_to(&mut defaults);
     let cfg = ControllerConfig {
         addressing: addressing(&args.kube),
+        defaults,
         lease: sluice_controller::leader::LeaseConfig::new(&args.kube.system_namespace, &identity),
         resync: Duration::from_secs(5),
         replicas: if args.dataplane_admin.is_empty() {

@@ -1,91 +1,26 @@
 //! Kubernetes mode end to end (issue 11): the real kube-apiserver of the test harness, Sluice's
 //! CRDs applied with kubectl, `sluice dataplane` and `sluice controller` as processes (what
-//! they are in a cluster; no kubelet runs pods here), Knative YAML applied with kubectl.
-//!
+//! they are in a cluster; no kubelet runs pods here), Knative's documentation YAML applied
+//! with kubectl.
 
 mod common;
 
+use common::kube::*;
 use common::*;
-use serde_json::Value;
-use sluice_tests::eventually;
-use sluice_tests::{shared_kube, KubeServer};
-use std::net::SocketAddr;
-use std::process::Stdio;
+use sluice_tests::{eventually, shared_kube, KubeServer};
 use std::time::Duration;
-use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(60);
 
-/// A `sluice controller` or `sluice dataplane` process, killed on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(kube: &KubeServer, args: &[&str]) -> Proc {
-        let child = Command::new(binary())
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(kube.kubeconfig_path())
-            .env(
-                "SLUICE_LOG",
-                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("SLUICE_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting sluice");
-        Proc { child }
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-async fn apply(kube: &KubeServer, yaml: &str) {
-    kube.kubectl_stdin(&["apply", "-f", "-"], yaml)
-        .await
-        .unwrap_or_else(|e| panic!("kubectl apply: {e}\n{yaml}"));
-}
-
-async fn install_crds(kube: &KubeServer) {
-    let out = std::process::Command::new(binary())
-        .arg("crdgen")
-        .output()
-        .expect("sluice crdgen");
-    assert!(out.status.success());
-    apply(kube, &String::from_utf8(out.stdout).unwrap()).await;
-    for crd in [
-        "brokers.eventing.knative.dev",
-        "triggers.eventing.knative.dev",
-        "pingsources.sources.knative.dev",
-        "kafkasources.sources.knative.dev",
-    ] {
-        kube.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            &format!("crd/{crd}"),
-            "--timeout=60s",
-        ])
-        .await
-        .unwrap();
-    }
-}
-
-/// A CRD of some other project whose objects are Addressable (`status.address.url`).
-const FUNCTION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+/// Knative Serving's Service, reduced to what a ref resolution needs (an Addressable with a
+/// status subresource): Knative Serving itself does not run here.
+const KNATIVE_SERVICE_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: functions.example.dev}
+metadata: {name: services.serving.knative.dev}
 spec:
-  group: example.dev
+  group: serving.knative.dev
   scope: Namespaced
-  names: {plural: functions, singular: function, kind: Function}
+  names: {plural: services, singular: service, kind: Service, shortNames: [ksvc]}
   versions:
   - name: v1
     served: true
@@ -97,41 +32,24 @@ spec:
         x-kubernetes-preserve-unknown-fields: true
 "#;
 
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", sluice_tests::free_port())
-        .parse()
-        .unwrap()
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/../tests/fixtures/knative-docs/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-async fn get_json(kube: &KubeServer, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    let out = kube.kubectl(&a).await.ok()?;
-    serde_json::from_str(&out).ok()
+async fn apply_in(kube: &KubeServer, ns: &str, yaml: &str) {
+    kube.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], yaml)
+        .await
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}\n{yaml}"));
 }
 
-fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-}
-
-/// Waits until `kind/name` in `ns` has condition Ready with `status`, returning the object.
-async fn wait_ready(kube: &KubeServer, ns: &str, what: &str, status: &str) -> Value {
-    eventually(T, &format!("{what} Ready={status}"), || async {
-        let obj = get_json(kube, &[what, "-n", ns]).await?;
-        let ready = condition(&obj, "Ready")?;
-        (ready["status"] == status).then_some(obj)
-    })
-    .await
-}
-
-/// `kubectl apply` of a Broker and a Trigger → the controller writes Ready and the Knative
-/// address, the data plane (fed by its own watches) delivers an event to the subscriber, a
-/// Trigger on a missing Broker says so, and a second controller takes over when the leader
-/// dies.
+/// `kubectl apply` of Knative's documentation examples → the controller writes Ready and the
+/// Knative address, the data plane (fed by its own watches) delivers to the subscriber
+/// resolved through a Knative Service's address; a Trigger on a missing Broker says so and
+/// recovers when the Broker appears; a second controller takes over when the leader dies.
 #[tokio::test]
 async fn kubectl_apply_gives_ready_brokers_and_delivered_events() {
     let kube = shared_kube().await;
@@ -151,7 +69,7 @@ async fn kubectl_apply_gives_ready_brokers_and_delivered_events() {
         ],
     );
     // The API server refuses loopback addresses in EndpointSlices, so the controller is told
-    // where the local data plane is instead of finding it behind the ingress Service.
+    // where the local data plane is instead of finding it behind the sluice-admin Service.
     let controller = |kube| {
         Proc::spawn(
             kube,
@@ -168,21 +86,16 @@ async fn kubectl_apply_gives_ready_brokers_and_delivered_events() {
 
     let sink = Sink::ok().await;
     let _ = kube.kubectl(&["create", "namespace", "e2e"]).await;
-    apply(
+    // Knative's "Creating a Broker" example, its placeholders filled.
+    let broker = fixture("broker.yaml")
+        .replace("<broker-name>", "default")
+        .replace("<namespace>", "e2e");
+    apply(kube, &broker).await;
+    apply_in(
         kube,
+        "e2e",
         &format!(
-            r#"apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {{name: default, namespace: e2e}}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {{name: display, namespace: e2e}}
-spec:
-  broker: default
-  filter: {{attributes: {{type: greeting}}}}
-  subscriber: {{uri: "{}"}}
-"#,
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: display}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: greeting}}}}\n  subscriber: {{uri: \"{}\"}}\n",
             sink.url()
         ),
     )
@@ -232,23 +145,26 @@ spec:
     let got = sink.wait_for(1, T).await;
     assert_eq!(got[0].header("ce-id"), Some("e1"));
 
-    // A subscriber of a kind Sluice does not run, resolved through its status.address.url
-    // (any Addressable): the controller resolves it, the data plane uses what it wrote.
-    apply(kube, FUNCTION_CRD).await;
+    // Knative's first Trigger example, unchanged: its subscriber is a Knative Service, a kind
+    // Sluice does not run, resolved through its status.address (any Addressable). Until the
+    // Service has an address the Trigger says why it is not ready.
+    apply(kube, KNATIVE_SERVICE_CRD).await;
     kube.kubectl(&[
         "wait",
         "--for=condition=Established",
-        "crd/functions.example.dev",
+        "crd/services.serving.knative.dev",
         "--timeout=60s",
     ])
     .await
     .unwrap();
-    apply(
+    apply_in(
         kube,
-        "apiVersion: example.dev/v1\nkind: Function\nmetadata: {name: fn, namespace: e2e}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: to-fn, namespace: e2e}\nspec:\n  broker: default\n  filter: {attributes: {type: for-fn}}\n  subscriber:\n    ref: {apiVersion: example.dev/v1, kind: Function, name: fn}\n",
+        "e2e",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: my-service}\n",
     )
     .await;
-    let unresolved = wait_ready(kube, "e2e", "trigger/to-fn", "False").await;
+    apply_in(kube, "e2e", &fixture("trigger-service.yaml")).await;
+    let unresolved = wait_ready(kube, "e2e", "trigger/my-service-trigger", "False").await;
     let why = condition(&unresolved, "SubscriberResolved").unwrap();
     assert!(
         why["message"].as_str().unwrap().contains("no address"),
@@ -257,7 +173,7 @@ spec:
     let fn_sink = Sink::ok().await;
     kube.kubectl(&[
         "patch",
-        "function/fn",
+        "services.serving.knative.dev/my-service",
         "-n",
         "e2e",
         "--subresource=status",
@@ -270,59 +186,67 @@ spec:
     ])
     .await
     .unwrap();
-    let resolved = wait_ready(kube, "e2e", "trigger/to-fn", "True").await;
+    let resolved = wait_ready(kube, "e2e", "trigger/my-service-trigger", "True").await;
     assert_eq!(resolved["status"]["subscriberUri"], fn_sink.url());
-    // The data plane picks the resolved URI up from the Trigger's status.
-    eventually(
-        T,
-        "an event delivered to the Function's address",
-        || async {
-            assert_eq!(
-                post_event(&url, &format!("f{}", fn_sink.count()), "for-fn", &[], "{}").await,
-                202
-            );
-            (fn_sink.count() > 0).then_some(())
-        },
-    )
+    // The data plane picks the resolved URI up from the Trigger's status (every event of
+    // the broker matches this trigger: it has no filter).
+    eventually(T, "an event delivered to the Service's address", || async {
+        let id = format!("f{}", fn_sink.count());
+        assert_eq!(post_event(&url, &id, "any", &[], "{}").await, 202);
+        (fn_sink.count() > 0).then_some(())
+    })
     .await;
 
-    // A Trigger on a Broker that does not exist: not ready, and why.
-    apply(
+    // A Trigger on a Broker that does not exist: not ready, and why; it recovers when the
+    // Broker is created.
+    let orphan_sink = Sink::ok().await;
+    apply_in(
         kube,
-        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: orphan, namespace: e2e}\nspec:\n  broker: missing\n  subscriber: {uri: \"http://127.0.0.1:1/\"}\n",
+        "e2e",
+        &format!("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: orphan}}\nspec:\n  broker: later\n  subscriber: {{uri: \"{}\"}}\n", orphan_sink.url()),
     )
     .await;
     let orphan = wait_ready(kube, "e2e", "trigger/orphan", "False").await;
+    let broker_ready = condition(&orphan, "BrokerReady").unwrap();
+    assert_eq!(broker_ready["status"], "False");
+    assert_eq!(broker_ready["reason"], "BrokerDoesNotExist");
     assert_eq!(
         condition(&orphan, "Ready").unwrap()["reason"],
         "BrokerDoesNotExist"
     );
+    apply_in(
+        kube,
+        "e2e",
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: later}\n",
+    )
+    .await;
+    wait_ready(kube, "e2e", "trigger/orphan", "True").await;
+    let later = format!("http://{ingress}/e2e/later");
+    assert_eq!(post_event(&later, "o1", "any", &[], "{}").await, 202);
+    orphan_sink.wait_for(1, T).await;
 
     // Leader election: a second replica follows; when the leader dies, it takes the Lease
     // over and keeps status current (a new Trigger becomes Ready).
     let _follower = controller(kube);
-    let holder = |kube: &'static KubeServer| async move {
-        let lease = get_json(kube, &["lease/sluice-controller", "-n", "sluice-system"]).await?;
-        lease["spec"]["holderIdentity"].as_str().map(str::to_string)
-    };
-    let first = eventually(T, "a Lease holder", || holder(kube)).await;
+    let first = eventually(T, "a Lease holder", || lease_holder(kube)).await;
     leader.kill().await;
     eventually(
         Duration::from_secs(90),
         "the follower takes the Lease over",
         || async {
-            let h = holder(kube).await?;
+            let h = lease_holder(kube).await?;
             (h != first).then_some(())
         },
     )
     .await;
-    apply(
+    apply_in(
         kube,
+        "e2e",
         &format!(
-            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: later, namespace: e2e}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n",
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: after-failover}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n",
             sink.url()
         ),
     )
     .await;
-    wait_ready(kube, "e2e", "trigger/later", "True").await;
+    wait_ready(kube, "e2e", "trigger/after-failover", "True").await;
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kube;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};

@@ -44,6 +44,14 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
 "#;
 
 fn service(dir: &std::path::Path, annotations: &str, delay: &str, concurrency: u32) -> String {
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        python,
+        "the replicas of these tests are python3 scripts: install python3 (scripts/install-test-deps.sh does)"
+    );
     let script = dir.join("replica.py");
     std::fs::write(&script, REPLICA).unwrap();
     let log = dir.join("received.log");

@@ -154,7 +154,9 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
             | Resource::Subscription(_)
             | Resource::Sequence(_)
             | Resource::Parallel(_)
-            | Resource::EventTransform(_) => {}
+            | Resource::EventTransform(_)
+            // Services are read in embedded mode only (Knative Serving owns them in a cluster).
+            | Resource::Service(_) => {}
         }
     }
 }

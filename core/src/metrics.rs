@@ -7,8 +7,16 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// One `serving.knative.dev/v1` Service run by embedded mode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub service: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BrokerLabels {
@@ -79,6 +87,18 @@ pub struct Metrics {
     pub source_delivered: Family<SourceLabels, Counter>,
     pub source_dead_lettered: Family<SourceLabels, Counter>,
     pub source_failed: Family<SourceLabels, Counter>,
+    /// Autoscaled Services: replicas the KPA wants.
+    pub autoscaler_desired: Family<ServiceLabels, Gauge>,
+    /// Replicas running (starting or ready).
+    pub autoscaler_actual: Family<ServiceLabels, Gauge>,
+    /// Replicas taking requests.
+    pub autoscaler_ready: Family<ServiceLabels, Gauge>,
+    /// 1 while the KPA is in panic mode.
+    pub autoscaler_panic: Family<ServiceLabels, Gauge>,
+    /// Requests waiting in the activator for a replica.
+    pub activator_queue_depth: Family<ServiceLabels, Gauge>,
+    /// Requests sent to replicas and not answered yet.
+    pub activator_in_flight: Family<ServiceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -104,6 +124,12 @@ impl Metrics {
             source_delivered: Family::default(),
             source_dead_lettered: Family::default(),
             source_failed: Family::default(),
+            autoscaler_desired: Family::default(),
+            autoscaler_actual: Family::default(),
+            autoscaler_ready: Family::default(),
+            autoscaler_panic: Family::default(),
+            activator_queue_depth: Family::default(),
+            activator_in_flight: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +196,36 @@ impl Metrics {
             "source_events_failed",
             "Source events that reached neither the sink nor a dead-letter sink (dropped, or a Ping tick skipped because too many deliveries were in flight)",
             m.source_failed.clone(),
+        );
+        registry.register(
+            "autoscaler_desired_replicas",
+            "Replicas the autoscaler (KPA) wants for a Service",
+            m.autoscaler_desired.clone(),
+        );
+        registry.register(
+            "autoscaler_actual_replicas",
+            "Replicas of a Service running (starting or ready)",
+            m.autoscaler_actual.clone(),
+        );
+        registry.register(
+            "autoscaler_ready_replicas",
+            "Replicas of a Service taking requests",
+            m.autoscaler_ready.clone(),
+        );
+        registry.register(
+            "autoscaler_panic",
+            "1 while a Service's autoscaler is in panic mode",
+            m.autoscaler_panic.clone(),
+        );
+        registry.register(
+            "activator_queue_depth",
+            "Requests waiting in a Service's activator for a replica",
+            m.activator_queue_depth.clone(),
+        );
+        registry.register(
+            "activator_in_flight",
+            "Requests sent to a Service's replicas and not answered yet",
+            m.activator_in_flight.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -147,6 +147,8 @@ pub enum Kind {
     Parallel,
     /// `eventing.knative.dev/v1alpha1` EventTransform.
     EventTransform,
+    /// `serving.knative.dev/v1` Service (embedded mode: local processes, autoscaled).
+    Service,
 }
 
 impl Kind {
@@ -167,6 +169,7 @@ impl Kind {
             Kind::Sequence => "Sequence",
             Kind::Parallel => "Parallel",
             Kind::EventTransform => "EventTransform",
+            Kind::Service => "Service",
         }
     }
 
@@ -450,6 +453,86 @@ pub struct MessagingChannel {
     pub fingerprint: u64,
 }
 
+/// How a Service scales (Knative Serving's KPA settings, `autoscaling.knative.dev/*`
+/// annotations already validated; see `sluice-autoscaler`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingSpec {
+    /// `min-scale`: replicas kept even without requests.
+    pub min_scale: u32,
+    /// `max-scale`: 0 = unlimited.
+    pub max_scale: u32,
+    /// `initial-scale`: replicas started with the Service, kept for the first stable window.
+    pub initial_scale: u32,
+    /// `activation-scale`: replicas started at least when scaling up from zero.
+    pub activation_scale: u32,
+    /// `target`: concurrent requests per replica (`containerConcurrency`, else 100).
+    pub target: f64,
+    /// `target-utilization-percentage` / 100 (0.7): the share of `target` aimed at.
+    pub utilization: f64,
+    /// `window`: the stable window (60 s).
+    pub stable_window: std::time::Duration,
+    /// `panic-window-percentage`: the panic window as a percentage of the stable one (10).
+    pub panic_window_percentage: f64,
+    /// `panic-threshold-percentage`: panic when the panic-window demand reaches this
+    /// percentage of the ready capacity (200).
+    pub panic_threshold_percentage: f64,
+    /// At most this factor up per decision (1000).
+    pub max_scale_up_rate: f64,
+    /// At most this divisor down per decision (2).
+    pub max_scale_down_rate: f64,
+    /// `scale-down-delay`: a decrease only happens once it held for this long (0).
+    pub scale_down_delay: std::time::Duration,
+    /// How long the last replica stays after the decision says zero (30 s; Sluice
+    /// annotation `sluice.dev/scale-to-zero-grace-period`, Knative's `config-autoscaler` key).
+    pub scale_to_zero_grace: std::time::Duration,
+    /// How often a decision is taken (2 s).
+    pub tick: std::time::Duration,
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        ScalingSpec {
+            min_scale: 0,
+            max_scale: 0,
+            initial_scale: 1,
+            activation_scale: 1,
+            target: 100.0,
+            utilization: 0.7,
+            stable_window: std::time::Duration::from_secs(60),
+            panic_window_percentage: 10.0,
+            panic_threshold_percentage: 200.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            scale_down_delay: std::time::Duration::ZERO,
+            scale_to_zero_grace: std::time::Duration::from_secs(30),
+            tick: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// A `serving.knative.dev/v1` Service as embedded mode runs it: replicas are local processes
+/// started from `command` + `args`, scaled on request concurrency, reached through the
+/// activator at [`Service::address`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub key: Key,
+    /// Program and its arguments (`command` then `args`), at least one element.
+    pub command: Vec<String>,
+    /// `env`, in order; `PORT`, `K_SERVICE`, `K_CONFIGURATION`, `K_REVISION` are added.
+    pub env: Vec<(String, String)>,
+    /// `readinessProbe.httpGet.path`; `None`: ready once the port accepts connections.
+    pub readiness_path: Option<String>,
+    /// `containerConcurrency`: requests one replica takes at once; 0 = unlimited.
+    pub container_concurrency: u32,
+    /// `timeoutSeconds`: a request (waiting for a replica included) gets this long.
+    pub timeout: std::time::Duration,
+    pub scaling: ScalingSpec,
+    /// Where triggers send to it (the activator's route on the ingress).
+    pub address: url::Url,
+    /// Changes whenever anything above changes.
+    pub fingerprint: u64,
+}
+
 impl MessagingChannel {
     /// The storage identity (what subscriptions and replies name).
     pub fn storage(&self) -> ObjectRef {
@@ -517,6 +600,8 @@ pub struct Topology {
     pub flows: BTreeMap<ObjectRef, Arc<Flow>>,
     /// EventTransforms by name.
     pub transforms: BTreeMap<Key, Arc<EventTransform>>,
+    /// `serving.knative.dev/v1` Services (embedded mode).
+    pub services: BTreeMap<Key, Arc<Service>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.
@@ -573,6 +658,7 @@ impl Topology {
         let flows = self.flows.keys().cloned();
         let transforms =
             (self.transforms.keys().cloned()).map(|k| ObjectRef::new(Kind::EventTransform, k));
+        let services = (self.services.keys().cloned()).map(|k| ObjectRef::new(Kind::Service, k));
         brokers
             .chain(subs)
             .chain(pings)
@@ -582,5 +668,6 @@ impl Topology {
             .chain(channels)
             .chain(flows)
             .chain(transforms)
+            .chain(services)
     }
 }

@@ -27,6 +27,7 @@ pub mod flows;
 pub mod k8s_sources;
 pub mod load;
 pub mod messaging;
+pub mod serving;
 pub mod sources;
 pub mod transform;
 pub mod types;

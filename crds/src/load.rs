@@ -8,6 +8,7 @@ use crate::k8s_sources::{ApiServerSource, ContainerSource};
 use crate::messaging::{
     Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, Subscription,
 };
+use crate::serving::Service;
 use crate::sources::{KafkaSource, PingSource};
 use crate::transform::EventTransform;
 use crate::types::{Broker, Trigger};
@@ -38,6 +39,8 @@ pub enum Resource {
     Sequence(Box<Sequence>),
     Parallel(Box<Parallel>),
     EventTransform(Box<EventTransform>),
+    /// `serving.knative.dev/v1` Service (embedded mode: local processes).
+    Service(Box<Service>),
 }
 
 impl Resource {
@@ -63,6 +66,7 @@ impl Resource {
             Resource::EventTransform(_) => Kind::EventTransform,
             Resource::ApiServerSource(_) => Kind::ApiServerSource,
             Resource::ContainerSource(_) => Kind::ContainerSource,
+            Resource::Service(_) => Kind::Service,
         }
     }
 }
@@ -139,7 +143,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), serving.knative.dev/v1 Service (run as local processes), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
@@ -297,6 +301,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "Sequence" => Some(Kind::Sequence),
         "Parallel" => Some(Kind::Parallel),
         "EventTransform" => Some(Kind::EventTransform),
+        "Service" if api_version == "serving.knative.dev/v1" => Some(Kind::Service),
         _ => None,
     }
     .map(|k| Box::new(ObjectRef::new(k, Key::new(&namespace, &name))));
@@ -345,6 +350,9 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         }
         ("eventing.knative.dev/v1alpha1", "EventTransform") => {
             Resource::EventTransform(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("serving.knative.dev/v1", "Service") => {
+            Resource::Service(Box::new(typed(value, &origin, &describe, &object)?))
         }
         _ if KUBERNETES_ONLY.contains(&(api_version.as_str(), kind.as_str())) => {
             return Err(err(

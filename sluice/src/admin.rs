@@ -21,6 +21,8 @@ use tokio::sync::watch;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    /// serving.knative.dev/v1 Services run by this process.
+    pub services: Arc<sluice_autoscaler::LocalServices>,
     pub status: Arc<StatusBoard>,
     pub ingress: Arc<Ingress>,
     /// Resources loaded and the ingress listening.
@@ -140,6 +142,13 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         ReplyTo::Endpoint(u) => u.to_string(),
         ReplyTo::Discard => "discard".into(),
     };
+    let mut services = Vec::new();
+    let stats: std::collections::BTreeMap<_, _> = s
+        .services
+        .stats()
+        .into_iter()
+        .filter_map(|st| Some((st.key.clone()?, st)))
+        .collect();
     for obj in objects {
         let mut v = status_json(&obj, board.get(&obj));
         let m = v.as_object_mut().expect("an object");
@@ -244,6 +253,20 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 m.insert("sink".into(), sink.into());
                 sources.push(v);
             }
+            Kind::Service => {
+                if let Some(svc) = t.services.get(&obj.key) {
+                    m.insert("url".into(), svc.address.as_str().into());
+                }
+                if let Some(st) = stats.get(&obj.key) {
+                    m.insert("desired".into(), st.desired.into());
+                    m.insert("actual".into(), st.actual.into());
+                    m.insert("readyReplicas".into(), st.ready.into());
+                    m.insert("inFlight".into(), st.in_flight.into());
+                    m.insert("queued".into(), st.queued.into());
+                    m.insert("panic".into(), st.panic.into());
+                }
+                services.push(v);
+            }
             _ => {}
         }
     }
@@ -254,6 +277,7 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         "channels": channels,
         "subscriptions": subscriptions,
         "flows": flows,
+        "services": services,
     }))
 }
 

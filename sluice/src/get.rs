@@ -200,5 +200,44 @@ pub fn render(v: &Value) -> String {
             ));
         }
     }
+    let services = v["services"].as_array().cloned().unwrap_or_default();
+    if !services.is_empty() {
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<16} {:<24} {:<8} {:>7} {:>6} {:>5} {:>8} {:>6} {:<5} {:<40} REASON\n",
+            "NAMESPACE",
+            "SERVICE",
+            "READY",
+            "DESIRED",
+            "ACTUAL",
+            "RDY",
+            "INFLIGHT",
+            "QUEUED",
+            "PANIC",
+            "URL"
+        ));
+        let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+        for svc in &services {
+            let (ready, reason) = ready_cols(svc);
+            out.push_str(&format!(
+                "{:<16} {:<24} {:<8} {:>7} {:>6} {:>5} {:>8} {:>6} {:<5} {:<40} {}\n",
+                s(svc, "namespace"),
+                s(svc, "name"),
+                ready,
+                n(svc, "desired"),
+                n(svc, "actual"),
+                n(svc, "readyReplicas"),
+                n(svc, "inFlight"),
+                n(svc, "queued"),
+                if svc["panic"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                s(svc, "url"),
+                reason
+            ));
+        }
+    }
     out
 }

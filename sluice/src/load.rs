@@ -217,6 +217,11 @@ fn keep_previous(t: &mut Topology, previous: &Topology, obj: &ObjectRef) {
                 t.transforms.insert(obj.key.clone(), x.clone());
             }
         }
+        Kind::Service => {
+            if let Some(s) = previous.services.get(&obj.key) {
+                t.services.insert(obj.key.clone(), s.clone());
+            }
+        }
         _ => {}
     }
 }

@@ -6,6 +6,7 @@ use crate::cli::{NodeArgs, RunArgs};
 use crate::load;
 use anyhow::Context as _;
 use notify::Watcher as _;
+use sluice_autoscaler::LocalServices;
 use sluice_broker::Ingress;
 use sluice_core::metrics::Metrics;
 use sluice_core::status::StatusBoard;
@@ -88,8 +89,21 @@ pub async fn serve(
         sources_stop.clone(),
     ));
 
+    // serving.knative.dev/v1 Services: local processes behind the activator, reached on the
+    // ingress at /<ns>/services/<name>.
+    let services = Arc::new(LocalServices::new());
+    let services_stop = CancellationToken::new();
+    let services_task = tokio::spawn(services_loop(
+        services.clone(),
+        metrics.clone(),
+        topology_rx.clone(),
+        status.clone(),
+        services_stop.clone(),
+    ));
+
     let state = Arc::new(AdminState {
         metrics,
+        services: services.clone(),
         status,
         ingress: ingress.clone(),
         started: Default::default(),
@@ -125,9 +139,13 @@ pub async fn serve(
     });
     let ingress_task = tokio::spawn({
         let sd = stop_ingress.clone();
-        sluice_broker::serve(ingress_listener, ingress.clone(), async move {
-            sd.cancelled().await
-        })
+        let router = sluice_broker::router(ingress.clone()).merge(services.router());
+        sluice_broker::serve_router(
+            ingress_listener,
+            router,
+            sluice_broker::ServeOptions::default(),
+            async move { sd.cancelled().await },
+        )
     });
     state.started.store(true, Ordering::Release);
     {
@@ -163,6 +181,10 @@ pub async fn serve(
             "the drain period ended before every in-memory event was delivered"
         );
     }
+    // Services last: deliveries drained above may have been going to them. Their replicas
+    // finish what they hold, then stop.
+    services_stop.cancel();
+    let _ = services_task.await;
     stop_ingress.cancel();
     stop_admin.cancel();
     let _ = ingress_task.await;
@@ -201,6 +223,107 @@ async fn sources_loop(
         }
     }
     sources.shutdown().await;
+}
+
+/// Runs the Services of each topology and keeps their status on the board.
+async fn services_loop(
+    services: Arc<LocalServices>,
+    metrics: Arc<Metrics>,
+    mut topology: watch::Receiver<Arc<Topology>>,
+    status: Arc<StatusBoard>,
+    stop: CancellationToken,
+) {
+    let mut shown = std::collections::BTreeSet::new();
+    let current = topology.borrow_and_update().clone();
+    services.apply(&current);
+    report_services(&services, &current, &status, &metrics, &mut shown);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = topology.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let t = topology.borrow_and_update().clone();
+                services.apply(&t);
+                report_services(&services, &t, &status, &metrics, &mut shown);
+            }
+            _ = tick.tick() => {
+                let t = topology.borrow().clone();
+                report_services(&services, &t, &status, &metrics, &mut shown);
+            }
+        }
+    }
+    services.shutdown().await;
+}
+
+/// Status on the board and the autoscaler gauges of every Service (`shown`: the Services
+/// that have gauges, so a deleted one's series go away).
+fn report_services(
+    services: &LocalServices,
+    t: &Topology,
+    board: &StatusBoard,
+    metrics: &Metrics,
+    shown: &mut std::collections::BTreeSet<sluice_core::topology::Key>,
+) {
+    use sluice_core::metrics::ServiceLabels;
+    use sluice_core::status::Status;
+    use sluice_core::topology::{Kind, ObjectRef};
+    let labels = |k: &sluice_core::topology::Key| ServiceLabels {
+        namespace: k.namespace.clone(),
+        service: k.name.clone(),
+    };
+    let stats = services.stats();
+    let now: std::collections::BTreeSet<_> = stats.iter().filter_map(|s| s.key.clone()).collect();
+    for gone in shown.difference(&now) {
+        let l = labels(gone);
+        metrics.autoscaler_desired.remove(&l);
+        metrics.autoscaler_actual.remove(&l);
+        metrics.autoscaler_ready.remove(&l);
+        metrics.autoscaler_panic.remove(&l);
+        metrics.activator_queue_depth.remove(&l);
+        metrics.activator_in_flight.remove(&l);
+    }
+    *shown = now;
+    for s in stats {
+        let Some(key) = s.key.clone() else { continue };
+        let l = labels(&key);
+        metrics
+            .autoscaler_desired
+            .get_or_create(&l)
+            .set(s.desired as i64);
+        metrics
+            .autoscaler_actual
+            .get_or_create(&l)
+            .set(s.actual as i64);
+        metrics
+            .autoscaler_ready
+            .get_or_create(&l)
+            .set(s.ready as i64);
+        metrics
+            .autoscaler_panic
+            .get_or_create(&l)
+            .set(s.panic as i64);
+        metrics
+            .activator_queue_depth
+            .get_or_create(&l)
+            .set(s.queued as i64);
+        metrics
+            .activator_in_flight
+            .get_or_create(&l)
+            .set(s.in_flight as i64);
+        let obj = ObjectRef::new(Kind::Service, key);
+        let status = match (t.invalid.get(&obj), &s.problem) {
+            (Some(problem), _) => Status::not_ready(1, "InvalidSpec", problem.clone()),
+            (None, Some(problem)) if s.ready == 0 && s.desired > 0 => {
+                Status::not_ready(1, "RevisionFailed", problem.clone())
+            }
+            _ => Status::ready(1),
+        };
+        board.set(obj, status);
+    }
+    board.retain(|o| o.kind != Kind::Service || t.services.contains_key(&o.key));
 }
 
 fn report_sources(sources: &Sources, t: &Topology, board: &StatusBoard) {

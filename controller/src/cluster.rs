@@ -21,6 +21,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How long [`Cluster::ready`] waits for every kind's first list.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The reflector stores of every kind Sluice runs.
 ///
 /// Objects are kept as the API server sends them ([`DynamicObject`]) and read through
@@ -44,9 +47,20 @@ impl Drop for Watches {
     }
 }
 
-/// The kinds watched: everything `sluice_crds` turns into topology.
+/// The kinds watched: everything `sluice_crds` turns into topology in Kubernetes mode
+/// (Knative Serving's Service is Knative Serving's in a cluster; ContainerSource runs in
+/// embedded mode only).
 pub fn kinds() -> Vec<ApiResource> {
+    use sluice_crds::{flows, messaging, transform};
     vec![
+        ApiResource::erase::<messaging::Channel>(&()),
+        ApiResource::erase::<messaging::InMemoryChannel>(&()),
+        ApiResource::erase::<messaging::KafkaChannel>(&()),
+        ApiResource::erase::<messaging::NatsJetStreamChannel>(&()),
+        ApiResource::erase::<messaging::Subscription>(&()),
+        ApiResource::erase::<flows::Sequence>(&()),
+        ApiResource::erase::<flows::Parallel>(&()),
+        ApiResource::erase::<transform::EventTransform>(&()),
         ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<Broker>(&()),
         ApiResource::erase::<Trigger>(&()),
@@ -77,10 +91,32 @@ impl Cluster {
         )
     }
 
-    /// Waits until every kind has been listed once (a first snapshot is then complete).
+    /// Waits until every kind has been listed once (a first snapshot is then complete), or
+    /// [`READY_WAIT`] has passed: a kind that cannot be listed (its CRD not installed, no
+    /// RBAC) is logged and left empty rather than holding up every other kind.
     pub async fn ready(&self) {
-        for (_, store) in &self.kinds {
-            let _ = store.wait_until_ready().await;
+        let all = async {
+            for (_, store) in &self.kinds {
+                let _ = store.wait_until_ready().await;
+            }
+        };
+        if tokio::time::timeout(READY_WAIT, all).await.is_err() {
+            let missing: Vec<_> =
+                futures::future::join_all(self.kinds.iter().map(|(ar, store)| async move {
+                    let listed =
+                        tokio::time::timeout(std::time::Duration::ZERO, store.wait_until_ready())
+                            .await
+                            .is_ok();
+                    (!listed).then(|| format!("{}.{}", ar.plural, ar.group))
+                }))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            tracing::warn!(
+                ?missing,
+                "some kinds could not be listed; going on without them (they appear once their watch works)"
+            );
         }
     }
 

@@ -1353,6 +1353,200 @@ fn valid_api_version(v: &str) -> bool {
     }
 }
 
+/// Where a `serving.knative.dev/v1` Service run by embedded mode is reached: its route on the
+/// ingress, `<ingress>/<ns>/services/<name>`, served by the activator.
+pub fn service_address(ingress: &Url, namespace: &str, name: &str) -> Result<Url, String> {
+    ingress
+        .join(&format!("{namespace}/services/{name}"))
+        .map_err(|e| e.to_string())
+}
+
+/// Ports Knative reserves for its own containers.
+const RESERVED_PORTS: &[i32] = &[8008, 8012, 8013, 8022, 9090, 9091];
+
+fn service(
+    ctx: &mut Ctx,
+    r: &Loaded,
+    s: &crate::serving::Service,
+) -> Option<sluice_core::topology::Service> {
+    let before = ctx.errors.len();
+    let spec = &s.spec.template.spec;
+    let c = match spec.containers.as_slice() {
+        [] => {
+            ctx.error(r, "spec.template.spec.containers", "is required: one container with a `command` (embedded mode runs it as a local process)");
+            return None;
+        }
+        [c] => c,
+        _ => {
+            ctx.error(
+                r,
+                "spec.template.spec.containers",
+                "embedded mode runs one container per replica; keep the serving container only",
+            );
+            return None;
+        }
+    };
+    let field = |f: &str| format!("spec.template.spec.containers[0].{f}");
+    let mut command: Vec<String> = c.command.clone().unwrap_or_default();
+    command.extend(c.args.clone().unwrap_or_default());
+    if c.command.as_ref().is_none_or(|v| v.is_empty()) {
+        let image = c.image.as_deref().unwrap_or("");
+        ctx.error(r, &field("command"), format!(
+            "embedded mode runs each replica as a local process and cannot run the image {image:?}: give the program to start as `command` (and `args`); it must listen on $PORT"
+        ));
+    }
+    let mut env = Vec::new();
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        if e.value_from.is_some() {
+            ctx.error(
+                r,
+                &field(&format!("env[{i}].valueFrom")),
+                "is not supported in embedded mode; give a `value`",
+            );
+        } else if e.name == "PORT" || e.name.starts_with("K_") {
+            ctx.error(
+                r,
+                &field(&format!("env[{i}].name")),
+                format!(
+                    "`{}` is set by Sluice (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION)",
+                    e.name
+                ),
+            );
+        } else {
+            env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
+        }
+    }
+    if let Some(ports) = &c.ports {
+        if ports.len() > 1 {
+            ctx.error(
+                r,
+                &field("ports"),
+                "at most one port (the one requests are sent to)",
+            );
+        }
+        if let Some(p) = ports.first() {
+            if !matches!(
+                p.name.as_deref(),
+                None | Some("") | Some("http1") | Some("h2c")
+            ) {
+                ctx.error(
+                    r,
+                    &field("ports[0].name"),
+                    "must be empty, `http1` or `h2c`",
+                );
+            }
+            if RESERVED_PORTS.contains(&p.container_port) {
+                ctx.error(
+                    r,
+                    &field("ports[0].containerPort"),
+                    format!(
+                        "{} is reserved by Knative ({RESERVED_PORTS:?})",
+                        p.container_port
+                    ),
+                );
+            }
+        }
+    }
+    let readiness_path = match c.readiness_probe.as_ref() {
+        Some(p) => match &p.http_get {
+            Some(h) => Some(
+                h.path
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "/".into()),
+            ),
+            None if p.tcp_socket.is_some() => None,
+            None => {
+                ctx.error(
+                    r,
+                    &field("readinessProbe"),
+                    "embedded mode probes with `httpGet` (a path) or `tcpSocket`",
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let container_concurrency = match spec.container_concurrency {
+        None => 0,
+        Some(n @ 0..=1000) => n as u32,
+        Some(n) => {
+            ctx.error(
+                r,
+                "spec.template.spec.containerConcurrency",
+                format!("{n} is not from 0 (unlimited) to 1000"),
+            );
+            0
+        }
+    };
+    let timeout = match spec.timeout_seconds {
+        None => std::time::Duration::from_secs(300),
+        Some(n @ 1..=600) => std::time::Duration::from_secs(n as u64),
+        Some(n) => {
+            ctx.error(
+                r,
+                "spec.template.spec.timeoutSeconds",
+                format!("{n} is not from 1 to 600 seconds"),
+            );
+            std::time::Duration::from_secs(300)
+        }
+    };
+    // The template's annotations win over the Service's own.
+    let mut annotations: BTreeMap<String, String> =
+        s.metadata.annotations.clone().unwrap_or_default();
+    let from_template = s
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let template_keys: HashSet<String> = from_template.keys().cloned().collect();
+    annotations.extend(from_template);
+    let scaling =
+        match sluice_autoscaler::spec::from_annotations(&annotations, container_concurrency) {
+            Ok(s) => Some(s),
+            Err(problems) => {
+                for p in problems {
+                    let where_ = if template_keys.contains(&p.annotation) {
+                        "spec.template.metadata"
+                    } else {
+                        "metadata"
+                    };
+                    ctx.error(
+                        r,
+                        &format!("{where_}.annotations[\"{}\"]", p.annotation),
+                        p.message,
+                    );
+                }
+                None
+            }
+        };
+    let address = match service_address(&ctx.defaults.ingress_url, &r.namespace, &r.name) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            ctx.error(r, "metadata.name", e);
+            None
+        }
+    };
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let (scaling, address) = (scaling?, address?);
+    let fingerprint = fingerprint_of(&s.spec, &format!("{annotations:?} {address}"));
+    Some(sluice_core::topology::Service {
+        key: Key::new(&r.namespace, &r.name),
+        command,
+        env,
+        readiness_path,
+        container_concurrency,
+        timeout,
+        scaling,
+        address,
+        fingerprint,
+    })
+}
+
 #[cfg(test)]
 mod apiserver_tests {
     use super::*;
@@ -1569,197 +1763,4 @@ spec:
             assert!(!valid_api_version(bad), "{bad}");
         }
     }
-}
-/// Where a `serving.knative.dev/v1` Service run by embedded mode is reached: its route on the
-/// ingress, `<ingress>/<ns>/services/<name>`, served by the activator.
-pub fn service_address(ingress: &Url, namespace: &str, name: &str) -> Result<Url, String> {
-    ingress
-        .join(&format!("{namespace}/services/{name}"))
-        .map_err(|e| e.to_string())
-}
-
-/// Ports Knative reserves for its own containers.
-const RESERVED_PORTS: &[i32] = &[8008, 8012, 8013, 8022, 9090, 9091];
-
-fn service(
-    ctx: &mut Ctx,
-    r: &Loaded,
-    s: &crate::serving::Service,
-) -> Option<sluice_core::topology::Service> {
-    let before = ctx.errors.len();
-    let spec = &s.spec.template.spec;
-    let c = match spec.containers.as_slice() {
-        [] => {
-            ctx.error(r, "spec.template.spec.containers", "is required: one container with a `command` (embedded mode runs it as a local process)");
-            return None;
-        }
-        [c] => c,
-        _ => {
-            ctx.error(
-                r,
-                "spec.template.spec.containers",
-                "embedded mode runs one container per replica; keep the serving container only",
-            );
-            return None;
-        }
-    };
-    let field = |f: &str| format!("spec.template.spec.containers[0].{f}");
-    let mut command: Vec<String> = c.command.clone().unwrap_or_default();
-    command.extend(c.args.clone().unwrap_or_default());
-    if c.command.as_ref().is_none_or(|v| v.is_empty()) {
-        let image = c.image.as_deref().unwrap_or("");
-        ctx.error(r, &field("command"), format!(
-            "embedded mode runs each replica as a local process and cannot run the image {image:?}: give the program to start as `command` (and `args`); it must listen on $PORT"
-        ));
-    }
-    let mut env = Vec::new();
-    for (i, e) in c.env.iter().flatten().enumerate() {
-        if e.value_from.is_some() {
-            ctx.error(
-                r,
-                &field(&format!("env[{i}].valueFrom")),
-                "is not supported in embedded mode; give a `value`",
-            );
-        } else if e.name == "PORT" || e.name.starts_with("K_") {
-            ctx.error(
-                r,
-                &field(&format!("env[{i}].name")),
-                format!(
-                    "`{}` is set by Sluice (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION)",
-                    e.name
-                ),
-            );
-        } else {
-            env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
-        }
-    }
-    if let Some(ports) = &c.ports {
-        if ports.len() > 1 {
-            ctx.error(
-                r,
-                &field("ports"),
-                "at most one port (the one requests are sent to)",
-            );
-        }
-        if let Some(p) = ports.first() {
-            if !matches!(
-                p.name.as_deref(),
-                None | Some("") | Some("http1") | Some("h2c")
-            ) {
-                ctx.error(
-                    r,
-                    &field("ports[0].name"),
-                    "must be empty, `http1` or `h2c`",
-                );
-            }
-            if RESERVED_PORTS.contains(&p.container_port) {
-                ctx.error(
-                    r,
-                    &field("ports[0].containerPort"),
-                    format!(
-                        "{} is reserved by Knative ({RESERVED_PORTS:?})",
-                        p.container_port
-                    ),
-                );
-            }
-        }
-    }
-    let readiness_path = match c.readiness_probe.as_ref() {
-        Some(p) => match &p.http_get {
-            Some(h) => Some(
-                h.path
-                    .clone()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "/".into()),
-            ),
-            None if p.tcp_socket.is_some() => None,
-            None => {
-                ctx.error(
-                    r,
-                    &field("readinessProbe"),
-                    "embedded mode probes with `httpGet` (a path) or `tcpSocket`",
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    let container_concurrency = match spec.container_concurrency {
-        None => 0,
-        Some(n @ 0..=1000) => n as u32,
-        Some(n) => {
-            ctx.error(
-                r,
-                "spec.template.spec.containerConcurrency",
-                format!("{n} is not from 0 (unlimited) to 1000"),
-            );
-            0
-        }
-    };
-    let timeout = match spec.timeout_seconds {
-        None => std::time::Duration::from_secs(300),
-        Some(n @ 1..=600) => std::time::Duration::from_secs(n as u64),
-        Some(n) => {
-            ctx.error(
-                r,
-                "spec.template.spec.timeoutSeconds",
-                format!("{n} is not from 1 to 600 seconds"),
-            );
-            std::time::Duration::from_secs(300)
-        }
-    };
-    // The template's annotations win over the Service's own.
-    let mut annotations: BTreeMap<String, String> =
-        s.metadata.annotations.clone().unwrap_or_default();
-    let from_template = s
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
-    let template_keys: HashSet<String> = from_template.keys().cloned().collect();
-    annotations.extend(from_template);
-    let scaling =
-        match sluice_autoscaler::spec::from_annotations(&annotations, container_concurrency) {
-            Ok(s) => Some(s),
-            Err(problems) => {
-                for p in problems {
-                    let where_ = if template_keys.contains(&p.annotation) {
-                        "spec.template.metadata"
-                    } else {
-                        "metadata"
-                    };
-                    ctx.error(
-                        r,
-                        &format!("{where_}.annotations[\"{}\"]", p.annotation),
-                        p.message,
-                    );
-                }
-                None
-            }
-        };
-    let address = match service_address(&ctx.defaults.ingress_url, &r.namespace, &r.name) {
-        Ok(u) => Some(u),
-        Err(e) => {
-            ctx.error(r, "metadata.name", e);
-            None
-        }
-    };
-    if ctx.errors.len() > before {
-        return None;
-    }
-    let (scaling, address) = (scaling?, address?);
-    let fingerprint = fingerprint_of(&s.spec, &format!("{annotations:?} {address}"));
-    Some(sluice_core::topology::Service {
-        key: Key::new(&r.namespace, &r.name),
-        command,
-        env,
-        readiness_path,
-        container_concurrency,
-        timeout,
-        scaling,
-        address,
-        fingerprint,
-    })
 }

@@ -225,6 +225,27 @@ async fn kubectl_apply_gives_ready_brokers_and_delivered_events() {
     assert_eq!(post_event(&later, "o1", "any", &[], "{}").await, 202);
     orphan_sink.wait_for(1, T).await;
 
+    // Flows in Kubernetes mode: the data plane runs a Sequence applied with kubectl (its
+    // channels and subscriptions compile into the same graph as in embedded mode).
+    let step_sink = Sink::ok().await;
+    apply_in(
+        kube,
+        "e2e",
+        &format!("apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: seq}}\nspec:\n  channelTemplate: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}}\n  steps:\n  - uri: \"{}\"\n", step_sink.url()),
+    )
+    .await;
+    let seq_url = format!("http://{ingress}/e2e/channels/seq-kn-sequence-0");
+    eventually(
+        T,
+        "an event through the Sequence's first channel",
+        || async {
+            let id = format!("s{}", step_sink.count());
+            let status = post_event(&seq_url, &id, "step", &[], "{}").await;
+            (status == 202 && step_sink.count() > 0).then_some(())
+        },
+    )
+    .await;
+
     // Leader election: a second replica follows; when the leader dies, it takes the Lease
     // over and keeps status current (a new Trigger becomes Ready).
     let _follower = controller(kube);

@@ -630,9 +630,15 @@ impl Reconciler {
             self.status
                 .set(obj.clone(), Status::not_ready(gen, "InvalidSpec", message));
         }
-        // Forget deleted objects (sources are reported by their own owner).
+        // Forget deleted objects. Sources and Services are reported (and forgotten) by their
+        // own owners: leave their entries alone.
         self.status.retain(|o| match o.kind {
-            Kind::PingSource | Kind::KafkaSource | Kind::ConfigMap => true,
+            Kind::PingSource
+            | Kind::KafkaSource
+            | Kind::ApiServerSource
+            | Kind::ContainerSource
+            | Kind::Service
+            | Kind::ConfigMap => true,
             _ => is_running(t, o) || t.invalid.contains_key(o),
         });
     }

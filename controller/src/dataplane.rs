@@ -46,14 +46,7 @@ pub struct DataplaneView {
 
 /// The kinds a data plane reports, by the name `/topology` gives them.
 fn kind_of(s: &str) -> Option<Kind> {
-    Some(match s {
-        "Broker" => Kind::Broker,
-        "Trigger" => Kind::Trigger,
-        "PingSource" => Kind::PingSource,
-        "KafkaSource" => Kind::KafkaSource,
-        "ApiServerSource" => Kind::ApiServerSource,
-        _ => return None,
-    })
+    Kind::from_name(s)
 }
 
 /// Parses a replica's `/topology` answer.

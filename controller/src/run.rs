@@ -20,6 +20,7 @@ use sluice_core::topology::{Kind, ObjectRef};
 use sluice_crds::k8s_sources::{ApiServerSource, ContainerSource};
 use sluice_crds::sources::{KafkaSource, PingSource};
 use sluice_crds::types::{Broker, Trigger};
+use sluice_crds::{flows, messaging, transform};
 use sluice_crds::{Loaded, Resource as R};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -147,8 +148,15 @@ fn current_status(r: &Loaded) -> Value {
         R::KafkaSource(o) => serde_json::to_value(&o.status),
         R::ApiServerSource(o) => serde_json::to_value(&o.status),
         R::ContainerSource(o) => serde_json::to_value(&o.status),
-        // ConfigMaps have no status; channels, Subscriptions, flows and EventTransforms are
-        // not watched in Kubernetes mode yet.
+        R::Channel(o) => serde_json::to_value(&o.status),
+        R::InMemoryChannel(o) => serde_json::to_value(&o.status),
+        R::KafkaChannel(o) => serde_json::to_value(&o.status),
+        R::NatsJetStreamChannel(o) => serde_json::to_value(&o.status),
+        R::Subscription(o) => serde_json::to_value(&o.status),
+        R::Sequence(o) => serde_json::to_value(&o.status),
+        R::Parallel(o) => serde_json::to_value(&o.status),
+        R::EventTransform(o) => serde_json::to_value(&o.status),
+        // ConfigMaps have no status; Services are Knative Serving's in a cluster.
         _ => return Value::Null,
     };
     v.unwrap_or(Value::Null)
@@ -162,6 +170,16 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::KafkaSource => apply::<KafkaSource>(client, r, status).await,
         Kind::ApiServerSource => apply::<ApiServerSource>(client, r, status).await,
         Kind::ContainerSource => apply::<ContainerSource>(client, r, status).await,
+        Kind::Channel => apply::<messaging::Channel>(client, r, status).await,
+        Kind::InMemoryChannel => apply::<messaging::InMemoryChannel>(client, r, status).await,
+        Kind::KafkaChannel => apply::<messaging::KafkaChannel>(client, r, status).await,
+        Kind::NatsJetStreamChannel => {
+            apply::<messaging::NatsJetStreamChannel>(client, r, status).await
+        }
+        Kind::Subscription => apply::<messaging::Subscription>(client, r, status).await,
+        Kind::Sequence => apply::<flows::Sequence>(client, r, status).await,
+        Kind::Parallel => apply::<flows::Parallel>(client, r, status).await,
+        Kind::EventTransform => apply::<transform::EventTransform>(client, r, status).await,
         _ => Ok(()),
     }
 }

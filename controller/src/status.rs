@@ -112,8 +112,15 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
                 apiserver_source(world, a, &mut d);
                 d
             }
-            // Brokers are done above; not watched in Kubernetes mode yet: ContainerSource,
-            // channels, Subscriptions, flows, EventTransforms (they run in embedded mode).
+            Resource::Channel(c) => graph_part(world, r, c.metadata.generation, errs),
+            Resource::InMemoryChannel(c) => graph_part(world, r, c.metadata.generation, errs),
+            Resource::KafkaChannel(c) => graph_part(world, r, c.metadata.generation, errs),
+            Resource::NatsJetStreamChannel(c) => graph_part(world, r, c.metadata.generation, errs),
+            Resource::Subscription(x) => graph_part(world, r, x.metadata.generation, errs),
+            Resource::Sequence(x) => graph_part(world, r, x.metadata.generation, errs),
+            Resource::Parallel(x) => graph_part(world, r, x.metadata.generation, errs),
+            Resource::EventTransform(x) => graph_part(world, r, x.metadata.generation, errs),
+            // Brokers are done above; ContainerSource and Service run in embedded mode only.
             _ => continue,
         };
         out.insert(obj, d);
@@ -384,6 +391,54 @@ fn apiserver_source(world: &World, a: &sluice_crds::k8s_sources::ApiServerSource
         .map(|c| json!({"type": format!("dev.knative.apiserver.{mode}.{c}"), "source": source}))
         .collect();
     d.fields.insert("ceAttributes".into(), Value::Array(attrs));
+}
+
+/// Channels, Subscriptions, Sequences, Parallels and EventTransforms: the part of the graph
+/// the data plane runs for them (its report, or the spec problem that stops it) and, for the
+/// addressable ones, their address. The running condition is named as Knative names it
+/// (Channel `BackingChannelReady`, Subscription `AddedToChannel`, flows `SubscriptionsReady`).
+fn graph_part(world: &World, r: &Loaded, generation: Option<i64>, errs: &[&LoadError]) -> Desired {
+    let obj = r.object();
+    let key = Key::new(&r.namespace, &r.name);
+    let t = world.topology;
+    let running: &'static str = match obj.kind {
+        Kind::Subscription => "AddedToChannel",
+        Kind::Sequence | Kind::Parallel => "SubscriptionsReady",
+        Kind::EventTransform => "TransformReady",
+        _ => "BackingChannelReady",
+    };
+    let cond = match errs.first() {
+        Some(e) => Cond::failed(running, "InvalidSpec", message(e)),
+        None => world.dataplane.object_condition(running, &obj),
+    };
+    let address = match obj.kind {
+        Kind::Sequence | Kind::Parallel => t
+            .flows
+            .get(&obj)
+            .and_then(|f| t.channels.get(&f.address))
+            .map(|c| c.address.to_string()),
+        Kind::EventTransform => t.transforms.get(&key).map(|x| x.address.to_string()),
+        Kind::Subscription => None,
+        _ => t.channels.get(&key).map(|c| c.address.to_string()),
+    };
+    let mut fields = Map::new();
+    let mut conditions = vec![cond];
+    if obj.kind != Kind::Subscription {
+        conditions.push(match &address {
+            Some(_) => Cond::ok("Addressable"),
+            None => Cond::unknown("Addressable", "NoAddress", "not built yet"),
+        });
+    }
+    if let Some(url) = address {
+        let a = json!({"name": "http", "url": url});
+        fields.insert("address".into(), a.clone());
+        fields.insert("addresses".into(), json!([a]));
+    }
+    Desired {
+        generation: generation.unwrap_or(0),
+        conditions,
+        fields,
+    }
 }
 
 /// `DeadLetterSinkResolved`, and `deadLetterSinkUri` when there is one.

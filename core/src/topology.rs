@@ -173,6 +173,29 @@ impl Kind {
         }
     }
 
+    /// The kind named `name` (as [`Kind::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Some(match name {
+            "Broker" => Kind::Broker,
+            "Trigger" => Kind::Trigger,
+            "PingSource" => Kind::PingSource,
+            "KafkaSource" => Kind::KafkaSource,
+            "ApiServerSource" => Kind::ApiServerSource,
+            "ContainerSource" => Kind::ContainerSource,
+            "ConfigMap" => Kind::ConfigMap,
+            "Channel" => Kind::Channel,
+            "InMemoryChannel" => Kind::InMemoryChannel,
+            "KafkaChannel" => Kind::KafkaChannel,
+            "NatsJetStreamChannel" => Kind::NatsJetStreamChannel,
+            "Subscription" => Kind::Subscription,
+            "Sequence" => Kind::Sequence,
+            "Parallel" => Kind::Parallel,
+            "EventTransform" => Kind::EventTransform,
+            "Service" => Kind::Service,
+            _ => return None,
+        })
+    }
+
     /// The kinds that are messaging channels (one name space per namespace: a `Channel`'s
     /// backing channel takes its name, so two channel kinds cannot share a name).
     pub fn is_channel(self) -> bool {

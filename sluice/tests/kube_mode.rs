@@ -235,6 +235,13 @@ async fn kubectl_apply_gives_ready_brokers_and_delivered_events() {
     )
     .await;
     let seq_url = format!("http://{ingress}/e2e/channels/seq-kn-sequence-0");
+    // The controller writes the Sequence's status: Ready from the data plane's report, and the
+    // address of its first channel.
+    let seq = wait_ready(kube, "e2e", "sequence/seq", "True").await;
+    assert_eq!(
+        seq["status"]["address"]["url"],
+        "http://sluice-ingress.sluice-system.svc.cluster.local/e2e/channels/seq-kn-sequence-0"
+    );
     eventually(
         T,
         "an event through the Sequence's first channel",

@@ -19,6 +19,7 @@
 //! Replies from subscribers come back through [`Ingress::publish`] with the same TTL rules
 //! and the same durability as producer events.
 
+pub mod tls;
 mod ttl;
 
 pub use ttl::{apply_ttl, TtlError, DEFAULT_TTL, TTL_ATTRIBUTE};
@@ -36,6 +37,7 @@ use sluice_channels::{Channel, ChannelError, Health};
 use sluice_core::eventtypes::EventTypeRegistry;
 use sluice_core::metrics::{BrokerLabels, Metrics, RejectLabels};
 use sluice_core::topology::{Key, Kind, ObjectRef};
+pub use sluice_core::transport::TransportEncryption;
 use sluice_core::{Envelope, Event};
 use std::collections::HashMap;
 use std::future::Future;
@@ -121,6 +123,20 @@ pub enum IngestError {
     NotReady { target: ObjectRef, reason: String },
     #[error("sluice is shutting down and takes no new events; retry (another replica, or this one once restarted)")]
     ShuttingDown,
+    #[error("{}", transport_message(*https, *mode))]
+    Transport {
+        /// The request came over TLS.
+        https: bool,
+        mode: TransportEncryption,
+    },
+}
+
+fn transport_message(https: bool, mode: TransportEncryption) -> String {
+    if https {
+        format!("HTTPS is off here (transport-encryption: {mode}); send to the http address")
+    } else {
+        format!("this ingress takes events over HTTPS only (transport-encryption: {mode}); send to its https address (the object's status.address)")
+    }
 }
 
 impl IngestError {
@@ -130,6 +146,7 @@ impl IngestError {
             IngestError::UnknownBroker(_)
             | IngestError::UnknownChannel(_)
             | IngestError::UnknownTransform(_)
+            | IngestError::Transport { .. }
             | IngestError::Root => StatusCode::NOT_FOUND,
             IngestError::OneEvent(_) => StatusCode::BAD_REQUEST,
             IngestError::BadPath(_)
@@ -162,6 +179,7 @@ impl IngestError {
             } => "full",
             IngestError::Channel { .. } | IngestError::NotReady { .. } => "unavailable",
             IngestError::ShuttingDown => "shutting_down",
+            IngestError::Transport { .. } => "transport",
         }
     }
 
@@ -586,6 +604,30 @@ pub async fn serve_router(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_connections(listener, router, options, None, shutdown).await
+}
+
+/// [`serve_router`] over TLS: each connection's handshake (bounded by
+/// `header_read_timeout`) runs in the connection's own task, so a slow or failing client
+/// never holds up the accept loop. The certificate is the one the acceptor's resolver holds
+/// at handshake time ([`tls::Certificates`]: reloaded when its files change).
+pub async fn serve_router_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    options: ServeOptions,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_connections(listener, router, options, Some(acceptor), shutdown).await
+}
+
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    options: ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
@@ -616,19 +658,99 @@ pub async fn serve_router(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "ingress connection ended with an error");
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "ingress connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // Taken now: shutdown waits for this connection, handshake included.
+                let watcher = graceful.watcher();
+                let (acceptor, builder, service) =
+                    (acceptor.clone(), builder.clone(), service.clone());
+                let timeout = options.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake with a client failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(?timeout, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "ingress TLS connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     // Requests in progress finish; idle connections are closed.
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The `transport-encryption` mode the ingress listeners obey, changeable while they run
+/// (in Kubernetes mode it follows the `config-features` ConfigMap).
+#[derive(Debug)]
+pub struct TransportMode(std::sync::atomic::AtomicU8);
+
+impl TransportMode {
+    pub fn new(mode: TransportEncryption) -> Arc<Self> {
+        Arc::new(TransportMode(std::sync::atomic::AtomicU8::new(mode as u8)))
+    }
+
+    pub fn get(&self) -> TransportEncryption {
+        match self.0.load(Ordering::Relaxed) {
+            x if x == TransportEncryption::Strict as u8 => TransportEncryption::Strict,
+            x if x == TransportEncryption::Permissive as u8 => TransportEncryption::Permissive,
+            _ => TransportEncryption::Disabled,
+        }
+    }
+
+    /// Sets the mode; returns the previous one.
+    pub fn set(&self, mode: TransportEncryption) -> TransportEncryption {
+        let before = self.get();
+        self.0.store(mode as u8, Ordering::Relaxed);
+        before
+    }
+}
+
+/// `router` behind the mode: a request on the plain listener (`https: false`) while the
+/// mode is strict, or on the TLS listener while it is disabled, gets 404 and a JSON body
+/// saying which address to use (SEMANTICS.md §11). Only used when the process has a
+/// certificate: without one there is no mode to check and the plain path is untouched.
+pub fn guard(router: Router, mode: Arc<TransportMode>, https: bool) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| {
+            let mode = mode.get();
+            async move {
+                let served = if https {
+                    mode.serves_https()
+                } else {
+                    mode.serves_http()
+                };
+                if served {
+                    next.run(req).await
+                } else {
+                    IngestError::Transport { https, mode }.into_response()
+                }
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 pub mod cluster;
 pub mod conditions;
 pub mod dataplane;
+pub mod features;
 pub mod leader;
 pub mod resolve;
 pub mod run;

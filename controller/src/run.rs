@@ -41,6 +41,9 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// Where the data-plane replicas are.
     pub replicas: Replicas,
+    /// The ingress certificate's CA (PEM file), published as `CACerts` of https addresses;
+    /// read on every pass.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Runs until `stop` is cancelled.
@@ -60,6 +63,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
     let mut tick = tokio::time::interval(cfg.resync);
     // Discovery of the kinds refs name, kept between passes.
     let mut kinds = std::collections::HashMap::new();
+    let mut addressing = cfg.addressing.clone();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -86,12 +90,13 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         defaults.addressables = crate::resolve::lookup(&client, &refs, &mut kinds).await;
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
         let view: DataplaneView = observe(&client, &http, &cfg.replicas).await;
+        tls_settings(&mut addressing, &resources, cfg.tls_ca.as_deref());
         let want = desired(&World {
             resources: &resources,
             topology: &topology,
             errors: &errors,
             dataplane: &view,
-            addressing: &cfg.addressing,
+            addressing: &addressing,
         });
         let now = now();
         for r in &resources {
@@ -129,6 +134,29 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
             }
         }
         written.retain(|o, _| want.contains_key(o));
+    }
+}
+
+/// `transport-encryption` from `config-features` and the CA from its file, into the
+/// addressing of this pass. A value that cannot be read keeps the previous one (logged).
+fn tls_settings(addressing: &mut Addressing, resources: &[Loaded], ca: Option<&std::path::Path>) {
+    match crate::features::transport_encryption(resources, &addressing.system_namespace) {
+        Ok(mode) => addressing.transport = mode.unwrap_or_default(),
+        Err(e) => tracing::warn!(
+            error = %e,
+            kept = %addressing.transport,
+            "transport-encryption not understood; keeping the previous value"
+        ),
+    }
+    if let Some(path) = ca {
+        match std::fs::read_to_string(path) {
+            Ok(pem) => addressing.ca_certs = Some(pem),
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "cannot read --tls-ca; https addresses keep the CACerts last read"
+            ),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::conditions::{Cond, State};
 use crate::dataplane::DataplaneView;
 use serde_json::{json, Map, Value};
 use sluice_core::topology::{Key, Kind, ObjectRef, Topology};
+use sluice_core::transport::TransportEncryption;
 use sluice_crds::{LoadError, Loaded, Resource};
 use std::collections::BTreeMap;
 use url::Url;
@@ -25,6 +26,12 @@ pub struct Addressing {
     /// The API server's URL as the data plane reaches it: the `source` of ApiServerSource
     /// events (their status' `ceAttributes`).
     pub api_server_url: Option<String>,
+    /// The ingress Service's https port.
+    pub https_port: u16,
+    /// `transport-encryption` (from `config-features`): which addresses are published.
+    pub transport: TransportEncryption,
+    /// The PEM of the ingress certificate's CA, published as `CACerts` of https addresses.
+    pub ca_certs: Option<String>,
 }
 
 impl Default for Addressing {
@@ -34,6 +41,9 @@ impl Default for Addressing {
             system_namespace: "sluice-system".into(),
             cluster_domain: "cluster.local".into(),
             api_server_url: None,
+            https_port: 443,
+            transport: TransportEncryption::Disabled,
+            ca_certs: None,
         }
     }
 }
@@ -46,6 +56,48 @@ impl Addressing {
             self.ingress_service, self.system_namespace, self.cluster_domain
         ))
         .expect("service, namespace and cluster domain are DNS names")
+    }
+
+    /// The ingress's https base URL, with a trailing slash.
+    pub fn https_base(&self) -> Url {
+        let port = match self.https_port {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        Url::parse(&format!(
+            "https://{}.{}.svc.{}{port}/",
+            self.ingress_service, self.system_namespace, self.cluster_domain
+        ))
+        .expect("service, namespace and cluster domain are DNS names")
+    }
+
+    /// `address` and `addresses` of an object whose ingress URL is `url` (its http form, or
+    /// its https form in strict mode), per `transport-encryption` (SEMANTICS.md §11):
+    /// disabled → http; permissive → address http, addresses [https, http]; strict → https.
+    /// https entries carry `CACerts` when the CA is known.
+    pub fn publish(&self, url: &str, fields: &mut Map<String, Value>) {
+        let (http_base, https_base) = (self.ingress_base(), self.https_base());
+        let path = url
+            .strip_prefix(http_base.as_str())
+            .or_else(|| url.strip_prefix(https_base.as_str()));
+        let (http, https) = match path {
+            Some(p) => (format!("{http_base}{p}"), Some(format!("{https_base}{p}"))),
+            // Not on the ingress: published as it is.
+            None => (url.to_string(), None),
+        };
+        let (address, all) = self.transport.addresses(&http, https.as_deref());
+        let entry = |a: sluice_core::transport::Address| {
+            let mut v = json!({"name": a.name, "url": a.url});
+            if let (Some(ca), "https") = (&self.ca_certs, a.name) {
+                v["CACerts"] = ca.clone().into();
+            }
+            v
+        };
+        fields.insert("address".into(), entry(address));
+        fields.insert(
+            "addresses".into(),
+            Value::Array(all.into_iter().map(entry).collect()),
+        );
     }
 
     pub fn broker_url(&self, key: &Key) -> String {
@@ -177,9 +229,7 @@ fn broker(
         &mut fields,
     );
     conds.push(dls);
-    let address = json!({"name": "http", "url": url});
-    fields.insert("address".into(), address.clone());
-    fields.insert("addresses".into(), json!([address]));
+    world.addressing.publish(&url, &mut fields);
     Desired {
         generation: b.metadata.generation.unwrap_or(0),
         conditions: conds,
@@ -430,9 +480,7 @@ fn graph_part(world: &World, r: &Loaded, generation: Option<i64>, errs: &[&LoadE
         });
     }
     if let Some(url) = address {
-        let a = json!({"name": "http", "url": url});
-        fields.insert("address".into(), a.clone());
-        fields.insert("addresses".into(), json!([a]));
+        world.addressing.publish(&url, &mut fields);
     }
     Desired {
         generation: generation.unwrap_or(0),

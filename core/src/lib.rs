@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod status;
 pub mod topology;
+pub mod transport;
 
 pub use envelope::Envelope;
 pub use event::{AttrValue, Event, SpecVersion};

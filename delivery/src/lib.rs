@@ -18,7 +18,7 @@
 pub mod policy;
 mod tls;
 
-pub use tls::TRUST_BUNDLE_ENV;
+pub use tls::{client as http_client, trust_also, HttpClient, TRUST_BUNDLE_ENV};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};

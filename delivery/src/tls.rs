@@ -19,15 +19,43 @@ use rustls::RootCertStore;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The environment variable naming extra trusted CA certificates (file or directory of PEM).
 pub const TRUST_BUNDLE_ENV: &str = "SLUICE_TRUST_BUNDLE";
 
+static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+/// CA certificates the process adds before its first delivery ([`trust_also`]).
+static EXTRA: std::sync::Mutex<Vec<CertificateDer<'static>>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes every delivery client of this process also trust the CA certificates in `pem`:
+/// Sluice's own ingress CA (`--tls-ca`), so deliveries to its https addresses verify. Must
+/// be called before the first delivery; returns how many certificates were added.
+pub fn trust_also(pem: &str) -> Result<usize, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) found".into());
+    }
+    if ROOTS.get().is_some() {
+        return Err(
+            "delivery clients are built already; add trusted CAs before the first delivery".into(),
+        );
+    }
+    let n = certs.len();
+    EXTRA.lock().expect("not poisoned").extend(certs);
+    Ok(n)
+}
+
 fn base_roots() -> &'static RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();
+        let extra = EXTRA.lock().expect("not poisoned").clone();
+        let (added, ignored) = roots.add_parsable_certificates(extra);
+        if ignored > 0 {
+            tracing::warn!(added, ignored, "some of the extra trusted CA certificates are not usable");
+        }
         let native = rustls_native_certs::load_native_certs();
         if !native.errors.is_empty() {
             tracing::warn!(errors = ?native.errors, "some system CA certificates could not be read");
@@ -57,8 +85,9 @@ fn base_roots() -> &'static RootCertStore {
     })
 }
 
-/// A client trusting the base roots and, if given, the PEM certificates `extra_ca`.
-pub(crate) fn client(extra_ca: Option<&str>) -> Result<HttpClient, String> {
+/// An HTTP/HTTPS client trusting the system roots, `$SLUICE_TRUST_BUNDLE`, what
+/// [`trust_also`] added and, if given, the PEM certificates `extra_ca`.
+pub fn client(extra_ca: Option<&str>) -> Result<HttpClient, String> {
     let mut roots = base_roots().clone();
     if let Some(pem) = extra_ca {
         let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())

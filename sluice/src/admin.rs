@@ -29,6 +29,30 @@ pub struct AdminState {
     pub started: AtomicBool,
     /// The topology being run (what reconcilers converge to).
     pub topology: watch::Receiver<Arc<Topology>>,
+    /// Where the ingress is reached.
+    pub urls: IngressUrls,
+}
+
+/// The ingress's base URLs and the mode that decides which of them objects publish.
+pub struct IngressUrls {
+    pub http: url::Url,
+    pub https: Option<url::Url>,
+    pub mode: Arc<sluice_broker::TransportMode>,
+}
+
+impl IngressUrls {
+    /// `(url, [{name, url}])`: what a Broker at `path` (`<ns>/<name>`) publishes as its
+    /// `address` and `addresses` (SEMANTICS.md §11).
+    fn addresses(&self, path: &str) -> (String, Value) {
+        let http = format!("{}{path}", self.http);
+        let https = self.https.as_ref().map(|b| format!("{b}{path}"));
+        let (address, all) = self.mode.get().addresses(&http, https.as_deref());
+        let all: Vec<Value> = all
+            .iter()
+            .map(|a| json!({"name": a.name, "url": a.url}))
+            .collect();
+        (address.url.to_string(), Value::Array(all))
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -156,6 +180,11 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             Kind::Broker => {
                 if let Some(b) = t.brokers.get(&obj.key) {
                     m.insert("class".into(), b.channel.class_name().into());
+                    let (url, all) = s
+                        .urls
+                        .addresses(&format!("{}/{}", obj.key.namespace, obj.key.name));
+                    m.insert("url".into(), url.into());
+                    m.insert("addresses".into(), all);
                 }
                 brokers.push(v);
             }
@@ -271,6 +300,11 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         }
     }
     Json(json!({
+        "ingress": {
+            "http": s.urls.http.as_str(),
+            "https": s.urls.https.as_ref().map(|u| u.as_str()),
+            "transportEncryption": s.urls.mode.get().as_str(),
+        },
         "brokers": brokers,
         "triggers": triggers,
         "sources": sources,

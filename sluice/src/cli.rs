@@ -92,6 +92,34 @@ pub struct NodeFlags {
     /// producers are answered 503) before exiting. ISO 8601 (PT30S) or seconds.
     #[arg(long, default_value = "PT30S", env = "SLUICE_DRAIN_PERIOD", value_parser = parse_period)]
     pub drain_period: std::time::Duration,
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// HTTPS at the ingress (SEMANTICS.md §11, README "Security").
+#[derive(Args, Debug, Clone)]
+pub struct TlsFlags {
+    /// Address the ingress serves HTTPS on (with --tls-cert and --tls-key).
+    #[arg(long, default_value = "127.0.0.1:8443", env = "SLUICE_HTTPS_ADDR")]
+    pub https_addr: SocketAddr,
+    /// The ingress's TLS certificate chain (PEM, the server certificate first). Read again
+    /// whenever it changes.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed --tls-cert: shown as the `CACerts` of https
+    /// addresses, and trusted by Sluice's own deliveries to its ingress (which strict mode
+    /// makes https).
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Knative's transport-encryption: disabled (http only), permissive (http and https)
+    /// or strict (https only; plain http answers 404). Default: permissive with
+    /// --tls-cert, else disabled. `sluice dataplane`: the `config-features` ConfigMap
+    /// decides; this is the mode while it says nothing.
+    #[arg(long, env = "SLUICE_TRANSPORT_ENCRYPTION")]
+    pub transport_encryption: Option<sluice_core::transport::TransportEncryption>,
 }
 
 /// What [`crate::run::serve`] needs of the flags.
@@ -148,6 +176,10 @@ pub struct KubeFlags {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local", env = "SLUICE_CLUSTER_DOMAIN")]
     pub cluster_domain: String,
+    /// The port of the ingress Service's https port (https addresses are
+    /// `https://<service>.<namespace>.svc.<cluster domain>[:port]/<ns>/<name>`).
+    #[arg(long, default_value_t = 443, env = "SLUICE_INGRESS_HTTPS_PORT")]
+    pub ingress_https_port: u16,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +207,11 @@ pub struct ControllerArgs {
     /// Address of the controller's health server (/healthz, /readyz).
     #[arg(long, default_value = "127.0.0.1:9091", env = "SLUICE_ADMIN_ADDR")]
     pub admin: SocketAddr,
+    /// The CA certificate (PEM) of the data plane's ingress certificate: written as the
+    /// `CACerts` of https addresses when `config-features` turns transport-encryption on.
+    /// Read on every pass, so a renewed CA is published without a restart.
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +255,10 @@ pub struct SendArgs {
     /// Send in structured mode (application/cloudevents+json) instead of binary.
     #[arg(long)]
     pub structured: bool,
+    /// For an https URL: also trust the CA certificates in this PEM file (besides the
+    /// system roots and $SLUICE_TRUST_BUNDLE).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
     /// Spec version, 1.0 or 0.3.
     #[arg(long, default_value = "1.0")]
     pub specversion: String,

@@ -5,6 +5,7 @@
 use crate::cli::{ControllerArgs, DataplaneArgs, KubeFlags};
 use crate::load;
 use crate::run::{serve, wait_for_signal};
+use crate::tls::IngressTls;
 use anyhow::Context as _;
 use axum::routing::get;
 use sluice_controller::dataplane::Replicas;
@@ -39,6 +40,8 @@ fn addressing(flags: &KubeFlags) -> Addressing {
         ingress_service: flags.ingress_service.clone(),
         system_namespace: flags.system_namespace.clone(),
         cluster_domain: flags.cluster_domain.clone(),
+        https_port: flags.ingress_https_port,
+        ..Addressing::default()
     }
 }
 
@@ -68,6 +71,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         defaults,
         lease: sluice_controller::leader::LeaseConfig::new(&args.kube.system_namespace, &identity),
         resync: Duration::from_secs(5),
+        tls_ca: args.tls_ca.clone(),
         replicas: if args.dataplane_admin.is_empty() {
             Replicas::Service {
                 namespace: args.kube.system_namespace.clone(),
@@ -105,18 +109,28 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     let kube_config = config(args.kube.kubeconfig.as_deref()).await?;
     let client =
         kube::Client::try_from(kube_config.clone()).context("cannot make a Kubernetes client")?;
-    let mut defaults = addressing(&args.kube).defaults();
+    let tls = IngressTls::from_flags(&args.node.tls)?;
+    let addressing = addressing(&args.kube);
+    let mut defaults = addressing.defaults();
     args.node.apply_to(&mut defaults);
     let (cluster, _watches) = Cluster::watch(client);
     tracing::info!("listing the resources in the cluster");
     cluster.ready().await;
     let (loaded, unreadable) = snapshot(&cluster);
+    let follow_tls = FollowTls {
+        mode: tls.mode.clone(),
+        flag: tls.mode.get(),
+        has_cert: tls.https.is_some(),
+        addressing,
+    };
+    follow_tls.apply(&loaded, &mut defaults);
     let (first, problems) = load::rebuild(&loaded, unreadable, &defaults, &Topology::default());
     report(&first, &problems);
     let (topology_tx, topology_rx) = watch::channel(Arc::new(first));
-    let follower = tokio::spawn(follow(cluster, defaults, topology_tx));
+    let follower = tokio::spawn(follow(cluster, defaults, follow_tls, topology_tx));
     let result = serve(
         &args.node,
+        tls,
         topology_rx,
         Some(kube_config),
         wait_for_signal(),
@@ -130,7 +144,8 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
 /// `kubectl apply` of many objects into one).
 async fn follow(
     cluster: Cluster,
-    defaults: sluice_crds::Defaults,
+    mut defaults: sluice_crds::Defaults,
+    tls: FollowTls,
     topology: watch::Sender<Arc<Topology>>,
 ) {
     let mut changes = cluster.changes();
@@ -139,9 +154,48 @@ async fn follow(
         changes.borrow_and_update();
         let previous = topology.borrow().clone();
         let (loaded, unreadable) = snapshot(&cluster);
+        tls.apply(&loaded, &mut defaults);
         let (t, problems) = load::rebuild(&loaded, unreadable, &defaults, &previous);
         report(&t, &problems);
         topology.send_replace(Arc::new(t));
+    }
+}
+
+/// The data plane's side of `config-features`' `transport-encryption`: which listener
+/// serves events, and whether objects reach each other over https (strict).
+struct FollowTls {
+    mode: Arc<sluice_broker::TransportMode>,
+    /// The mode of the flags: used while the ConfigMap says nothing.
+    flag: sluice_core::transport::TransportEncryption,
+    has_cert: bool,
+    addressing: Addressing,
+}
+
+impl FollowTls {
+    fn apply(&self, loaded: &[sluice_crds::Loaded], defaults: &mut sluice_crds::Defaults) {
+        use sluice_core::transport::TransportEncryption as T;
+        let ns = &self.addressing.system_namespace;
+        let mode = match sluice_controller::features::transport_encryption(loaded, ns) {
+            Ok(m) => m.unwrap_or(self.flag),
+            Err(e) => {
+                tracing::warn!(error = %e, "transport-encryption not understood; keeping the current mode");
+                self.mode.get()
+            }
+        };
+        let before = self.mode.set(mode);
+        if before != mode {
+            tracing::info!(%before, now = %mode, "transport-encryption changed");
+            if mode != T::Disabled && !self.has_cert {
+                tracing::error!(
+                    %mode,
+                    "transport-encryption asks for https but this data plane has no certificate: give it --tls-cert and --tls-key (a Secret mounted into the pod)"
+                );
+            }
+        }
+        defaults.ingress_url = match mode {
+            T::Strict => self.addressing.https_base(),
+            _ => self.addressing.ingress_base(),
+        };
     }
 }
 

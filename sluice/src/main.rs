@@ -10,6 +10,7 @@ mod k8s;
 mod load;
 mod run;
 mod send;
+mod tls;
 
 use clap::Parser;
 

@@ -4,6 +4,7 @@
 use crate::admin::{self, AdminState};
 use crate::cli::{NodeArgs, RunArgs};
 use crate::load;
+use crate::tls::IngressTls;
 use anyhow::Context as _;
 use notify::Watcher as _;
 use sluice_autoscaler::LocalServices;
@@ -25,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let tls = IngressTls::from_flags(&args.node.tls)?;
     let ingress_url = url::Url::parse(&format!("http://{}/", args.node.ingress))
         .context("the ingress address does not make a URL")?;
-    let mut defaults = Defaults::new(ingress_url);
+    // Strict mode refuses plain http, so the addresses objects reach each other at are https.
+    let mut defaults = Defaults::new(tls.internal_base(ingress_url));
     args.node.apply_to(&mut defaults);
 
     let topology = load::topology(&args.files, &defaults)
@@ -54,7 +57,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         },
     };
-    let result = serve(&args.node(), topology_rx, kube_config, wait_for_signal()).await;
+    let result = serve(
+        &args.node(),
+        tls,
+        topology_rx,
+        kube_config,
+        wait_for_signal(),
+    )
+    .await;
     reloader.abort();
     result
 }
@@ -65,10 +75,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `sluice run` (topology from files) and `sluice dataplane` (from the cluster).
 pub async fn serve(
     node: &NodeArgs,
+    tls: IngressTls,
     topology_rx: watch::Receiver<Arc<Topology>>,
     kube_config: Option<kube::Config>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if let Some(pem) = &tls.ca_pem {
+        // Before the first delivery client is built: deliveries to our own https
+        // addresses verify against it.
+        sluice_delivery::trust_also(pem)
+            .map_err(|e| anyhow::anyhow!("--tls-ca cannot be trusted: {e}"))?;
+    }
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(StatusBoard::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), node.max_body_bytes));
@@ -108,6 +125,12 @@ pub async fn serve(
         ingress: ingress.clone(),
         started: Default::default(),
         topology: topology_rx.clone(),
+        urls: admin::IngressUrls {
+            http: url::Url::parse(&format!("http://{}/", node.ingress))
+                .context("the ingress address does not make a URL")?,
+            https: tls.https_base(),
+            mode: tls.mode.clone(),
+        },
     });
     let admin_listener = tokio::net::TcpListener::bind(node.admin)
         .await
@@ -126,6 +149,13 @@ pub async fn serve(
             )
         })?;
 
+    let https_listener = match &tls.https {
+        Some((addr, _)) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on the https address {addr} (choose another with --https-addr)")
+        })?),
+        None => None,
+    };
+
     let stop_admin = CancellationToken::new();
     let stop_ingress = CancellationToken::new();
     let admin_task = tokio::spawn({
@@ -137,9 +167,30 @@ pub async fn serve(
                 .await
         }
     });
+    let router = sluice_broker::router(ingress.clone()).merge(services.router());
+    let (https_task, _reloader) = match (&tls.https, https_listener) {
+        (Some((_, certs)), Some(listener)) => {
+            let sd = stop_ingress.clone();
+            let task = tokio::spawn(sluice_broker::serve_router_tls(
+                listener,
+                sluice_broker::guard(router.clone(), tls.mode.clone(), true),
+                sluice_broker::ServeOptions::default(),
+                certs.acceptor(),
+                async move { sd.cancelled().await },
+            ));
+            let reloader =
+                AbortOnDrop(certs.spawn_reloader(sluice_broker::tls::DEFAULT_RELOAD_INTERVAL));
+            (Some(task), Some(reloader))
+        }
+        _ => (None, None),
+    };
     let ingress_task = tokio::spawn({
         let sd = stop_ingress.clone();
-        let router = sluice_broker::router(ingress.clone()).merge(services.router());
+        // Without a certificate there is no mode to obey: the plain path stays as it is.
+        let router = match &tls.https {
+            Some(_) => sluice_broker::guard(router, tls.mode.clone(), false),
+            None => router,
+        };
         sluice_broker::serve_router(
             ingress_listener,
             router,
@@ -152,6 +203,8 @@ pub async fn serve(
         let t = topology_rx.borrow();
         tracing::info!(
             ingress = %node.ingress,
+            https = ?tls.https.as_ref().map(|(a, _)| a),
+            transport_encryption = %tls.mode.get(),
             admin = %node.admin,
             brokers = t.brokers.len(),
             triggers = t.subscriptions.len(),
@@ -188,9 +241,21 @@ pub async fn serve(
     stop_ingress.cancel();
     stop_admin.cancel();
     let _ = ingress_task.await;
+    if let Some(t) = https_task {
+        let _ = t.await;
+    }
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the sources: applies each topology, keeps their status on the board, stops them on

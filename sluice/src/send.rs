@@ -42,16 +42,34 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     } else {
         sluice_core::http::encode_binary(&event, &mut headers)
     };
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    let resp = client
-        .post(&args.url)
-        .headers(headers)
-        .body(body)
-        .send()
+    let ca = match &args.ca_cert {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?,
+        ),
+        None => None,
+    };
+    // The delivery client: http, or https verified against the system roots,
+    // $SLUICE_TRUST_BUNDLE and --ca-cert.
+    let client = sluice_delivery::http_client(ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", ca_path(args.ca_cert.as_deref())))?;
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .with_context(|| format!("{} is not a URL", args.url))?;
+    let mut req = http::Request::post(uri)
+        .body(http_body_util::Full::new(body))
+        .context("building the request")?;
+    *req.headers_mut() = headers;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
         .await
-        .with_context(|| format!("could not send to {}", args.url))?;
+        .with_context(|| format!("no answer from {} within 30 s", args.url))?
+        .map_err(|e| anyhow::anyhow!("could not send to {}: {}", args.url, error_chain(&e)))?;
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let text = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
     println!(
         "{} {}",
         status.as_u16(),
@@ -65,4 +83,20 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("the event was not accepted ({status})")
     }
+}
+
+fn ca_path(path: Option<&std::path::Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// An error and its causes on one line (a TLS failure's reason is two levels down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

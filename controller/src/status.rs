@@ -679,3 +679,89 @@ spec:
         assert_eq!(cond(&d, "SufficientPermissions").status, State::Unknown);
     }
 }
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    /// SEMANTICS.md §11: what a Broker and a Channel publish in each transport-encryption
+    /// mode, with the CA as `CACerts` of https entries.
+    #[test]
+    fn addresses_follow_transport_encryption() {
+        let http = "http://sluice-ingress.sluice-system.svc.cluster.local/ns/b";
+        let https = "https://sluice-ingress.sluice-system.svc.cluster.local/ns/b";
+        let ca = "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n";
+        let h = json!({"name": "http", "url": http});
+        let s = json!({"name": "https", "url": https, "CACerts": ca});
+        let cases = [
+            (TransportEncryption::Disabled, http, h.clone(), json!([h])),
+            (
+                TransportEncryption::Permissive,
+                http,
+                h.clone(),
+                json!([s, h]),
+            ),
+            (TransportEncryption::Strict, http, s.clone(), json!([s])),
+            // The data plane builds https addresses in strict mode: the same result.
+            (TransportEncryption::Strict, https, s.clone(), json!([s])),
+        ];
+        for (mode, url, address, addresses) in cases {
+            let a = Addressing {
+                transport: mode,
+                ca_certs: Some(ca.into()),
+                ..Addressing::default()
+            };
+            let mut fields = Map::new();
+            a.publish(url, &mut fields);
+            assert_eq!(fields["address"], address, "{mode}");
+            assert_eq!(fields["addresses"], addresses, "{mode}");
+        }
+        // Another https port shows in the URL; no CA known → no CACerts.
+        let a = Addressing {
+            transport: TransportEncryption::Strict,
+            https_port: 8443,
+            ..Addressing::default()
+        };
+        let mut fields = Map::new();
+        a.publish(http, &mut fields);
+        assert_eq!(
+            fields["address"],
+            json!({"name": "https", "url": "https://sluice-ingress.sluice-system.svc.cluster.local:8443/ns/b"})
+        );
+    }
+
+    /// The whole path: a Broker's desired status in permissive mode.
+    #[test]
+    fn a_broker_publishes_https_in_permissive_mode() {
+        let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b, namespace: ns}\n";
+        let resources = sluice_crds::load::parse_yaml(yaml, "f").unwrap();
+        let addressing = Addressing {
+            transport: TransportEncryption::Permissive,
+            ..Addressing::default()
+        };
+        let (topology, errors) = sluice_crds::build_lenient(&resources, &addressing.defaults());
+        let dataplane = DataplaneView {
+            ready_endpoints: 1,
+            replicas: vec![],
+            problem: None,
+        };
+        let world = World {
+            resources: &resources,
+            topology: &topology,
+            errors: &errors,
+            dataplane: &dataplane,
+            addressing: &addressing,
+        };
+        let d = desired(&world)
+            .remove(&ObjectRef::broker(Key::new("ns", "b")))
+            .unwrap();
+        assert_eq!(
+            d.fields["address"]["url"],
+            "http://sluice-ingress.sluice-system.svc.cluster.local/ns/b"
+        );
+        assert_eq!(
+            d.fields["addresses"][0]["url"],
+            "https://sluice-ingress.sluice-system.svc.cluster.local/ns/b"
+        );
+    }
+}

@@ -84,20 +84,35 @@ fn ready_cols(v: &Value) -> (String, String) {
 pub fn render(v: &Value) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<16} {:<20} {:<22} {:<8} {:<4} REASON\n",
-        "NAMESPACE", "BROKER", "CLASS", "READY", "GEN"
+        "{:<16} {:<20} {:<22} {:<8} {:<4} {:<44} REASON\n",
+        "NAMESPACE", "BROKER", "CLASS", "READY", "GEN", "URL"
     ));
     for b in v["brokers"].as_array().into_iter().flatten() {
         let (ready, reason) = ready_cols(b);
         out.push_str(&format!(
-            "{:<16} {:<20} {:<22} {:<8} {:<4} {}\n",
+            "{:<16} {:<20} {:<22} {:<8} {:<4} {:<44} {}\n",
             s(b, "namespace"),
             s(b, "name"),
             s(b, "class"),
             ready,
             b["observedGeneration"].as_i64().unwrap_or(0),
+            s(b, "url"),
             reason
         ));
+        // Permissive mode: the https address too (the URL column is the `address`).
+        for a in b["addresses"].as_array().into_iter().flatten() {
+            if a["url"] != b["url"] {
+                out.push_str(&format!(
+                    "{:<16} {:<20} {:<22} {:<8} {:<4} {}\n",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    s(a, "url")
+                ));
+            }
+        }
     }
     out.push('\n');
     out.push_str(&format!(

@@ -47,7 +47,11 @@ mod tests {
     #[test]
     fn the_system_namespaces_config_features_decides() {
         use TransportEncryption::*;
-        let cases: &[(Vec<Loaded>, Result<Option<TransportEncryption>, &str>)] = &[
+        type Case = (
+            Vec<Loaded>,
+            Result<Option<TransportEncryption>, &'static str>,
+        );
+        let cases: &[Case] = &[
             (vec![], Ok(None)),
             (cm("sluice-system", "config-features", "authentication-oidc: enabled"), Ok(None)),
             (cm("sluice-system", "config-features", "transport-encryption: Strict"), Ok(Some(Strict))),

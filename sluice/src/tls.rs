@@ -107,12 +107,13 @@ mod tests {
 
     #[test]
     fn flags_fit_together_or_say_which_to_fix() {
-        let cases: &[(
+        type Case = (
             bool,
             bool,
             Option<TransportEncryption>,
-            Result<TransportEncryption, &str>,
-        )] = &[
+            Result<TransportEncryption, &'static str>,
+        );
+        let cases: &[Case] = &[
             (false, false, None, Ok(Disabled)),
             (false, false, Some(Disabled), Ok(Disabled)),
             (

@@ -33,6 +33,39 @@ pub fn transport_encryption(
         .map_err(|e| format!("ConfigMap {system_namespace}/{CONFIG_FEATURES}: {e}"))
 }
 
+/// The label Knative puts on trust-bundle ConfigMaps (CA certificates clients trust).
+pub const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
+
+/// The PEM values of the ConfigMaps in `system_namespace` labelled
+/// `networking.knative.dev/trust-bundle: "true"`, in name and key order.
+pub fn trust_bundles(resources: &[Loaded], system_namespace: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut maps: Vec<_> = resources
+        .iter()
+        .filter(|r| r.namespace == system_namespace)
+        .filter_map(|r| match &r.resource {
+            Resource::ConfigMap(cm) => Some((&r.name, cm)),
+            _ => None,
+        })
+        .filter(|(_, cm)| {
+            cm.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(TRUST_BUNDLE_LABEL))
+                .is_some_and(|v| v == "true")
+        })
+        .collect();
+    maps.sort_by_key(|(name, _)| name.as_str());
+    for (_, cm) in maps {
+        for pem in cm.data.iter().flat_map(|d| d.values()) {
+            if pem.contains("-----BEGIN CERTIFICATE-----") {
+                out.push(pem.clone());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +105,34 @@ mod tests {
                 _ => panic!("got {got:?}, wanted {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn trust_bundles_are_the_labelled_config_maps_of_the_system_namespace() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+        let yaml = format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: b, namespace: sluice-system, labels: {{networking.knative.dev/trust-bundle: "true"}}}}
+data: {{ca.crt: "{p}", note: "not a certificate"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: unlabelled, namespace: sluice-system}}
+data: {{ca.crt: "{p}"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: elsewhere, namespace: default, labels: {{networking.knative.dev/trust-bundle: "true"}}}}
+data: {{ca.crt: "{p}"}}
+"#,
+            p = pem.replace('\n', "\\n")
+        );
+        let resources = sluice_crds::load::parse_yaml(&yaml, "f").unwrap();
+        assert_eq!(
+            trust_bundles(&resources, "sluice-system"),
+            vec![pem.to_string()]
+        );
+        assert!(trust_bundles(&resources, "other").is_empty());
     }
 }

@@ -117,6 +117,16 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     tracing::info!("listing the resources in the cluster");
     cluster.ready().await;
     let (loaded, unreadable) = snapshot(&cluster);
+    let mut tls = tls;
+    // Knative's trust bundles: read once here, before the first delivery (a change needs
+    // a restart of the data plane).
+    tls.trust = sluice_controller::features::trust_bundles(&loaded, &args.kube.system_namespace);
+    if !tls.trust.is_empty() {
+        tracing::info!(
+            certificates = tls.trust.len(),
+            "deliveries also trust the CA certificates of the trust-bundle ConfigMaps"
+        );
+    }
     let follow_tls = FollowTls {
         mode: tls.mode.clone(),
         flag: tls.mode.get(),

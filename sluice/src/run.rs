@@ -86,6 +86,11 @@ pub async fn serve(
         sluice_delivery::trust_also(pem)
             .map_err(|e| anyhow::anyhow!("--tls-ca cannot be trusted: {e}"))?;
     }
+    for pem in &tls.trust {
+        if let Err(e) = sluice_delivery::trust_also(pem) {
+            tracing::warn!(error = %e, "a trust bundle cannot be used; deliveries do not trust it");
+        }
+    }
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(StatusBoard::new());
     let ingress = Arc::new(Ingress::new(metrics.clone(), node.max_body_bytes));

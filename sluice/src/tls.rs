@@ -42,6 +42,9 @@ pub struct IngressTls {
     pub https: Option<(SocketAddr, Arc<Certificates>)>,
     /// The PEM of --tls-ca.
     pub ca_pem: Option<String>,
+    /// More CA certificates (PEM) this process's deliveries trust: Kubernetes mode's
+    /// trust-bundle ConfigMaps, read at start.
+    pub trust: Vec<String>,
 }
 
 impl IngressTls {
@@ -80,6 +83,7 @@ impl IngressTls {
             mode: TransportMode::new(mode),
             https,
             ca_pem,
+            trust: Vec::new(),
         })
     }
 

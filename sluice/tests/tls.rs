@@ -409,3 +409,99 @@ async fn tls_flags_that_do_not_fit_refuse_to_start_and_say_which() {
         assert!(err.contains(want), "{flags:?}: {err}");
     }
 }
+
+/// Kubernetes mode: `config-features` in the system namespace turns transport encryption
+/// on; the controller publishes the https address with the CA as `CACerts`, the data plane
+/// serves it, and switching to strict makes plain http answer 404 — without restarts.
+#[tokio::test]
+async fn kubernetes_mode_follows_config_features() {
+    use common::kube::*;
+    let kube = sluice_tests::shared_kube().await;
+    install_crds(kube).await;
+    let _ = kube
+        .kubectl(&["create", "namespace", "sluice-system"])
+        .await;
+    let _ = kube.kubectl(&["create", "namespace", "tls"]).await;
+    let features = |mode: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: config-features, namespace: sluice-system}}\ndata:\n  transport-encryption: {mode}\n")
+    };
+    apply(kube, &features("permissive")).await;
+
+    let dir = test_dir("tls-kube");
+    let ca = ca(&dir, "kube-ca");
+    server_cert(&dir, &ca, "dataplane");
+    let (ingress, admin, https) = (addr(), addr(), https_addr());
+    let mut args = vec![
+        "dataplane".to_string(),
+        "--ingress".into(),
+        ingress.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ];
+    args.extend(tls_flags(&dir, https, &ca, None));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _dataplane = Proc::spawn(kube, &args);
+    let ca_flag = ca.pem_file.display().to_string();
+    let _controller = Proc::spawn(
+        kube,
+        &[
+            "controller",
+            "--admin",
+            &addr().to_string(),
+            "--dataplane-admin",
+            &admin.to_string(),
+            "--tls-ca",
+            &ca_flag,
+        ],
+    );
+    let sink = Sink::ok().await;
+    apply(
+        kube,
+        &broker_and_trigger(&sink.url()).replace("namespace: default", "namespace: tls"),
+    )
+    .await;
+    let broker = wait_ready(kube, "tls", "broker/default", "True").await;
+    let http_url = "http://sluice-ingress.sluice-system.svc.cluster.local/tls/default";
+    let https_url = "https://sluice-ingress.sluice-system.svc.cluster.local/tls/default";
+    let status = &broker["status"];
+    assert_eq!(status["address"]["url"], http_url, "{status:#}");
+    assert_eq!(status["addresses"][0]["name"], "https", "{status:#}");
+    assert_eq!(status["addresses"][0]["url"], https_url);
+    assert_eq!(status["addresses"][0]["CACerts"], ca.issuer.pem());
+    assert_eq!(status["addresses"][1]["url"], http_url);
+
+    // The data plane serves https with the Secret's certificate (here: files).
+    let (ok, out) = send(
+        &format!("https://{https}/tls/default"),
+        Some(&ca.pem_file),
+        "k8s-https",
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        sink.wait_for(1, T).await[0].header("ce-id"),
+        Some("k8s-https")
+    );
+
+    // Strict: the address becomes https only, and plain http is refused.
+    apply(kube, &features("strict")).await;
+    eventually(Duration::from_secs(60), "an https-only address", || async {
+        let b = get_json(kube, &["broker/default", "-n", "tls"]).await?;
+        (b["status"]["address"]["url"] == https_url
+            && b["status"]["addresses"].as_array()?.len() == 1)
+            .then_some(())
+    })
+    .await;
+    eventually(T, "plain http refused", || async {
+        let status = post_event(
+            &format!("http://{ingress}/tls/default"),
+            "plain",
+            "t",
+            &[],
+            "{}",
+        )
+        .await;
+        (status == 404).then_some(())
+    })
+    .await;
+}

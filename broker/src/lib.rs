@@ -18,6 +18,12 @@
 //!
 //! Replies from subscribers come back through [`Ingress::publish`] with the same TTL rules
 //! and the same durability as producer events.
+//!
+//! The same router is served over plain HTTP ([`serve_router`]) and, with a certificate,
+//! over TLS ([`serve_router_tls`], certificates in [`tls`], reloaded when their files
+//! change). Which of the two takes events is Knative's `transport-encryption`
+//! ([`TransportMode`], checked by [`guard`] only when a certificate is configured, so the
+//! plain-HTTP path of a process without TLS is exactly what it was).
 
 pub mod tls;
 mod ttl;

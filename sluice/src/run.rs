@@ -220,7 +220,7 @@ pub async fn serve(
                 + t.kafka_sources.len()
                 + t.apiserver_sources.len()
                 + t.container_sources.len(),
-            "sluice is running; POST events to http://{}/<namespace>/<broker> or /<namespace>/channels/<channel>", node.ingress
+            "sluice is running; POST events to {}<namespace>/<broker> or /<namespace>/channels/<channel>", bases(node, &tls)
         );
     }
 
@@ -252,6 +252,18 @@ pub async fn serve(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The base URLs events are taken at, for the start-up message.
+fn bases(node: &NodeArgs, tls: &IngressTls) -> String {
+    let http = format!("http://{}/", node.ingress);
+    match (tls.mode.get(), tls.https_base()) {
+        (sluice_core::transport::TransportEncryption::Permissive, Some(https)) => {
+            format!("{http} or {https}")
+        }
+        (sluice_core::transport::TransportEncryption::Strict, Some(https)) => https.to_string(),
+        _ => http,
+    }
 }
 
 /// Aborts a background task when dropped.

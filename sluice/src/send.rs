@@ -64,7 +64,15 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
         .await
         .with_context(|| format!("no answer from {} within 30 s", args.url))?
-        .map_err(|e| anyhow::anyhow!("could not send to {}: {}", args.url, error_chain(&e)))?;
+        .map_err(|e| {
+            let chain = error_chain(&e);
+            let hint = if chain.contains("certificate") {
+                " (trust the CA that signed the server's certificate with --ca-cert, or add it to $SLUICE_TRUST_BUNDLE)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("could not send to {}: {chain}{hint}", args.url)
+        })?;
     let status = resp.status();
     let text = http_body_util::BodyExt::collect(resp.into_body())
         .await

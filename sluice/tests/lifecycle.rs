@@ -151,7 +151,14 @@ async fn a_reload_that_changes_channel_settings_keeps_queued_events() {
         out.lines()
             .any(|l| {
                 l.split_whitespace().collect::<Vec<_>>()
-                    == ["default", "default", "MTChannelBasedBroker", "True", "2"]
+                    == [
+                        "default",
+                        "default",
+                        "MTChannelBasedBroker",
+                        "True",
+                        "2",
+                        &url,
+                    ]
             })
             .then_some(())
     })

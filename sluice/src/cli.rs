@@ -117,7 +117,7 @@ pub struct TlsFlags {
     /// Knative's transport-encryption: disabled (http only), permissive (http and https)
     /// or strict (https only; plain http answers 404). Default: permissive with
     /// --tls-cert, else disabled. `sluice dataplane`: the `config-features` ConfigMap
-    /// decides; this is the mode while it says nothing.
+    /// decides; this is the mode while it says nothing (default there: disabled, as Knative).
     #[arg(long, env = "SLUICE_TRANSPORT_ENCRYPTION")]
     pub transport_encryption: Option<sluice_core::transport::TransportEncryption>,
 }

@@ -129,7 +129,9 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     }
     let follow_tls = FollowTls {
         mode: tls.mode.clone(),
-        flag: tls.mode.get(),
+        // Knative's default when config-features says nothing is disabled; the flag, when
+        // given, takes its place (the controller, which has no such flag, publishes http).
+        flag: args.node.tls.transport_encryption.unwrap_or_default(),
         has_cert: tls.https.is_some(),
         addressing,
     };
@@ -175,7 +177,7 @@ async fn follow(
 /// serves events, and whether objects reach each other over https (strict).
 struct FollowTls {
     mode: Arc<sluice_broker::TransportMode>,
-    /// The mode of the flags: used while the ConfigMap says nothing.
+    /// `--transport-encryption` (else disabled): used while the ConfigMap says nothing.
     flag: sluice_core::transport::TransportEncryption,
     has_cert: bool,
     addressing: Addressing,

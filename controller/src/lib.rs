@@ -24,6 +24,7 @@
 
 pub mod cluster;
 pub mod conditions;
+pub mod containersource;
 pub mod dataplane;
 pub mod leader;
 pub mod resolve;

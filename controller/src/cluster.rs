@@ -74,8 +74,12 @@ pub fn kinds() -> Vec<ApiResource> {
 /// (ContainerSource: a Deployment; SinkBinding: `K_SINK` in its subjects).
 pub fn controller_kinds() -> Vec<ApiResource> {
     let mut k = kinds();
-    k.push(ApiResource::erase::<sluice_crds::k8s_sources::ContainerSource>(&()));
-    k.push(ApiResource::erase::<sluice_crds::k8s_sources::SinkBinding>(&()));
+    k.push(ApiResource::erase::<
+        sluice_crds::k8s_sources::ContainerSource,
+    >(&()));
+    k.push(ApiResource::erase::<sluice_crds::k8s_sources::SinkBinding>(
+        &(),
+    ));
     k
 }
 

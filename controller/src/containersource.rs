@@ -83,7 +83,13 @@ pub fn inject_env(pod_spec: &mut Value, bound: &BoundSink) {
 }
 
 /// The Deployment running a ContainerSource (the body of a server-side apply).
-pub fn deployment(namespace: &str, name: &str, uid: &str, template: &Value, bound: &BoundSink) -> Value {
+pub fn deployment(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    template: &Value,
+    bound: &BoundSink,
+) -> Value {
     let mut template = if template.is_object() {
         template.clone()
     } else {
@@ -205,9 +211,10 @@ pub fn desired(
 /// Whether a Deployment this controller labelled belongs to no current ContainerSource:
 /// its owner (by uid) is not among `sources` (namespace, name → uid).
 pub fn is_stale(d: &Deployment, sources: &BTreeMap<(String, String), String>) -> bool {
-    let owner = d.owner_references().iter().find(|o| {
-        o.kind == "ContainerSource" && o.api_version.starts_with("sources.knative.dev/")
-    });
+    let owner = d
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "ContainerSource" && o.api_version.starts_with("sources.knative.dev/"));
     match owner {
         None => false,
         Some(o) => {
@@ -404,7 +411,10 @@ mod tests {
         assert_eq!(d["metadata"]["name"], "beat-deployment");
         assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(d["metadata"]["ownerReferences"][0]["controller"], true);
-        assert_eq!(d["spec"]["selector"]["matchLabels"][SOURCE_NAME_LABEL], "beat");
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"][SOURCE_NAME_LABEL],
+            "beat"
+        );
         let pod = &d["spec"]["template"];
         assert_eq!(pod["metadata"]["labels"]["app"], "heartbeat");
         assert_eq!(pod["metadata"]["labels"][SOURCE_LABEL], SOURCE_VALUE);
@@ -432,8 +442,8 @@ mod tests {
 
     #[test]
     fn receive_adapter_follows_the_deployment() {
-        use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
         use crate::conditions::State;
+        use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
         let with = |ready: Option<i32>, available: Option<(&str, &str)>| Deployment {
             status: Some(DeploymentStatus {
                 ready_replicas: ready,
@@ -452,9 +462,17 @@ mod tests {
         };
         let table = [
             (None, State::Unknown, "DeploymentNotCreated"),
-            (Some(with(None, None)), State::Unknown, "DeploymentUnavailable"),
+            (
+                Some(with(None, None)),
+                State::Unknown,
+                "DeploymentUnavailable",
+            ),
             (Some(with(Some(1), None)), State::True, ""),
-            (Some(with(None, Some(("True", "MinimumReplicasAvailable")))), State::True, ""),
+            (
+                Some(with(None, Some(("True", "MinimumReplicasAvailable")))),
+                State::True,
+                "",
+            ),
             (
                 Some(with(None, Some(("False", "MinimumReplicasUnavailable")))),
                 State::False,
@@ -486,7 +504,10 @@ mod tests {
         };
         let sources = BTreeMap::from([(("ns".to_string(), "a".to_string()), "u1".to_string())]);
         assert!(!is_stale(&d(Some(("a", "u1"))), &sources));
-        assert!(is_stale(&d(Some(("a", "u0"))), &sources), "recreated source");
+        assert!(
+            is_stale(&d(Some(("a", "u0"))), &sources),
+            "recreated source"
+        );
         assert!(is_stale(&d(Some(("b", "u2"))), &sources), "deleted source");
         assert!(!is_stale(&d(None), &sources), "not ours");
     }

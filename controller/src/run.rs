@@ -45,7 +45,8 @@ pub struct ControllerConfig {
 
 /// Runs until `stop` is cancelled.
 pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken) {
-    let (cluster, _watches) = Cluster::watch_kinds(client.clone(), crate::cluster::controller_kinds());
+    let (cluster, _watches) =
+        Cluster::watch_kinds(client.clone(), crate::cluster::controller_kinds());
     // Pods Sluice writes: ContainerSource Deployments (and their status).
     let mut deployments = crate::containersource::Deployments::watch(&client);
     let mut deployment_changes = deployments.changes();

@@ -29,6 +29,7 @@ pub mod dataplane;
 pub mod leader;
 pub mod resolve;
 pub mod run;
+pub mod sinkbinding;
 pub mod status;
 
 pub use cluster::Cluster;

@@ -50,6 +50,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
     // Pods Sluice writes: ContainerSource Deployments (and their status).
     let mut deployments = crate::containersource::Deployments::watch(&client);
     let mut deployment_changes = deployments.changes();
+    let mut bindings = crate::sinkbinding::Bindings::default();
     let mut leading = elect(client.clone(), cfg.lease.clone(), stop.clone());
     let mut changes = cluster.changes();
     tokio::select! {
@@ -74,6 +75,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
                 // Someone else may have written while we were not leading.
                 written.clear();
                 deployments.forget();
+                bindings.forget();
             }
             _ = tick.tick() => {}
         }
@@ -103,6 +105,9 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         // and their status.
         let bound = sluice_crds::bound_sinks(&resources, &defaults);
         deployments
+            .reconcile(&client, &resources, &bound, &mut want)
+            .await;
+        bindings
             .reconcile(&client, &resources, &bound, &mut want)
             .await;
         let now = now();

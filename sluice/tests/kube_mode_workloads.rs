@@ -15,8 +15,13 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
-/// The controller (admin kubeconfig) and one data plane, for namespace-independent tests.
+/// A controller (admin kubeconfig) and a data plane. Each test starts its own pair on the
+/// shared API server and uses its own namespace; the controllers elect one leader, which
+/// does the work for both.
 async fn start(kube: &KubeServer) -> (Proc, Proc) {
+    // The tests of this binary share the API server: one installs the CRDs at a time.
+    static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let installing = INSTALL.lock().await;
     install_crds(kube).await;
     for crd in [
         "containersources.sources.knative.dev",
@@ -34,6 +39,7 @@ async fn start(kube: &KubeServer) -> (Proc, Proc) {
     let _ = kube
         .kubectl(&["create", "namespace", "sluice-system"])
         .await;
+    drop(installing);
     let (ingress, admin) = (addr(), addr());
     let dataplane = Proc::spawn(
         kube,
@@ -213,4 +219,181 @@ spec:
             .then_some(())
     })
     .await;
+}
+
+fn deployment(ns: &str, name: &str, labels: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}, labels: {labels}}}
+spec:
+  selector: {{matchLabels: {{run: {name}}}}}
+  template:
+    metadata: {{labels: {{run: {name}}}}}
+    spec:
+      containers:
+        - {{name: app, image: example.com/app:1, env: [{{name: X, value: "1"}}]}}
+        - {{name: side, image: example.com/side:1}}
+"#
+    )
+}
+
+async fn deployment_env(
+    kube: &KubeServer,
+    ns: &str,
+    name: &str,
+    i: usize,
+) -> Vec<(String, String)> {
+    get_json(kube, &[&format!("deployment/{name}"), "-n", ns])
+        .await
+        .map(|d| env_of(&d, i))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_sink_binding_writes_k_sink_into_its_subjects_keeps_it_current_and_removes_it() {
+    let kube = shared_kube().await;
+    let (_dataplane, _controller) = start(kube).await;
+    let ns = "k8s-sbind";
+    let _ = kube.kubectl(&["create", "namespace", ns]).await;
+    let mut objects = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default, namespace: {ns}}}\n"
+    );
+    for (name, labels) in [
+        ("web", "{}"),
+        ("w1", "{role: worker}"),
+        ("w2", "{role: worker}"),
+        ("w3", "{role: other}"),
+    ] {
+        objects.push_str("---\n");
+        objects.push_str(&deployment(ns, name, labels));
+    }
+    apply(kube, &objects).await;
+    let binding = |name: &str, subject: &str, sink: &str, extra: &str| {
+        format!(
+            "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  subject: {subject}\n  sink: {sink}\n{extra}"
+        )
+    };
+    let broker_ref = "{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}";
+    let broker_url = format!("http://sluice-ingress.sluice-system.svc.cluster.local/{ns}/default");
+    apply(
+        kube,
+        &[
+            binding(
+                "by-name",
+                "{apiVersion: apps/v1, kind: Deployment, name: web}",
+                broker_ref,
+                "",
+            ),
+            binding(
+                "by-selector",
+                "{apiVersion: apps/v1, kind: Deployment, selector: {matchLabels: {role: worker}}}",
+                r#"{uri: "http://collector.example/"}"#,
+                "  ceOverrides: {extensions: {team: blue}}\n",
+            ),
+            binding(
+                "jobs",
+                "{apiVersion: batch/v1, kind: Job, selector: {matchLabels: {app: batch}}}",
+                broker_ref,
+                "",
+            ),
+        ]
+        .join("---\n"),
+    )
+    .await;
+
+    // By name: every container gets K_SINK; the user's env stays; no overrides, no
+    // K_CE_OVERRIDES.
+    let web = wait_ready(kube, ns, "sinkbinding/by-name", "True").await;
+    assert_eq!(web["status"]["sinkUri"], broker_url);
+    for i in 0..2 {
+        let env = deployment_env(kube, ns, "web", i).await;
+        assert!(
+            env.contains(&("K_SINK".into(), broker_url.clone())),
+            "{env:?}"
+        );
+        assert!(!env.iter().any(|(n, _)| n == "K_CE_OVERRIDES"), "{env:?}");
+    }
+    assert!(deployment_env(kube, ns, "web", 0)
+        .await
+        .contains(&("X".into(), "1".into())));
+
+    // By selector: the matching Deployments, not the other.
+    wait_ready(kube, ns, "sinkbinding/by-selector", "True").await;
+    for name in ["w1", "w2"] {
+        let env = deployment_env(kube, ns, name, 0).await;
+        assert!(
+            env.contains(&("K_SINK".into(), "http://collector.example/".into()))
+                && env.contains(&(
+                    "K_CE_OVERRIDES".into(),
+                    r#"{"extensions":{"team":"blue"}}"#.into()
+                )),
+            "{name}: {env:?}"
+        );
+    }
+    assert!(!deployment_env(kube, ns, "w3", 0)
+        .await
+        .iter()
+        .any(|(n, _)| n == "K_SINK"));
+
+    // Jobs cannot be bound after creation (no admission webhook): said, not ignored.
+    let jobs = wait_ready(kube, ns, "sinkbinding/jobs", "False").await;
+    let c = condition(&jobs, "SinkBindingAvailable").unwrap();
+    assert_eq!(c["reason"], "SubjectImmutable", "{c}");
+
+    // The sink changes: K_SINK follows.
+    apply(
+        kube,
+        &binding(
+            "by-name",
+            "{apiVersion: apps/v1, kind: Deployment, name: web}",
+            r#"{uri: "http://moved.example/"}"#,
+            "",
+        ),
+    )
+    .await;
+    eventually(T, "web's K_SINK follows the sink", || async {
+        let env = deployment_env(kube, ns, "web", 1).await;
+        env.contains(&("K_SINK".into(), "http://moved.example/".into()))
+            .then_some(())
+    })
+    .await;
+
+    // w2 stops matching the selector: its K_SINK is taken out; w1 keeps it.
+    kube.kubectl(&[
+        "label",
+        "deployment/w2",
+        "-n",
+        ns,
+        "role=retired",
+        "--overwrite",
+    ])
+    .await
+    .unwrap();
+    eventually(T, "w2 unbound", || async {
+        let env = deployment_env(kube, ns, "w2", 0).await;
+        (!env.is_empty() && !env.iter().any(|(n, _)| n.starts_with("K_"))).then_some(())
+    })
+    .await;
+    assert!(deployment_env(kube, ns, "w1", 0)
+        .await
+        .iter()
+        .any(|(n, _)| n == "K_SINK"));
+
+    // Deleting a binding removes what it wrote, and only that.
+    kube.kubectl(&["delete", "sinkbinding/by-name", "-n", ns])
+        .await
+        .unwrap();
+    eventually(T, "web unbound", || async {
+        let d = get_json(kube, &["deployment/web", "-n", ns]).await?;
+        let clean = (0..2).all(|i| !env_of(&d, i).iter().any(|(n, _)| n.starts_with("K_")));
+        let unlabelled = d["metadata"]["labels"]["sinkbindings.sluice.dev/bound"].is_null();
+        (clean && unlabelled).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        deployment_env(kube, ns, "web", 0).await,
+        [("X".to_string(), "1".to_string())],
+        "the user's own env stays"
+    );
 }

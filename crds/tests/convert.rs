@@ -357,9 +357,15 @@ fn a_sink_binding_gives_its_container_source_the_sink_in_embedded_mode() {
         "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, name: other}",
     ))
     .unwrap();
-    assert_eq!(t.container_sources[&key].sink.to_string(), "http://own.example/");
+    assert_eq!(
+        t.container_sources[&key].sink.to_string(),
+        "http://own.example/"
+    );
     // Embedded mode binds only local processes.
-    let errors = build_str(&binding("{apiVersion: apps/v1, kind: Deployment, name: web}")).unwrap_err();
+    let errors = build_str(&binding(
+        "{apiVersion: apps/v1, kind: Deployment, name: web}",
+    ))
+    .unwrap_err();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("field `spec.subject`") && errors[0].contains("needs Kubernetes mode"),
@@ -388,9 +394,16 @@ fn bound_sinks_resolve_container_sources_and_sink_bindings_and_name_their_proble
     assert_eq!(beat.ce_overrides, None);
     let bad = sinks.iter().find(|(o, _)| o.key.name == "bad").unwrap().1;
     let errors = bad.as_ref().unwrap_err();
-    assert_eq!(errors[0].field.as_deref(), Some("spec.sink.ref"), "{errors:?}");
+    assert_eq!(
+        errors[0].field.as_deref(),
+        Some("spec.sink.ref"),
+        "{errors:?}"
+    );
     // Kubernetes mode: neither kind is run by the data plane, and a Deployment subject is fine.
     let (t, errors) = build_lenient(&loaded, &d);
     assert!(t.container_sources.is_empty());
-    assert!(errors.iter().all(|e| !e.to_string().contains("subject")), "{errors:?}");
+    assert!(
+        errors.iter().all(|e| !e.to_string().contains("subject")),
+        "{errors:?}"
+    );
 }

@@ -173,4 +173,3 @@ spec:
     let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(body, serde_json::json!({"extensions": {"bound": "yes"}}));
 }
-

@@ -121,7 +121,8 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         name: APISERVER_SOURCES_LEASE.into(),
         ..LeaseConfig::new(&args.kube.system_namespace, &identity)
     };
-    let runs_apiserver_sources = sluice_controller::leader::elect(client, lease, stop.clone());
+    let (runs_apiserver_sources, election) =
+        sluice_controller::leader::elect_until_released(client, lease, stop.clone());
     tracing::info!(identity, "listing the resources in the cluster");
     cluster.ready().await;
     let (loaded, unreadable) = snapshot(&cluster);
@@ -142,8 +143,11 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         wait_for_signal(),
     )
     .await;
-    stop.cancel();
+    // Give the ApiServerSources' Lease back, so another replica runs them at once rather
+    // than after the Lease expires.
     follower.abort();
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     result
 }
 

@@ -1,6 +1,7 @@
 //! ApiServerSource with two data-plane replicas (issue 12): the replicas elect one runner on
 //! the Lease `sluice-apiserversources`, so each change is emitted once, not once per replica;
-//! killing the runner hands the sources over to the other replica once the Lease expires.
+//! killing the runner hands the sources over to the other replica once the Lease expires; a
+//! graceful stop gives the Lease back, so the next replica takes over at once.
 //! Both run under deploy/'s ServiceAccount and roles (which must allow the Lease and must not
 //! allow impersonation: a source with a serviceAccountName says how to enable it).
 
@@ -81,6 +82,8 @@ async fn one_replica_runs_each_apiserver_source_and_hands_over_when_killed() {
                     &ingress.to_string(),
                     "--admin",
                     &admin.to_string(),
+                    "--drain-period",
+                    "PT0S",
                 ],
             ))
         })
@@ -200,5 +203,42 @@ spec:
         ["one", "two", "three", "after"],
         "after a handover: nothing repeated; the change made while no replica ran it is not emitted"
     );
+
+    // A graceful stop gives the Lease back: a new replica takes over well before the Lease
+    // (15 s) could expire.
+    let (ingress, admin) = (addr(), addr());
+    let mut third = Proc::spawn_with(
+        dataplane_sa.kubeconfig_path(),
+        &[
+            "dataplane",
+            "--ingress",
+            &ingress.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--drain-period",
+            "PT0S",
+        ],
+    );
+    eventually(T, "the third replica is up", || async {
+        reqwest::get(format!("http://{admin}/topology"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    dataplanes[other].take().unwrap().terminate().await;
+    eventually(
+        Duration::from_secs(10),
+        "the third replica runs the source soon after the graceful stop",
+        || async { (runs(admin, ns, "watch").await == Some(true)).then_some(()) },
+    )
+    .await;
+    configmap(kube, ns, "last").await;
+    eventually(T, "the change after the graceful handover", || async {
+        names(&sink).contains(&"last".to_string()).then_some(())
+    })
+    .await;
+    assert_eq!(names(&sink), ["one", "two", "three", "after", "last"]);
+    third.kill().await;
     drop(dataplanes);
 }

@@ -229,8 +229,10 @@ pub struct Deployments {
     store: Store<Deployment>,
     changes: watch::Receiver<u64>,
     _task: AbortOnDrop,
-    /// What was last applied, by source: unchanged bodies are not sent again.
-    applied: BTreeMap<ObjectRef, Value>,
+    /// What was last applied, by source, and the Deployment's generation it gave: an
+    /// unchanged body is not sent again unless someone else changed the Deployment's spec
+    /// since (its generation moved), which is then put back.
+    applied: BTreeMap<ObjectRef, (Value, Option<i64>)>,
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -310,7 +312,13 @@ impl Deployments {
             want.insert(obj.clone(), desired(c, &r.name, b, existing.as_deref()));
             let Ok(b) = b else { continue };
             let body = deployment(&r.namespace, &r.name, &uid, &c.spec.template, b);
-            if existing.is_some() && self.applied.get(&obj) == Some(&body) {
+            let unchanged = match (&existing, self.applied.get(&obj)) {
+                (Some(d), Some((b, generation))) => {
+                    *b == body && d.metadata.generation == *generation
+                }
+                _ => false,
+            };
+            if unchanged {
                 continue;
             }
             let api: Api<Deployment> = Api::namespaced(client.clone(), &r.namespace);
@@ -319,9 +327,9 @@ impl Deployments {
                 .patch(&deployment_name(&r.name), &pp, &Patch::Apply(&body))
                 .await
             {
-                Ok(_) => {
+                Ok(d) => {
                     tracing::info!(source = %format!("{}/{}", r.namespace, r.name), sink = %b.sink, "ContainerSource Deployment applied");
-                    self.applied.insert(obj, body);
+                    self.applied.insert(obj, (body, d.metadata.generation));
                 }
                 Err(e) => {
                     tracing::warn!(source = %format!("{}/{}", r.namespace, r.name), error = %e, "cannot apply the ContainerSource's Deployment (retried on the next pass)");

@@ -194,10 +194,15 @@ pub fn desired(
     }
 }
 
+/// What was applied to one subject, and the subject's generation after it.
+type Applied = BTreeMap<(ObjectRef, String, String, String), (Value, Option<i64>)>;
+
 /// The SinkBinding loop state: what was applied, by (binding, subject kind, namespace, name).
+/// An unchanged body is not sent again unless the subject's spec changed since (its
+/// generation moved: someone may have edited the env), which is then put back.
 #[derive(Default)]
 pub struct Bindings {
-    applied: BTreeMap<(ObjectRef, String, String, String), Value>,
+    applied: Applied,
 }
 
 impl Bindings {
@@ -246,7 +251,7 @@ impl Bindings {
         b: &SinkBinding,
         sink: &BoundSink,
         wanted: &mut BTreeMap<(String, String, String), BTreeSet<String>>,
-        applied_now: &mut BTreeMap<(ObjectRef, String, String, String), Value>,
+        applied_now: &mut Applied,
     ) -> Outcome {
         let s = &b.spec.subject;
         let mut out = Outcome::default();
@@ -323,14 +328,16 @@ impl Bindings {
             let body = patch_body(&ar, &value, sink);
             let key = (r.object(), ar.kind.clone(), ns.clone(), name.clone());
             let current = binding_managers(&subject).contains(&manager);
-            if current && self.applied.get(&key) == Some(&body) {
-                applied_now.insert(key, body);
+            let generation = subject.metadata.generation;
+            if current && self.applied.get(&key) == Some(&(body.clone(), generation)) {
+                applied_now.insert(key, (body, generation));
                 out.bound += 1;
                 continue;
             }
             let pp = PatchParams::apply(&manager).force();
             match api.patch(&name, &pp, &Patch::Apply(&body)).await {
-                Ok(_) => {
+                Ok(o) => {
+                    let body = (body, o.metadata.generation);
                     tracing::info!(binding = %format!("{}/{}", r.namespace, r.name), subject = %format!("{} {ns}/{name}", ar.kind), sink = %sink.sink, "K_SINK written");
                     applied_now.insert(key, body);
                     out.bound += 1;

@@ -201,6 +201,23 @@ spec:
     })
     .await;
 
+    // Someone edits K_SINK by hand: the controller puts the source's back.
+    kube.kubectl(&[
+        "set",
+        "env",
+        "deployment/beat-deployment",
+        "-n",
+        ns,
+        "K_SINK=http://wrong.example/",
+    ])
+    .await
+    .unwrap();
+    eventually(T, "K_SINK put back", || async {
+        let d = get_json(kube, &["deployment/beat-deployment", "-n", ns]).await?;
+        (env_value(&d, 0, "K_SINK").as_deref() == Some("http://elsewhere.example/")).then_some(())
+    })
+    .await;
+
     // The data plane never ran the command (it would have by now: the source has existed
     // through several of its topology rebuilds).
     assert!(
@@ -354,6 +371,17 @@ async fn a_sink_binding_writes_k_sink_into_its_subjects_keeps_it_current_and_rem
     .await;
     eventually(T, "web's K_SINK follows the sink", || async {
         let env = deployment_env(kube, ns, "web", 1).await;
+        env.contains(&("K_SINK".into(), "http://moved.example/".into()))
+            .then_some(())
+    })
+    .await;
+
+    // Someone takes K_SINK out by hand: the binding puts it back.
+    kube.kubectl(&["set", "env", "deployment/web", "-n", ns, "K_SINK-"])
+        .await
+        .unwrap();
+    eventually(T, "web's K_SINK put back", || async {
+        let env = deployment_env(kube, ns, "web", 0).await;
         env.contains(&("K_SINK".into(), "http://moved.example/".into()))
             .then_some(())
     })

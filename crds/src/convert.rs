@@ -1376,7 +1376,8 @@ fn container_source(
         return None;
     }
     let sink = sink?;
-    let fingerprint = fingerprint_of(spec, &sink.to_string());
+    // The sink and overrides may come from a SinkBinding: a change there restarts the process.
+    let fingerprint = fingerprint_of(spec, &format!("{sink} {extensions:?}"));
     Some(ContainerSource {
         key: Key::new(&r.namespace, &r.name),
         argv,

@@ -352,6 +352,14 @@ fn a_sink_binding_gives_its_container_source_the_sink_in_embedded_mode() {
         assert_eq!(c.sink.to_string(), broker_url, "{subject}");
         assert_eq!(c.extensions["team"], "blue");
     }
+    // A change of the binding's overrides restarts the process (its fingerprint changes).
+    let subject = "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, name: beat}";
+    let blue = build_str(&binding(subject)).unwrap();
+    let red = build_str(&binding(subject).replace("team: blue", "team: red")).unwrap();
+    assert_ne!(
+        blue.container_sources[&key].fingerprint,
+        red.container_sources[&key].fingerprint
+    );
     // Not the subject: the source keeps its own sink.
     let t = build_str(&binding(
         "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, name: other}",

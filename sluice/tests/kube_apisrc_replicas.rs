@@ -186,6 +186,7 @@ spec:
     // Kill the runner: the other replica takes over once the Lease expires (15 s). What
     // changed in between is in the new runner's first list, its baseline: not emitted.
     dataplanes[runner].take().unwrap().kill().await;
+    let killed = tokio::time::Instant::now();
     configmap(kube, ns, "during-handover").await;
     eventually(
         Duration::from_secs(90),
@@ -193,6 +194,10 @@ spec:
         || async { (runs(planes[other].1, ns, "watch").await == Some(true)).then_some(()) },
     )
     .await;
+    eprintln!(
+        "handover after the runner was killed: {:?}",
+        killed.elapsed()
+    );
     configmap(kube, ns, "after").await;
     eventually(T, "the change after the handover", || async {
         names(&sink).contains(&"after".to_string()).then_some(())
@@ -227,12 +232,14 @@ spec:
     })
     .await;
     dataplanes[other].take().unwrap().terminate().await;
+    let stopped = tokio::time::Instant::now();
     eventually(
         Duration::from_secs(10),
         "the third replica runs the source soon after the graceful stop",
         || async { (runs(admin, ns, "watch").await == Some(true)).then_some(()) },
     )
     .await;
+    eprintln!("handover after a graceful stop: {:?}", stopped.elapsed());
     configmap(kube, ns, "last").await;
     eventually(T, "the change after the graceful handover", || async {
         names(&sink).contains(&"last".to_string()).then_some(())

@@ -47,9 +47,9 @@ impl Drop for Watches {
     }
 }
 
-/// The kinds watched: everything `sluice_crds` turns into topology in Kubernetes mode
-/// (Knative Serving's Service is Knative Serving's in a cluster; ContainerSource runs in
-/// embedded mode only).
+/// The kinds the data plane watches: everything `sluice_crds` turns into topology in
+/// Kubernetes mode (Knative Serving's Service is Knative Serving's in a cluster;
+/// ContainerSource and SinkBinding are run by pods, see [`controller_kinds`]).
 pub fn kinds() -> Vec<ApiResource> {
     use sluice_crds::{flows, messaging, transform};
     vec![
@@ -70,14 +70,32 @@ pub fn kinds() -> Vec<ApiResource> {
     ]
 }
 
+/// The kinds the controller watches: the data plane's, and the kinds whose pods it writes
+/// (ContainerSource: a Deployment; SinkBinding: `K_SINK` in its subjects).
+pub fn controller_kinds() -> Vec<ApiResource> {
+    let mut k = kinds();
+    k.push(ApiResource::erase::<
+        sluice_crds::k8s_sources::ContainerSource,
+    >(&()));
+    k.push(ApiResource::erase::<sluice_crds::k8s_sources::SinkBinding>(
+        &(),
+    ));
+    k
+}
+
 impl Cluster {
-    /// Starts watching every kind, cluster-wide.
+    /// Starts watching the data plane's kinds ([`kinds`]), cluster-wide.
     pub fn watch(client: Client) -> (Cluster, Watches) {
+        Cluster::watch_kinds(client, kinds())
+    }
+
+    /// Starts watching `kinds`, cluster-wide.
+    pub fn watch_kinds(client: Client, kinds: Vec<ApiResource>) -> (Cluster, Watches) {
         let (tx, changes) = watch::channel(0u64);
         let tx = Arc::new(tx);
         let mut stores = Vec::new();
         let mut tasks = Vec::new();
-        for ar in kinds() {
+        for ar in kinds {
             let (store, task) = watch_kind(&client, ar.clone(), &tx);
             stores.push((ar, store));
             tasks.push(task);

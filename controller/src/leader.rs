@@ -99,8 +99,19 @@ fn spec_for(cfg: &LeaseConfig, now: Timestamp, previous: Option<&LeaseSpec>) -> 
 /// Runs the election until `stop`; the receiver says whether this replica leads. On stop a
 /// leader gives the Lease up (empty holder) so a successor need not wait for it to expire.
 pub fn elect(client: Client, cfg: LeaseConfig, stop: CancellationToken) -> watch::Receiver<bool> {
+    elect_until_released(client, cfg, stop).0
+}
+
+/// [`elect`], with the election task: awaiting it after `stop` waits until a leader has given
+/// the Lease up, so a process that exits next hands over without the successor waiting for
+/// the Lease to expire.
+pub fn elect_until_released(
+    client: Client,
+    cfg: LeaseConfig,
+    stop: CancellationToken,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
         // The last time we know our lease was written; leadership ends before it can expire.
         let mut renewed_at: Option<tokio::time::Instant> = None;
@@ -129,7 +140,7 @@ pub fn elect(client: Client, cfg: LeaseConfig, stop: CancellationToken) -> watch
             release(&api, &cfg).await;
         }
     });
-    rx
+    (rx, task)
 }
 
 /// One look at the Lease; Ok(true) when we hold it after this round.

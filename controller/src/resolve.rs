@@ -147,6 +147,8 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
             // Kubernetes mode yet (they run in embedded mode).
             Resource::ConfigMap(_)
             | Resource::ContainerSource(_)
+            // The controller resolves these itself (`sluice_crds::bound_sinks`).
+            | Resource::SinkBinding(_)
             | Resource::Channel(_)
             | Resource::InMemoryChannel(_)
             | Resource::KafkaChannel(_)

@@ -17,7 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::{json, Value};
 use sluice_core::topology::{Kind, ObjectRef};
-use sluice_crds::k8s_sources::{ApiServerSource, ContainerSource};
+use sluice_crds::k8s_sources::{ApiServerSource, ContainerSource, SinkBinding};
 use sluice_crds::sources::{KafkaSource, PingSource};
 use sluice_crds::types::{Broker, Trigger};
 use sluice_crds::{flows, messaging, transform};
@@ -48,7 +48,12 @@ pub struct ControllerConfig {
 
 /// Runs until `stop` is cancelled.
 pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken) {
-    let (cluster, _watches) = Cluster::watch(client.clone());
+    let (cluster, _watches) =
+        Cluster::watch_kinds(client.clone(), crate::cluster::controller_kinds());
+    // Pods Sluice writes: ContainerSource Deployments (and their status).
+    let mut deployments = crate::containersource::Deployments::watch(&client);
+    let mut deployment_changes = deployments.changes();
+    let mut bindings = crate::sinkbinding::Bindings::default();
     let mut leading = elect(client.clone(), cfg.lease.clone(), stop.clone());
     let mut changes = cluster.changes();
     tokio::select! {
@@ -68,10 +73,13 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         tokio::select! {
             _ = stop.cancelled() => break,
             r = changes.changed() => if r.is_err() { break },
+            r = deployment_changes.changed() => if r.is_err() { break },
             r = leading.changed() => {
                 if r.is_err() { break }
                 // Someone else may have written while we were not leading.
                 written.clear();
+                deployments.forget();
+                bindings.forget();
             }
             _ = tick.tick() => {}
         }
@@ -91,13 +99,22 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
         let view: DataplaneView = observe(&client, &http, &cfg.replicas).await;
         tls_settings(&mut addressing, &resources, cfg.tls_ca.as_deref());
-        let want = desired(&World {
+        let mut want = desired(&World {
             resources: &resources,
             topology: &topology,
             errors: &errors,
             dataplane: &view,
             addressing: &addressing,
         });
+        // The kinds pods run (ContainerSource, SinkBinding): what to write into the pods,
+        // and their status.
+        let bound = sluice_crds::bound_sinks(&resources, &defaults);
+        deployments
+            .reconcile(&client, &resources, &bound, &mut want)
+            .await;
+        bindings
+            .reconcile(&client, &resources, &bound, &mut want)
+            .await;
         let now = now();
         for r in &resources {
             let obj = r.object();
@@ -176,6 +193,7 @@ fn current_status(r: &Loaded) -> Value {
         R::KafkaSource(o) => serde_json::to_value(&o.status),
         R::ApiServerSource(o) => serde_json::to_value(&o.status),
         R::ContainerSource(o) => serde_json::to_value(&o.status),
+        R::SinkBinding(o) => serde_json::to_value(&o.status),
         R::Channel(o) => serde_json::to_value(&o.status),
         R::InMemoryChannel(o) => serde_json::to_value(&o.status),
         R::KafkaChannel(o) => serde_json::to_value(&o.status),
@@ -198,6 +216,7 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::KafkaSource => apply::<KafkaSource>(client, r, status).await,
         Kind::ApiServerSource => apply::<ApiServerSource>(client, r, status).await,
         Kind::ContainerSource => apply::<ContainerSource>(client, r, status).await,
+        Kind::SinkBinding => apply::<SinkBinding>(client, r, status).await,
         Kind::Channel => apply::<messaging::Channel>(client, r, status).await,
         Kind::InMemoryChannel => apply::<messaging::InMemoryChannel>(client, r, status).await,
         Kind::KafkaChannel => apply::<messaging::KafkaChannel>(client, r, status).await,

@@ -109,6 +109,7 @@ impl Addressing {
     pub fn defaults(&self) -> sluice_crds::Defaults {
         let mut d = sluice_crds::Defaults::new(self.ingress_base());
         d.cluster_domain = self.cluster_domain.clone();
+        d.kubernetes = true;
         d
     }
 }
@@ -535,7 +536,7 @@ fn is_broker_ref(e: &LoadError) -> bool {
 }
 
 /// The message of a spec problem, without the file-oriented origin of embedded mode.
-fn message(e: &LoadError) -> String {
+pub(crate) fn message(e: &LoadError) -> String {
     match &e.field {
         Some(f) => format!("field `{f}`: {}", e.message),
         None => e.message.clone(),

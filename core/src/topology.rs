@@ -130,6 +130,8 @@ pub enum Kind {
     KafkaSource,
     ApiServerSource,
     ContainerSource,
+    /// `sources.knative.dev/v1` SinkBinding (the sink given to another object's processes).
+    SinkBinding,
     ConfigMap,
     /// `messaging.knative.dev/v1` Channel (its storage is picked by `channelTemplate`).
     Channel,
@@ -160,6 +162,7 @@ impl Kind {
             Kind::KafkaSource => "KafkaSource",
             Kind::ApiServerSource => "ApiServerSource",
             Kind::ContainerSource => "ContainerSource",
+            Kind::SinkBinding => "SinkBinding",
             Kind::ConfigMap => "ConfigMap",
             Kind::Channel => "Channel",
             Kind::InMemoryChannel => "InMemoryChannel",
@@ -182,6 +185,7 @@ impl Kind {
             "KafkaSource" => Kind::KafkaSource,
             "ApiServerSource" => Kind::ApiServerSource,
             "ContainerSource" => Kind::ContainerSource,
+            "SinkBinding" => Kind::SinkBinding,
             "ConfigMap" => Kind::ConfigMap,
             "Channel" => Kind::Channel,
             "InMemoryChannel" => Kind::InMemoryChannel,

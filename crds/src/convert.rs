@@ -50,6 +50,9 @@ pub struct Defaults {
     /// Addresses of objects of other kinds, looked up beforehand (Kubernetes mode), or why
     /// there is none.
     pub addressables: BTreeMap<AddressableRef, Result<Url, String>>,
+    /// Kubernetes mode: ContainerSources and SinkBindings are run by pods (the controller
+    /// writes their `K_SINK`), not by the data plane, so they add nothing to the topology.
+    pub kubernetes: bool,
 }
 
 impl Defaults {
@@ -62,6 +65,7 @@ impl Defaults {
             memory_max_bytes: ChannelConfig::DEFAULT_MEMORY_MAX_BYTES,
             cluster_domain: "cluster.local".into(),
             addressables: BTreeMap::new(),
+            kubernetes: false,
         }
     }
 }
@@ -108,6 +112,23 @@ pub fn build(resources: &[Loaded], defaults: &Defaults) -> Result<Topology, Vec<
 /// found. An object with a problem is left out (its [`LoadError::object`] says which), so one
 /// bad edit never stops the others from being applied on a reload.
 pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Vec<LoadError>) {
+    let mut ctx = context(resources, defaults);
+    let mut topology = Topology::default();
+    for r in resources {
+        if let Resource::Broker(b) = &r.resource {
+            if let Some(broker) = broker(&mut ctx, r, b) {
+                topology
+                    .brokers
+                    .insert(broker.key.clone(), Arc::new(broker));
+            }
+        }
+    }
+    build_rest(ctx, resources, topology)
+}
+
+/// What every resource can refer to (brokers, ConfigMaps, channels, flows, ...), registered
+/// before anything is converted; duplicate names are reported here.
+pub(crate) fn context<'a>(resources: &'a [Loaded], defaults: &'a Defaults) -> Ctx<'a> {
     let mut ctx = Ctx {
         defaults,
         brokers: HashSet::new(),
@@ -142,17 +163,15 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
         }
     }
     crate::convert_flows::register(&mut ctx, resources);
+    ctx
+}
 
-    let mut topology = Topology::default();
-    for r in resources {
-        if let Resource::Broker(b) = &r.resource {
-            if let Some(broker) = broker(&mut ctx, r, b) {
-                topology
-                    .brokers
-                    .insert(broker.key.clone(), Arc::new(broker));
-            }
-        }
-    }
+/// Everything after the brokers (triggers need them), in dependency order.
+fn build_rest<'a>(
+    mut ctx: Ctx<'a>,
+    resources: &'a [Loaded],
+    mut topology: Topology,
+) -> (Topology, Vec<LoadError>) {
     for r in resources {
         if let Resource::Trigger(t) = &r.resource {
             if let Some(sub) = trigger(&mut ctx, r, t, &topology) {
@@ -187,13 +206,16 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
                         .insert(source.key.clone(), Arc::new(source));
                 }
             }
+            // Kubernetes mode: pods run it (the controller makes its Deployment).
+            Resource::ContainerSource(_) if ctx.defaults.kubernetes => {}
             Resource::ContainerSource(c) => {
-                if let Some(source) = container_source(&mut ctx, r, c) {
+                if let Some(source) = container_source(&mut ctx, resources, r, c) {
                     topology
                         .container_sources
                         .insert(source.key.clone(), Arc::new(source));
                 }
             }
+            Resource::SinkBinding(b) => crate::convert_bindings::check_binding(&mut ctx, r, b),
             Resource::Service(s) => {
                 if let Some(service) = service(&mut ctx, r, s) {
                     topology
@@ -768,6 +790,7 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
         }
         Resource::ApiServerSource(a) => out.push(&a.spec.sink),
         Resource::ContainerSource(c) => out.push(&c.spec.sink),
+        Resource::SinkBinding(b) => out.push(&b.spec.sink),
         Resource::Channel(c) => out.extend(dls(c.spec.delivery.as_ref())),
         Resource::InMemoryChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
         Resource::KafkaChannel(c) => out.extend(dls(c.spec.delivery.as_ref())),
@@ -811,7 +834,7 @@ pub(crate) fn fingerprint_of(spec: &impl serde::Serialize, resolved: &str) -> u6
 
 /// `ceOverrides.extensions`: names must be legal CloudEvents extension names and must not
 /// replace the attributes the source itself sets.
-fn ce_overrides(
+pub(crate) fn ce_overrides(
     ctx: &mut Ctx,
     r: &Loaded,
     o: Option<&crate::sources::CloudEventOverrides>,
@@ -1258,6 +1281,7 @@ fn apiserver_source(
 /// ignored).
 fn container_source(
     ctx: &mut Ctx,
+    resources: &[Loaded],
     r: &Loaded,
     c: &crate::k8s_sources::ContainerSource,
 ) -> Option<ContainerSource> {
@@ -1316,13 +1340,44 @@ fn container_source(
         .and_then(|c| c.get("workingDir"))
         .and_then(|w| w.as_str())
         .map(str::to_string);
-    let extensions = ce_overrides(ctx, r, spec.ce_overrides.as_ref());
-    let sink = resolve(ctx, r, &spec.sink, "spec.sink");
+    // A SinkBinding naming this source gives the sink (its problems are the binding's own).
+    let (extensions, sink) = match crate::convert_bindings::binding_of(resources, r) {
+        Some(
+            binding @ Loaded {
+                resource: Resource::SinkBinding(b),
+                ..
+            },
+        ) => {
+            // Resolved as the binding's (its problems are reported on it, once).
+            let mut scratch = context(resources, ctx.defaults);
+            scratch.errors.clear();
+            let extensions = ce_overrides(&mut scratch, binding, b.spec.ce_overrides.as_ref());
+            let sink = resolve(&mut scratch, binding, &b.spec.sink, "spec.sink");
+            if let Some(e) = scratch.errors.first() {
+                ctx.error(
+                    r,
+                    "spec.sink",
+                    format!(
+                        "comes from SinkBinding {}, whose `{}` has a problem: {}",
+                        binding.name,
+                        e.field.as_deref().unwrap_or("spec"),
+                        e.message
+                    ),
+                );
+            }
+            (extensions, sink)
+        }
+        _ => (
+            ce_overrides(ctx, r, spec.ce_overrides.as_ref()),
+            resolve(ctx, r, &spec.sink, "spec.sink"),
+        ),
+    };
     if ctx.errors.len() > before {
         return None;
     }
     let sink = sink?;
-    let fingerprint = fingerprint_of(spec, &sink.to_string());
+    // The sink and overrides may come from a SinkBinding: a change there restarts the process.
+    let fingerprint = fingerprint_of(spec, &format!("{sink} {extensions:?}"));
     Some(ContainerSource {
         key: Key::new(&r.namespace, &r.name),
         argv,

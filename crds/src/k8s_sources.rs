@@ -3,9 +3,11 @@
 //!
 //! Their CRDs are served (`crate::crds`) so that Knative YAML applies unchanged. An
 //! ApiServerSource runs in both modes (it becomes a `sluice_core::topology::ApiServerSource`
-//! in `convert.rs`; `sluice_sources::apiserver` watches the cluster); a ContainerSource runs
-//! in embedded mode as a local process (`sluice_sources::container`); nothing runs
-//! SinkBinding yet, and embedded mode (`sluice run`) says so when it meets one (`load.rs`). Like the other specs these deny unknown fields.
+//! in `convert.rs`; `sluice_sources::apiserver` watches the cluster). A ContainerSource runs
+//! in embedded mode as a local process (`sluice_sources::container`) and in Kubernetes mode
+//! as a Deployment the controller writes. A SinkBinding gives `K_SINK` to its subjects: pod
+//! templates in Kubernetes mode (the controller), a ContainerSource's process in embedded mode
+//! (`convert_bindings.rs`). Like the other specs these deny unknown fields.
 
 // `#[kube(printcolumn(name = .., type_ = ..), printcolumn(..))]` repeats keys by design.
 #![allow(clippy::duplicated_attributes)]

@@ -13,11 +13,13 @@
 //! Embedded mode feeds files through this; Kubernetes mode will feed reflector caches through
 //! the same `build`, so both report the same messages.
 //!
-//! Kubernetes mode also serves kinds that do not run there yet (EventType, SinkBinding,
-//! ContainerSource): their types are here so that their CRDs ([`crds`]) accept
-//! Knative YAML unchanged and the controller can give them a status.
+//! Kubernetes mode also serves kinds whose work is done by pods (ContainerSource,
+//! SinkBinding: the controller writes `K_SINK` into their pod templates, from
+//! [`bound_sinks`]) or that do not run yet (EventType): their types are here so that their
+//! CRDs ([`crds`]) accept Knative YAML unchanged and the controller can give them a status.
 
 pub mod convert;
+mod convert_bindings;
 mod convert_flows;
 mod convert_transform;
 pub mod crds;
@@ -33,5 +35,6 @@ pub mod transform;
 pub mod types;
 
 pub use convert::{build, build_lenient, external_refs, AddressableRef, Defaults};
+pub use convert_bindings::{bound_sinks, k_ce_overrides, BoundSink, CONTAINER_SOURCE_SUBJECT};
 pub use crds::{crd_files, crds, crds_yaml, write_crd_files};
 pub use load::{parse_yaml, parse_yaml_lenient, LoadError, Loaded, Resource};

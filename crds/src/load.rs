@@ -4,7 +4,7 @@
 //! path, so `sluice run` can say exactly what to fix.
 
 use crate::flows::{Parallel, Sequence};
-use crate::k8s_sources::{ApiServerSource, ContainerSource};
+use crate::k8s_sources::{ApiServerSource, ContainerSource, SinkBinding};
 use crate::messaging::{
     Channel, InMemoryChannel, KafkaChannel, NatsJetStreamChannel, Subscription,
 };
@@ -31,6 +31,7 @@ pub enum Resource {
     KafkaSource(Box<KafkaSource>),
     ApiServerSource(Box<ApiServerSource>),
     ContainerSource(Box<ContainerSource>),
+    SinkBinding(Box<SinkBinding>),
     Channel(Box<Channel>),
     InMemoryChannel(Box<InMemoryChannel>),
     KafkaChannel(Box<KafkaChannel>),
@@ -66,6 +67,7 @@ impl Resource {
             Resource::EventTransform(_) => Kind::EventTransform,
             Resource::ApiServerSource(_) => Kind::ApiServerSource,
             Resource::ContainerSource(_) => Kind::ContainerSource,
+            Resource::SinkBinding(_) => Kind::SinkBinding,
             Resource::Service(_) => Kind::Service,
         }
     }
@@ -143,14 +145,13 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource and KafkaSource (v1beta1 too), serving.knative.dev/v1 Service (run as local processes), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource, SinkBinding (subject: a ContainerSource) and KafkaSource (v1beta1 too), serving.knative.dev/v1 Service (run as local processes), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
 pub const KUBERNETES_ONLY: &[(&str, &str)] = &[
     ("eventing.knative.dev/v1beta3", "EventType"),
     ("eventing.knative.dev/v1beta2", "EventType"),
-    ("sources.knative.dev/v1", "SinkBinding"),
 ];
 
 /// Parses every document of a YAML file. `file` names it in errors.
@@ -292,6 +293,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "KafkaSource" => Some(Kind::KafkaSource),
         "ApiServerSource" => Some(Kind::ApiServerSource),
         "ContainerSource" => Some(Kind::ContainerSource),
+        "SinkBinding" => Some(Kind::SinkBinding),
         "ConfigMap" => Some(Kind::ConfigMap),
         "Channel" => Some(Kind::Channel),
         "InMemoryChannel" => Some(Kind::InMemoryChannel),
@@ -321,6 +323,9 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         }
         ("sources.knative.dev/v1", "ContainerSource") => {
             Resource::ContainerSource(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("sources.knative.dev/v1", "SinkBinding") => {
+            Resource::SinkBinding(Box::new(typed(value, &origin, &describe, &object)?))
         }
         // Knative serves KafkaSource as v1beta1; the spec is the same.
         ("sources.knative.dev/v1" | "sources.knative.dev/v1beta1", "KafkaSource") => {
@@ -458,14 +463,14 @@ data:
         assert!(e.to_string().contains("not supported"), "{e}");
 
         let e = parse_yaml(
-            "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {name: c}\nspec: {}\n",
+            "apiVersion: eventing.knative.dev/v1beta3\nkind: EventType\nmetadata: {name: c}\nspec: {}\n",
             "c.yaml",
         )
         .unwrap_err();
-        assert_eq!(e.resource.as_deref(), Some("SinkBinding default/c"));
+        assert_eq!(e.resource.as_deref(), Some("EventType default/c"));
         assert!(
             e.message.contains(
-                "`sources.knative.dev/v1` `SinkBinding` is not supported in embedded mode yet"
+                "`eventing.knative.dev/v1beta3` `EventType` is not supported in embedded mode yet"
             ),
             "{e}"
         );

@@ -324,3 +324,94 @@ fn lenient_build_keeps_the_valid_objects_and_names_the_bad_one() {
         Key::new("default", "bad")
     );
 }
+
+const CONTAINER_SOURCE: &str = r#"
+apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {name: beat, labels: {app: beat}}
+spec:
+  template: {spec: {containers: [{image: x, command: [/bin/true]}]}}
+  sink: {uri: "http://own.example/"}
+"#;
+
+#[test]
+fn a_sink_binding_gives_its_container_source_the_sink_in_embedded_mode() {
+    let binding = |subject: &str| {
+        format!(
+            "{BROKER}---{CONTAINER_SOURCE}---\napiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {{name: b}}\nspec:\n  subject: {subject}\n  sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}}}\n  ceOverrides: {{extensions: {{team: blue}}}}\n"
+        )
+    };
+    let key = Key::new("default", "beat");
+    let broker_url = "http://127.0.0.1:8080/default/default";
+    for subject in [
+        "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, name: beat}",
+        "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, selector: {matchLabels: {app: beat}}}",
+    ] {
+        let t = build_str(&binding(subject)).unwrap();
+        let c = &t.container_sources[&key];
+        assert_eq!(c.sink.to_string(), broker_url, "{subject}");
+        assert_eq!(c.extensions["team"], "blue");
+    }
+    // A change of the binding's overrides restarts the process (its fingerprint changes).
+    let subject = "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, name: beat}";
+    let blue = build_str(&binding(subject)).unwrap();
+    let red = build_str(&binding(subject).replace("team: blue", "team: red")).unwrap();
+    assert_ne!(
+        blue.container_sources[&key].fingerprint,
+        red.container_sources[&key].fingerprint
+    );
+    // Not the subject: the source keeps its own sink.
+    let t = build_str(&binding(
+        "{apiVersion: sources.knative.dev/v1, kind: ContainerSource, name: other}",
+    ))
+    .unwrap();
+    assert_eq!(
+        t.container_sources[&key].sink.to_string(),
+        "http://own.example/"
+    );
+    // Embedded mode binds only local processes.
+    let errors = build_str(&binding(
+        "{apiVersion: apps/v1, kind: Deployment, name: web}",
+    ))
+    .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("field `spec.subject`") && errors[0].contains("needs Kubernetes mode"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn bound_sinks_resolve_container_sources_and_sink_bindings_and_name_their_problems() {
+    let yaml = format!(
+        "{BROKER}---{CONTAINER_SOURCE}---\napiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata: {{name: bad}}\nspec:\n  subject: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: missing}}}}\n"
+    );
+    let loaded = parse_yaml(&yaml, "t.yaml").unwrap();
+    let mut d = defaults();
+    d.kubernetes = true;
+    let sinks = sluice_crds::bound_sinks(&loaded, &d);
+    let beat = sinks
+        .iter()
+        .find(|(o, _)| o.key.name == "beat")
+        .unwrap()
+        .1
+        .as_ref()
+        .unwrap();
+    assert_eq!(beat.sink, "http://own.example/");
+    assert_eq!(beat.ce_overrides, None);
+    let bad = sinks.iter().find(|(o, _)| o.key.name == "bad").unwrap().1;
+    let errors = bad.as_ref().unwrap_err();
+    assert_eq!(
+        errors[0].field.as_deref(),
+        Some("spec.sink.ref"),
+        "{errors:?}"
+    );
+    // Kubernetes mode: neither kind is run by the data plane, and a Deployment subject is fine.
+    let (t, errors) = build_lenient(&loaded, &d);
+    assert!(t.container_sources.is_empty());
+    assert!(
+        errors.iter().all(|e| !e.to_string().contains("subject")),
+        "{errors:?}"
+    );
+}

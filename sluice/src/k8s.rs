@@ -9,6 +9,7 @@ use crate::tls::IngressTls;
 use anyhow::Context as _;
 use axum::routing::get;
 use sluice_controller::dataplane::Replicas;
+use sluice_controller::leader::LeaseConfig;
 use sluice_controller::{Addressing, Cluster, ControllerConfig};
 use sluice_core::topology::Topology;
 use std::sync::Arc;
@@ -113,8 +114,22 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     let addressing = addressing(&args.kube);
     let mut defaults = addressing.defaults();
     args.node.apply_to(&mut defaults);
-    let (cluster, _watches) = Cluster::watch(client);
-    tracing::info!("listing the resources in the cluster");
+    let (cluster, _watches) = Cluster::watch(client.clone());
+    // One replica runs the ApiServerSources (each would otherwise emit every change once
+    // per replica): the holder of this Lease.
+    let stop = CancellationToken::new();
+    let identity = format!(
+        "{}_{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice-dataplane".into()),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let lease = LeaseConfig {
+        name: APISERVER_SOURCES_LEASE.into(),
+        ..LeaseConfig::new(&args.kube.system_namespace, &identity)
+    };
+    let (runs_apiserver_sources, election) =
+        sluice_controller::leader::elect_until_released(client, lease, stop.clone());
+    tracing::info!(identity, "listing the resources in the cluster");
     cluster.ready().await;
     let (loaded, unreadable) = snapshot(&cluster);
     let mut tls = tls;
@@ -136,10 +151,17 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         addressing,
     };
     follow_tls.apply(&loaded, &mut defaults);
-    let (first, problems) = load::rebuild(&loaded, unreadable, &defaults, &Topology::default());
+    let (mut first, problems) = load::rebuild(&loaded, unreadable, &defaults, &Topology::default());
+    keep_apiserver_sources(&mut first, *runs_apiserver_sources.borrow());
     report(&first, &problems);
     let (topology_tx, topology_rx) = watch::channel(Arc::new(first));
-    let follower = tokio::spawn(follow(cluster, defaults, follow_tls, topology_tx));
+    let follower = tokio::spawn(follow(
+        cluster,
+        defaults,
+        follow_tls,
+        topology_tx,
+        runs_apiserver_sources,
+    ));
     let result = serve(
         &args.node,
         tls,
@@ -148,8 +170,24 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         wait_for_signal(),
     )
     .await;
+    // Give the ApiServerSources' Lease back, so another replica runs them at once rather
+    // than after the Lease expires.
     follower.abort();
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     result
+}
+
+/// The Lease (in the system namespace) whose holder among the data-plane replicas runs every
+/// ApiServerSource.
+pub const APISERVER_SOURCES_LEASE: &str = "sluice-apiserversources";
+
+/// A replica that does not hold [`APISERVER_SOURCES_LEASE`] runs no ApiServerSource. It does
+/// not report them either, so their status is the runner's report alone.
+fn keep_apiserver_sources(t: &mut Topology, runner: bool) {
+    if !runner {
+        t.apiserver_sources.clear();
+    }
 }
 
 /// Publishes a new topology after every change in the cluster (a short debounce gathers a
@@ -159,15 +197,24 @@ async fn follow(
     mut defaults: sluice_crds::Defaults,
     tls: FollowTls,
     topology: watch::Sender<Arc<Topology>>,
+    mut runner: watch::Receiver<bool>,
 ) {
     let mut changes = cluster.changes();
-    while changes.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            r = runner.changed() => {
+                if r.is_err() { return }
+                tracing::info!(runner = *runner.borrow(), "this replica {} the ApiServerSources", if *runner.borrow() { "now runs" } else { "no longer runs" });
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         changes.borrow_and_update();
         let previous = topology.borrow().clone();
         let (loaded, unreadable) = snapshot(&cluster);
         tls.apply(&loaded, &mut defaults);
-        let (t, problems) = load::rebuild(&loaded, unreadable, &defaults, &previous);
+        let (mut t, problems) = load::rebuild(&loaded, unreadable, &defaults, &previous);
+        keep_apiserver_sources(&mut t, *runner.borrow_and_update());
         report(&t, &problems);
         topology.send_replace(Arc::new(t));
     }

@@ -117,3 +117,59 @@ async fn a_container_source_process_posts_to_k_sink_is_restarted_and_stopped_on_
     .await;
     assert_eq!(sink.count(), 2);
 }
+
+/// Posts one event to $K_SINK with $K_CE_OVERRIDES as data, then stays up.
+const BOUND_SCRIPT: &str = r#"#!/bin/sh
+curl -s -o /dev/null -X POST "$K_SINK" \
+  -H "ce-specversion: 1.0" -H "ce-id: bound-1" -H "ce-type: from-script" -H "ce-source: /script" \
+  -H "content-type: application/json" --data "$K_CE_OVERRIDES"
+exec sleep 1000
+"#;
+
+/// Embedded mode: a SinkBinding whose subject is a ContainerSource gives that local process
+/// its K_SINK and K_CE_OVERRIDES (the binding's win over the source's own sink).
+#[tokio::test]
+async fn a_sink_binding_gives_a_container_source_process_its_sink() {
+    let sink = Sink::ok().await;
+    let dir = test_dir("container-source-bound");
+    let work = test_dir("container-source-bound-work");
+    std::fs::write(work.join("source.sh"), BOUND_SCRIPT).unwrap();
+    let mut y = yaml(&work, &sink.url(), false);
+    y.push_str(&format!(
+        r#"---
+apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {{name: script, namespace: default, labels: {{app: heartbeat}}}}
+spec:
+  template:
+    spec:
+      containers:
+        - command: ["/bin/sh", "{script}"]
+  # Nobody listens here: the binding's sink is used instead.
+  sink: {{uri: "http://127.0.0.1:9/"}}
+---
+apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {{name: bind, namespace: default}}
+spec:
+  subject:
+    apiVersion: sources.knative.dev/v1
+    kind: ContainerSource
+    selector: {{matchLabels: {{app: heartbeat}}}}
+  sink:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+  ceOverrides: {{extensions: {{bound: "yes"}}}}
+"#,
+        script = work.join("source.sh").display()
+    ));
+    std::fs::write(dir.join("resources.yaml"), &y).unwrap();
+    let _s = Sluice::start_in(dir, &[]).await;
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(got[0].header("ce-id"), Some("bound-1"));
+    assert!(
+        got[0].header("ce-knativearrivaltime").is_some(),
+        "through the broker"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body, serde_json::json!({"extensions": {"bound": "yes"}}));
+}

@@ -461,6 +461,59 @@ pub fn permission_message(
     )
 }
 
+/// The message when the data plane may not impersonate the source's `serviceAccountName`.
+/// Impersonation is opt-in in a cluster (it lets the data plane act as any ServiceAccount),
+/// so the message says exactly how to turn it on.
+pub fn impersonation_message(user: &str, namespace: &str, service_account: &str) -> String {
+    format!(
+        "User {user} cannot impersonate ServiceAccount {namespace}/{service_account} (spec.serviceAccountName). \
+         Impersonation is off by default; to enable it, install with the Helm value \
+         `apiServerSource.impersonation=true`, or add `optional/apiserversource-impersonation.yaml` \
+         to the resources of deploy/kustomization.yaml (another identity needs the `impersonate` \
+         verb on `serviceaccounts`). Or remove serviceAccountName to watch as Sluice's own identity"
+    )
+}
+
+/// Whether the process's own identity may impersonate the source's ServiceAccount.
+async fn check_impersonation(own: &kube::Client, spec: &ApiServerSource) -> Result<(), Health> {
+    let Some(sa) = &spec.service_account else {
+        return Ok(());
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(spec.key.namespace.clone()),
+                verb: Some("impersonate".into()),
+                group: Some(String::new()),
+                resource: Some("serviceaccounts".into()),
+                name: Some(sa.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let allowed = Api::<SelfSubjectAccessReview>::all(own.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| Health::NotReady(format!("cannot check the source's permissions: {e}")))?
+        .status
+        .is_some_and(|s| s.allowed);
+    if allowed {
+        return Ok(());
+    }
+    let own_spec = ApiServerSource {
+        service_account: None,
+        ..(*spec).clone()
+    };
+    let user = user_name(own, &own_spec).await;
+    Err(Health::Denied(impersonation_message(
+        &user,
+        &spec.key.namespace,
+        sa,
+    )))
+}
+
 /// One watch target, resolved.
 struct Target {
     ar: ApiResource,
@@ -635,6 +688,17 @@ pub(crate) async fn run(
         .to_string()
         .trim_end_matches('/')
         .to_string();
+    let own = match kube::Client::try_from(config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            set(
+                &health,
+                Health::NotReady(format!("cannot make a Kubernetes client: {e}")),
+            );
+            cancel.cancelled().await;
+            return;
+        }
+    };
     let client = match client_for(&spec, &config) {
         Ok(c) => c,
         Err(e) => {
@@ -651,6 +715,7 @@ pub(crate) async fn run(
     let ctx = RunCtx {
         spec,
         env,
+        own,
         client,
         source_url,
         memory,
@@ -671,6 +736,8 @@ pub(crate) async fn run(
 struct RunCtx {
     spec: Arc<ApiServerSource>,
     env: Env,
+    /// The process's own identity (it impersonates `serviceAccountName` through `client`).
+    own: kube::Client,
     client: kube::Client,
     source_url: String,
     memory: Memory,
@@ -705,6 +772,7 @@ async fn run_round(
 ) -> Option<()> {
     let RunCtx {
         spec,
+        own,
         client,
         memory,
         health,
@@ -714,6 +782,7 @@ async fn run_round(
     let mut backoff = BACKOFF_MIN;
     let targets = loop {
         let attempt = async {
+            check_impersonation(own, spec).await?;
             let t = targets(client, spec).await.map_err(Health::NotReady)?;
             check_permissions(client, spec, &t).await?;
             Ok::<_, Health>(t)

@@ -910,7 +910,6 @@ async fn deploy_gives_controller_and_data_plane_least_privilege() {
         ("get", "secrets"),
         ("list", "secrets"),
         ("create", "pods"),
-        ("create", "deployments.apps"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ] {
@@ -923,12 +922,63 @@ async fn deploy_gives_controller_and_data_plane_least_privilege() {
         let got = can(kube, dataplane, &[verb, "configmaps", "-A"]).await;
         check("dataplane", verb, "configmaps", &["-A"], true, got);
     }
+    // The controller writes the pods of the kinds pods run: a ContainerSource's Deployment,
+    // a SinkBinding's K_SINK in its subjects' templates. The data plane writes no workload.
+    for (verb, what, allowed) in [
+        ("create", "deployments.apps", true),
+        ("patch", "deployments.apps", true),
+        ("delete", "deployments.apps", true),
+        ("patch", "statefulsets.apps", true),
+        ("patch", "daemonsets.apps", true),
+        ("patch", "replicasets.apps", true),
+        ("create", "statefulsets.apps", false),
+        ("delete", "statefulsets.apps", false),
+    ] {
+        let got = can(kube, controller, &[verb, what, "-A"]).await;
+        check("controller", verb, what, &["-A"], allowed, got);
+        let got = can(kube, dataplane, &[verb, what, "-A"]).await;
+        check("dataplane", verb, what, &["-A"], false, got);
+    }
+    // The data plane elects the runner of the ApiServerSources on a Lease in its namespace,
+    // and may not impersonate (opt-in: deploy/optional/apiserversource-impersonation.yaml).
+    for verb in ["get", "create", "update"] {
+        let got = can(
+            kube,
+            dataplane,
+            &[verb, "leases.coordination.k8s.io", "-n", "sluice-system"],
+        )
+        .await;
+        check(
+            "dataplane",
+            verb,
+            "leases",
+            &["-n sluice-system"],
+            true,
+            got,
+        );
+        let got = can(
+            kube,
+            dataplane,
+            &[verb, "leases.coordination.k8s.io", "-n", "default"],
+        )
+        .await;
+        check("dataplane", verb, "leases", &["-n default"], false, got);
+    }
+    let got = can(kube, dataplane, &["impersonate", "serviceaccounts", "-A"]).await;
+    check(
+        "dataplane",
+        "impersonate",
+        "serviceaccounts",
+        &["-A"],
+        false,
+        got,
+    );
     for (verb, what) in [
         ("list", "services"),
         ("list", "namespaces"),
         ("list", "endpointslices.discovery.k8s.io"),
         ("create", "events"),
-        ("get", "leases.coordination.k8s.io"),
+        ("delete", "leases.coordination.k8s.io"),
         ("update", "configmaps"),
     ] {
         let got = can(kube, dataplane, &[verb, what, "-n", "sluice-system"]).await;

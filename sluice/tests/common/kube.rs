@@ -48,6 +48,17 @@ impl Proc {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// SIGTERM, then waits for the process to exit (a graceful stop).
+    pub async fn terminate(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(T, self.child.wait()).await;
+    }
 }
 
 pub async fn apply(kube: &KubeServer, yaml: &str) {

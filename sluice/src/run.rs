@@ -91,7 +91,11 @@ pub async fn serve(
 
     // serving.knative.dev/v1 Services: local processes behind the activator, reached on the
     // ingress at /<ns>/services/<name>.
-    let services = Arc::new(LocalServices::new());
+    // Events waiting in a trigger's channel for a Service count as its demand.
+    let backlogs = dataplane.backlogs();
+    let services = Arc::new(
+        LocalServices::new().with_backlog(Arc::new(move |url| backlogs.waiting_for(url.as_str()))),
+    );
     let services_stop = CancellationToken::new();
     let services_task = tokio::spawn(services_loop(
         services.clone(),

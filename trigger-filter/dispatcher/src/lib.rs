@@ -48,7 +48,7 @@ use sluice_channels::{Channel, ChannelError};
 use sluice_core::metrics::Metrics;
 use sluice_core::status::StatusBoard;
 use sluice_core::topology::{ChannelConfig, Key, ObjectRef, Topology};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -71,8 +71,42 @@ pub fn subscription_id(trigger: &Key) -> String {
     format!("{}/{}", trigger.namespace, trigger.name)
 }
 
+/// Per subscriber URL, the events waiting in channels for the subscriptions that POST to it
+/// (their backlog, [`Channel::backlog`]). The reconciler republishes the table whenever its
+/// workers change; readers (the autoscaler, every tick) ask the channels at read time, so
+/// the numbers are current without the reconciler doing anything per tick.
+#[derive(Clone, Default)]
+pub struct Backlogs(Arc<RwLock<Vec<BacklogSource>>>);
+
+/// One subscription whose worker POSTs to `url`.
+#[derive(Clone)]
+pub(crate) struct BacklogSource {
+    pub(crate) url: String,
+    pub(crate) channel: Arc<dyn Channel>,
+    pub(crate) id: String,
+}
+
+impl Backlogs {
+    /// Events waiting for `url` in all the channels that can tell; `None` when no running
+    /// subscription delivers there (or none of their channels can tell).
+    pub fn waiting_for(&self, url: &str) -> Option<u64> {
+        let want = url.trim_end_matches('/');
+        let sources = self.0.read().unwrap_or_else(|e| e.into_inner());
+        sources
+            .iter()
+            .filter(|s| s.url.trim_end_matches('/') == want)
+            .filter_map(|s| s.channel.backlog(&s.id))
+            .reduce(|a, b| a + b)
+    }
+
+    pub(crate) fn publish(&self, sources: Vec<BacklogSource>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = sources;
+    }
+}
+
 /// A running data plane: the reconciler task and a way to stop it.
 pub struct Dataplane {
+    backlogs: Backlogs,
     task: JoinHandle<()>,
     shutdown: oneshot::Sender<(Duration, oneshot::Sender<ShutdownReport>)>,
     applied: watch::Receiver<u64>,
@@ -90,9 +124,18 @@ impl Dataplane {
     ) -> Self {
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (applied_tx, applied) = watch::channel(0);
-        let r = reconcile::Reconciler::new(ingress, metrics, factory, status, applied_tx);
+        let backlogs = Backlogs::default();
+        let r = reconcile::Reconciler::new(
+            ingress,
+            metrics,
+            factory,
+            status,
+            applied_tx,
+            backlogs.clone(),
+        );
         let task = tokio::spawn(r.run(topology, shutdown_rx));
         Dataplane {
+            backlogs,
             task,
             shutdown,
             applied,
@@ -104,6 +147,11 @@ impl Dataplane {
     pub async fn applied(&self) {
         let mut rx = self.applied.clone();
         let _ = rx.wait_for(|n| *n > 0).await;
+    }
+
+    /// The backlog per subscriber URL, for the autoscaler.
+    pub fn backlogs(&self) -> Backlogs {
+        self.backlogs.clone()
     }
 
     /// How many topologies have been applied so far (tests wait on it).

@@ -288,6 +288,7 @@ fn report_services(
         metrics.autoscaler_panic.remove(&l);
         metrics.activator_queue_depth.remove(&l);
         metrics.activator_in_flight.remove(&l);
+        metrics.autoscaler_backlog.remove(&l);
     }
     *shown = now;
     for s in stats {
@@ -317,6 +318,10 @@ fn report_services(
             .activator_in_flight
             .get_or_create(&l)
             .set(s.in_flight as i64);
+        metrics
+            .autoscaler_backlog
+            .get_or_create(&l)
+            .set(s.backlog as i64);
         let obj = ObjectRef::new(Kind::Service, key);
         let status = match (t.invalid.get(&obj), &s.problem) {
             (Some(problem), _) => Status::not_ready(1, "InvalidSpec", problem.clone()),

@@ -393,6 +393,11 @@ async fn a_backlog_in_the_trigger_channel_scales_the_service() {
         (service_status(&s).await["backlog"].as_u64() > Some(0)).then_some(())
     })
     .await;
+    let svc = "{namespace=\"default\",service=\"fn\"}";
+    eventually(T, "the backlog gauge", || async {
+        (s.metric(&format!("sluice_autoscaler_backlog{svc}")).await > 0.0).then_some(())
+    })
+    .await;
     eventually(T, "more than one ready replica", || async {
         (service_status(&s).await["readyReplicas"].as_u64() > Some(1)).then_some(())
     })
@@ -412,11 +417,14 @@ async fn a_backlog_in_the_trigger_channel_scales_the_service() {
         "no replica had more than containerConcurrency requests"
     );
     let labels = "{namespace=\"default\",broker=\"default\",trigger=\"to-fn\"}";
-    assert_eq!(
-        s.metric(&format!("sluice_events_delivered_total{labels}"))
-            .await,
-        n as f64
-    );
+    // The replica logs before it answers: the last deliveries are counted a moment later.
+    eventually(T, "every delivery counted", || async {
+        let delivered = s
+            .metric(&format!("sluice_events_delivered_total{labels}"))
+            .await;
+        (delivered == n as f64).then_some(())
+    })
+    .await;
     assert_eq!(
         s.metric(&format!("sluice_events_dead_lettered_total{labels}"))
             .await,

@@ -171,3 +171,46 @@ impl Dataplane {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_channels::memory::MemoryChannel;
+    use sluice_channels::SubscriptionSpec;
+    use sluice_core::topology::StartFrom;
+    use sluice_core::{Envelope, Event, SpecVersion};
+
+    #[tokio::test]
+    async fn backlogs_add_up_per_subscriber_url() {
+        let ch = Arc::new(MemoryChannel::new(100));
+        let spec = |id: &str| SubscriptionSpec {
+            id: id.into(),
+            start_from: StartFrom::Latest,
+            ordered: false,
+        };
+        let _a = ch.subscribe(spec("default/a")).await.unwrap();
+        let _b = ch.subscribe(spec("default/b")).await.unwrap();
+        for i in 0..3 {
+            let e = Event::new(SpecVersion::V10, format!("e{i}"), "/t", "t");
+            ch.publish(Envelope::new(e)).await.unwrap();
+        }
+        let backlogs = Backlogs::default();
+        let fn_url = "http://127.0.0.1:8080/default/services/fn";
+        let source = |url: &str, id: &str| BacklogSource {
+            url: url.into(),
+            channel: ch.clone(),
+            id: id.into(),
+        };
+        backlogs.publish(vec![
+            source(fn_url, "default/a"),
+            source(fn_url, "default/b"),
+            source("http://elsewhere/", "default/b"),
+        ]);
+        // Two triggers deliver to the Service: both queues count; a trailing slash is the
+        // same URL.
+        assert_eq!(backlogs.waiting_for(fn_url), Some(6));
+        assert_eq!(backlogs.waiting_for(&format!("{fn_url}/")), Some(6));
+        assert_eq!(backlogs.waiting_for("http://elsewhere"), Some(3));
+        assert_eq!(backlogs.waiting_for("http://nobody/"), None);
+    }
+}

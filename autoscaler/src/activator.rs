@@ -33,6 +33,8 @@ pub struct Load {
     pub ready: u32,
     pub queued: usize,
     pub in_flight: u64,
+    /// Events waiting in channels for the Service (last reported).
+    pub backlog: u64,
 }
 
 struct Inner {
@@ -41,12 +43,18 @@ struct Inner {
     waiters: HashMap<WaitId, oneshot::Sender<(ReplicaId, SocketAddr)>>,
     addrs: HashMap<ReplicaId, SocketAddr>,
     windows: ConcurrencyWindows,
+    /// Events waiting in channels for this Service, as last reported.
+    backlog: u64,
 }
 
 impl Inner {
     /// The demand changed: record it for the windows.
     fn touch(&mut self) {
-        let demand = self.gate.in_flight() + self.gate.queued() as u64;
+        let demand = crate::demand::demand(
+            self.gate.in_flight(),
+            self.gate.queued() as u64,
+            self.backlog,
+        );
         self.windows.set(Instant::now(), demand);
     }
 
@@ -87,6 +95,7 @@ impl Activator {
                 waiters: HashMap::new(),
                 addrs: HashMap::new(),
                 windows: ConcurrencyWindows::new(Instant::now(), windows),
+                backlog: 0,
             }),
             poke: Notify::new(),
             finished: Notify::new(),
@@ -193,6 +202,16 @@ impl Activator {
         inner.touch();
     }
 
+    /// Events waiting in channels for this Service now (the scaler samples it every tick):
+    /// counted as demand ([`crate::demand`]).
+    pub fn set_backlog(&self, backlog: u64) {
+        let mut inner = self.lock();
+        if inner.backlog != backlog {
+            inner.backlog = backlog;
+            inner.touch();
+        }
+    }
+
     /// `containerConcurrency` changed.
     pub fn set_concurrency(&self, container_concurrency: u32) {
         let mut inner = self.lock();
@@ -206,10 +225,11 @@ impl Activator {
             ready: inner.gate.ready(),
             queued: inner.gate.queued(),
             in_flight: inner.gate.in_flight(),
+            backlog: inner.backlog,
         }
     }
 
-    /// Average demand (requests queued or in flight) over the two windows.
+    /// Average demand (requests queued or in flight, channel backlog) over the two windows.
     pub fn averages(&self, now: Instant, stable: Duration, panic: Duration) -> (f64, f64) {
         let mut inner = self.lock();
         (
@@ -317,7 +337,8 @@ mod tests {
             Load {
                 ready: 1,
                 queued: 0,
-                in_flight: 0
+                in_flight: 0,
+                backlog: 0
             }
         );
     }
@@ -366,7 +387,8 @@ mod tests {
             Load {
                 ready: 1,
                 queued: 1,
-                in_flight: 1
+                in_flight: 1,
+                backlog: 0
             }
         );
         drop(lease);
@@ -419,6 +441,33 @@ mod tests {
         );
         assert!((panic - 4.0).abs() < 1e-6, "{panic}");
         assert!((stable - 4.0).abs() < 1e-6, "{stable}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backlog_counts_as_demand() {
+        let a = Activator::new(1, 10, Duration::from_secs(60));
+        a.add_replica(1, addr(1));
+        let lease = a.acquire(Duration::from_secs(1)).await.unwrap();
+        // One request in flight, 9 events waiting in the trigger's channel.
+        a.set_backlog(9);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let (_, panic) = a.averages(
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::from_secs(6),
+        );
+        assert!((panic - 10.0).abs() < 1e-6, "{panic}");
+        assert_eq!(a.load().backlog, 9);
+        // Drained: only the request in flight is left.
+        a.set_backlog(0);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let (_, panic) = a.averages(
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::from_secs(6),
+        );
+        assert!((panic - 1.0).abs() < 1e-6, "{panic}");
+        drop(lease);
     }
 
     async fn futures_lite(a: &Arc<Activator>, n: usize) -> Vec<Lease> {

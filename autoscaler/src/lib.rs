@@ -5,12 +5,14 @@
 //!
 //! ```text
 //! request ──▶ activator (gate: queue while at zero, in-flight ≤ ready × containerConcurrency)
-//!                │ demand (queued + in flight)            ▲ ready replicas
+//!                │ demand (in flight + queued + channel backlog)   ▲ ready replicas
 //!                ▼                                        │
 //!          metrics windows ──▶ KPA decision (pure) ──▶ scaler (local processes)
 //! ```
 //!
 //! - [`spec`]: `autoscaling.knative.dev/*` annotations → a validated `ScalingSpec`;
+//! - [`demand`]: what the windows record — requests in flight and held, plus the events
+//!   waiting in channels for the Service (its backlog);
 //! - [`metrics`]: time-weighted concurrency in one-second buckets, averaged over the stable
 //!   and panic windows;
 //! - [`kpa`]: the decision, a pure function of the observation and the time;
@@ -22,6 +24,7 @@
 //! Only tokio time is used, so every loop is tested with paused time.
 
 pub mod activator;
+pub mod demand;
 pub mod gate;
 pub mod kpa;
 pub mod local;

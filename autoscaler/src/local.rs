@@ -12,6 +12,9 @@
 //!   connection, or, with a `readinessProbe.httpGet`, when that path answers 2xx/3xx.
 //! - Scale-down never drops work: the replica chosen gets no new requests, finishes those in
 //!   flight (up to `timeoutSeconds`), then gets SIGTERM (SIGKILL 10 s later if still alive).
+//! - Demand is what the activator holds plus, every tick, the events waiting in channels for
+//!   the Service (its backlog, from the [`BacklogFn`] given to [`LocalServices::with_backlog`];
+//!   the rule is in [`crate::demand`]).
 //! - A request waits for a replica at most `timeoutSeconds` (in all, answer included);
 //!   a full activator queue or that timeout is a 503 with `Retry-After`, which delivery
 //!   retries, so an event is not lost while a Service scales from zero.
@@ -41,8 +44,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How often a starting replica is probed.
-const PROBE_PERIOD: Duration = Duration::from_millis(50);
+/// How often a starting replica is probed: often, since every period of a cold start is
+/// added to the first request's latency, and a connect to a loopback port costs nothing.
+const PROBE_PERIOD: Duration = Duration::from_millis(5);
 /// How long a replica may take to become ready before it is replaced.
 const START_DEADLINE: Duration = Duration::from_secs(120);
 /// Between SIGTERM and SIGKILL.
@@ -62,6 +66,8 @@ pub struct ServiceStats {
     pub in_flight: u64,
     /// Requests waiting in the activator.
     pub queued: usize,
+    /// Events waiting in channels for the Service (counted as demand).
+    pub backlog: u64,
     pub panic: bool,
     /// The last replica start that failed, if any.
     pub problem: Option<String>,
@@ -77,12 +83,17 @@ struct Running {
 
 type Table = Arc<RwLock<HashMap<Key, Arc<Running>>>>;
 
+/// Events waiting in channels for a Service, by its address (`None`: nothing delivers there
+/// or the channels cannot tell).
+pub type BacklogFn = Arc<dyn Fn(&url::Url) -> Option<u64> + Send + Sync>;
+
 /// The Services of embedded mode.
 pub struct LocalServices {
     table: Table,
     client: Client<HttpConnector, Body>,
     /// Services being stopped (their replicas finishing requests), awaited on shutdown.
     stopping: Mutex<Vec<JoinHandle<()>>>,
+    backlog: Option<BacklogFn>,
 }
 
 impl Default for LocalServices {
@@ -97,7 +108,15 @@ impl LocalServices {
             table: Arc::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             stopping: Mutex::default(),
+            backlog: None,
         }
+    }
+
+    /// Counts the events waiting in channels for each Service as demand (sampled every
+    /// tick).
+    pub fn with_backlog(mut self, backlog: BacklogFn) -> Self {
+        self.backlog = Some(backlog);
+        self
     }
 
     /// Runs the Services of `topology`: new ones start, removed ones stop (their replicas
@@ -120,7 +139,10 @@ impl LocalServices {
             });
             for (key, service) in &topology.services {
                 if !table.contains_key(key) {
-                    table.insert(key.clone(), Arc::new(start(service.clone())));
+                    table.insert(
+                        key.clone(),
+                        Arc::new(start(service.clone(), self.backlog.clone())),
+                    );
                 }
             }
         }
@@ -162,6 +184,7 @@ impl LocalServices {
                 s.ready = load.ready;
                 s.queued = load.queued;
                 s.in_flight = load.in_flight;
+                s.backlog = load.backlog;
                 s
             })
             .collect();
@@ -191,7 +214,7 @@ async fn wait_stopped(r: &Running) {
     }
 }
 
-fn start(service: Arc<Service>) -> Running {
+fn start(service: Arc<Service>, backlog: Option<BacklogFn>) -> Running {
     let activator = Activator::new(
         service.container_concurrency,
         DEFAULT_QUEUE_CAPACITY,
@@ -207,6 +230,7 @@ fn start(service: Arc<Service>) -> Running {
         service.clone(),
         activator.clone(),
         stats.clone(),
+        backlog,
         stop.clone(),
     ));
     Running {
@@ -231,6 +255,7 @@ async fn scale_loop(
     service: Arc<Service>,
     activator: Arc<Activator>,
     stats: Arc<Mutex<ServiceStats>>,
+    backlog: Option<BacklogFn>,
     stop: CancellationToken,
 ) {
     let spec = &service.scaling;
@@ -288,6 +313,9 @@ async fn scale_loop(
         }
         stopping.retain(|t| !t.is_finished());
 
+        if let Some(backlog) = &backlog {
+            activator.set_backlog(backlog(&service.address).unwrap_or(0));
+        }
         let now = Instant::now();
         let load = activator.load();
         let (stable, panic) = activator.averages(now, spec.stable_window, panic_window(spec));

@@ -13,10 +13,14 @@
 //!                                            sink: latency = arrival − ce-benchts
 //! ```
 //!
+//! Autoscaled Services (A1–A4, [`autoscale`]) run on their own with `--only a1,a2,a3,a4` and
+//! write their own report section.
+//!
 //! Modules: [`load`] (the generator), [`durable`] (raw Kafka / NATS clients), [`sink`], [`search`] (the rate search), [`stats`]
 //! (accounting and formatting), [`sluice`] (the child process and its resources), [`proc`]
 //! (`/proc` readings and the shared clock), [`scenarios`], [`report`].
 
+mod autoscale;
 mod durable;
 mod load;
 mod proc;
@@ -47,7 +51,20 @@ pub struct Args {
     /// Event data sizes in bytes for S1.
     #[arg(long, value_delimiter = ',', default_value = "128,1024,8192")]
     pub sizes: Vec<usize>,
-    /// Scenarios to run (baseline is run with S1 and for the half-load comparison).
+    /// A2: events in the backlog.
+    #[arg(long, default_value_t = 10_000)]
+    pub backlog_events: u64,
+    /// A2: the function's delay per event, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub backlog_delay_ms: u64,
+    /// A3: the step's rate (events/s).
+    #[arg(long, default_value_t = 200)]
+    pub step_rate: u64,
+    /// A3: how long the step's load lasts, in seconds.
+    #[arg(long, default_value_t = 40.0)]
+    pub step_load_secs: f64,
+    /// Scenarios to run (baseline is run with S1 and for the half-load comparison); `a1`–`a4`
+    /// (autoscaled Services) run on their own, without the `s` ones.
     #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s5,s6,s7")]
     pub only: Vec<String>,
     /// Load generator connections (each one request at a time).
@@ -206,6 +223,17 @@ fn main() -> anyhow::Result<()> {
     let main_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if args.only.iter().any(|s| s.starts_with(['a', 'A'])) {
+        let md = main_rt.block_on(autoscale::run(&args, &bin));
+        match &args.report {
+            Some(path) => {
+                std::fs::write(path, &md)?;
+                eprintln!("sluice-bench: report written to {}", path.display());
+            }
+            None => println!("{md}"),
+        }
+        return Ok(());
+    }
     let sink = sink_rt.block_on(sink::Sink::start())?;
     let results = main_rt.block_on(scenarios::run_all(
         &args,

@@ -177,6 +177,15 @@ pub trait Channel: Send + Sync + 'static {
         None
     }
 
+    /// Events stored for subscription `id` that its worker has not taken yet (its backlog),
+    /// when the channel can tell cheaply and without I/O. The autoscaler counts them as
+    /// demand for the subscriber (SEMANTICS.md §7: a backlog scales the sink even though
+    /// the dispatcher holds the requests). `None`: unknown (the default; Kafka and NATS do
+    /// not report it yet).
+    fn backlog(&self, _id: &str) -> Option<u64> {
+        None
+    }
+
     /// Lets go of the channel: flushes and commits what is finished. Called once, after
     /// every subscription's worker has stopped.
     async fn close(&self) {}

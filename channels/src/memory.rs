@@ -278,6 +278,10 @@ impl Channel for MemoryChannel {
     fn pending(&self) -> Option<usize> {
         Some(self.held.events.load(Ordering::Acquire))
     }
+
+    fn backlog(&self, id: &str) -> Option<u64> {
+        Some(MemoryChannel::backlog(self, id) as u64)
+    }
 }
 
 struct MemorySubscription {

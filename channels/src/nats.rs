@@ -178,6 +178,7 @@ pub struct NatsChannel {
 struct SubHandle {
     close: Arc<watch::Sender<bool>>,
     done: watch::Receiver<bool>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for NatsChannel {
@@ -407,6 +408,7 @@ impl Channel for NatsChannel {
                 SubHandle {
                     close: close_tx.clone(),
                     done: done_rx,
+                    shared: shared.clone(),
                 },
             );
         Ok(Box::new(NatsSubscription {
@@ -450,6 +452,17 @@ impl Channel for NatsChannel {
     fn redelivers_with_delay(&self) -> bool {
         true
     }
+
+    /// The consumer's pending count as of the last message pulled (JetStream puts it in
+    /// every message's metadata, so no request is made) plus what is pulled and not yet
+    /// taken by the worker. Stale while the worker takes nothing (every delivery slot busy):
+    /// it then under-reports a backlog that keeps growing, never over-reports.
+    fn backlog(&self, id: &str) -> Option<u64> {
+        let subs = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = &subs.get(id)?.shared;
+        let buffered = shared.buffer().iter().filter(|m| m.is_ok()).count() as u64;
+        Some(shared.pending.load(std::sync::atomic::Ordering::Relaxed) + buffered)
+    }
 }
 
 /// What the pump, the ackers and `next()` share.
@@ -463,6 +476,8 @@ struct Shared {
     /// Reply subjects of messages this process holds (buffered or handed out, not yet
     /// acked), which get progress acks.
     held: Mutex<HashMap<String, async_nats::Subject>>,
+    /// Messages the consumer has not delivered yet, as of the last one pulled.
+    pending: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -478,6 +493,10 @@ impl Shared {
 
     fn push(&self, item: Result<jetstream::Message, ChannelError>) {
         if let Ok(m) = &item {
+            if let Ok(info) = m.info() {
+                self.pending
+                    .store(info.pending, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(reply) = &m.reply {
                 self.held().insert(reply.to_string(), reply.clone());
             }

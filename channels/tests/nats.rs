@@ -192,3 +192,30 @@ async fn the_stream_is_bounded_and_refuses_rather_than_discards() {
     assert_eq!(m.envelope.event.id(), "first");
     m.ack();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_counts_what_the_subscriber_has_not_taken() {
+    let server = sluice_tests::start_nats().await;
+    let ch = channel(&server, "backlog", Duration::from_secs(30)).await;
+    let mut sub = ch.subscribe(spec("ns/slow")).await.unwrap();
+    assert_eq!(ch.backlog("ns/unknown"), None);
+    for i in 0..10 {
+        publish_eventually(&ch, event(&format!("e{i}"))).await;
+    }
+    let first = next(&mut sub).await;
+    // Pending at the server plus pulled into the buffer: everything not taken.
+    let deadline = Instant::now() + DEADLINE;
+    while ch.backlog("ns/slow") != Some(9) {
+        assert!(
+            Instant::now() < deadline,
+            "backlog {:?}, want Some(9)",
+            ch.backlog("ns/slow")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.ack();
+    for _ in 0..9 {
+        next(&mut sub).await.ack();
+    }
+    assert_eq!(ch.backlog("ns/slow"), Some(0));
+}

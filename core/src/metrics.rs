@@ -99,6 +99,8 @@ pub struct Metrics {
     pub activator_queue_depth: Family<ServiceLabels, Gauge>,
     /// Requests sent to replicas and not answered yet.
     pub activator_in_flight: Family<ServiceLabels, Gauge>,
+    /// Events waiting in channels for a Service (counted as its demand).
+    pub autoscaler_backlog: Family<ServiceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -130,6 +132,7 @@ impl Metrics {
             autoscaler_panic: Family::default(),
             activator_queue_depth: Family::default(),
             activator_in_flight: Family::default(),
+            autoscaler_backlog: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,6 +229,11 @@ impl Metrics {
             "activator_in_flight",
             "Requests sent to a Service's replicas and not answered yet",
             m.activator_in_flight.clone(),
+        );
+        registry.register(
+            "autoscaler_backlog",
+            "Events waiting in trigger channels for a Service, counted as its demand",
+            m.autoscaler_backlog.clone(),
         );
         Metrics { registry, ..m }
     }

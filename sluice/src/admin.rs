@@ -292,6 +292,7 @@ async fn topology(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                     m.insert("readyReplicas".into(), st.ready.into());
                     m.insert("inFlight".into(), st.in_flight.into());
                     m.insert("queued".into(), st.queued.into());
+                    m.insert("backlog".into(), st.backlog.into());
                     m.insert("panic".into(), st.panic.into());
                 }
                 services.push(v);

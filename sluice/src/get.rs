@@ -219,7 +219,7 @@ pub fn render(v: &Value) -> String {
     if !services.is_empty() {
         out.push('\n');
         out.push_str(&format!(
-            "{:<16} {:<24} {:<8} {:>7} {:>6} {:>5} {:>8} {:>6} {:<5} {:<40} REASON\n",
+            "{:<16} {:<24} {:<8} {:>7} {:>6} {:>5} {:>8} {:>6} {:>7} {:<5} {:<40} REASON\n",
             "NAMESPACE",
             "SERVICE",
             "READY",
@@ -228,6 +228,7 @@ pub fn render(v: &Value) -> String {
             "RDY",
             "INFLIGHT",
             "QUEUED",
+            "BACKLOG",
             "PANIC",
             "URL"
         ));
@@ -235,7 +236,7 @@ pub fn render(v: &Value) -> String {
         for svc in &services {
             let (ready, reason) = ready_cols(svc);
             out.push_str(&format!(
-                "{:<16} {:<24} {:<8} {:>7} {:>6} {:>5} {:>8} {:>6} {:<5} {:<40} {}\n",
+                "{:<16} {:<24} {:<8} {:>7} {:>6} {:>5} {:>8} {:>6} {:>7} {:<5} {:<40} {}\n",
                 s(svc, "namespace"),
                 s(svc, "name"),
                 ready,
@@ -244,6 +245,7 @@ pub fn render(v: &Value) -> String {
                 n(svc, "readyReplicas"),
                 n(svc, "inFlight"),
                 n(svc, "queued"),
+                n(svc, "backlog"),
                 if svc["panic"].as_bool() == Some(true) {
                     "yes"
                 } else {

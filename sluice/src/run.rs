@@ -113,7 +113,11 @@ pub async fn serve(
 
     // serving.knative.dev/v1 Services: local processes behind the activator, reached on the
     // ingress at /<ns>/services/<name>.
-    let services = Arc::new(LocalServices::new());
+    // Events waiting in a trigger's channel for a Service count as its demand.
+    let backlogs = dataplane.backlogs();
+    let services = Arc::new(
+        LocalServices::new().with_backlog(Arc::new(move |url| backlogs.waiting_for(url.as_str()))),
+    );
     let services_stop = CancellationToken::new();
     let services_task = tokio::spawn(services_loop(
         services.clone(),
@@ -366,6 +370,7 @@ fn report_services(
         metrics.autoscaler_panic.remove(&l);
         metrics.activator_queue_depth.remove(&l);
         metrics.activator_in_flight.remove(&l);
+        metrics.autoscaler_backlog.remove(&l);
     }
     *shown = now;
     for s in stats {
@@ -395,6 +400,10 @@ fn report_services(
             .activator_in_flight
             .get_or_create(&l)
             .set(s.in_flight as i64);
+        metrics
+            .autoscaler_backlog
+            .get_or_create(&l)
+            .set(s.backlog as i64);
         let obj = ObjectRef::new(Kind::Service, key);
         let status = match (t.invalid.get(&obj), &s.problem) {
             (Some(problem), _) => Status::not_ready(1, "InvalidSpec", problem.clone()),

@@ -48,7 +48,7 @@ use sluice_channels::{Channel, ChannelError};
 use sluice_core::metrics::Metrics;
 use sluice_core::status::StatusBoard;
 use sluice_core::topology::{ChannelConfig, Key, ObjectRef, Topology};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -71,8 +71,42 @@ pub fn subscription_id(trigger: &Key) -> String {
     format!("{}/{}", trigger.namespace, trigger.name)
 }
 
+/// Per subscriber URL, the events waiting in channels for the subscriptions that POST to it
+/// (their backlog, [`Channel::backlog`]). The reconciler republishes the table whenever its
+/// workers change; readers (the autoscaler, every tick) ask the channels at read time, so
+/// the numbers are current without the reconciler doing anything per tick.
+#[derive(Clone, Default)]
+pub struct Backlogs(Arc<RwLock<Vec<BacklogSource>>>);
+
+/// One subscription whose worker POSTs to `url`.
+#[derive(Clone)]
+pub(crate) struct BacklogSource {
+    pub(crate) url: String,
+    pub(crate) channel: Arc<dyn Channel>,
+    pub(crate) id: String,
+}
+
+impl Backlogs {
+    /// Events waiting for `url` in all the channels that can tell; `None` when no running
+    /// subscription delivers there (or none of their channels can tell).
+    pub fn waiting_for(&self, url: &str) -> Option<u64> {
+        let want = url.trim_end_matches('/');
+        let sources = self.0.read().unwrap_or_else(|e| e.into_inner());
+        sources
+            .iter()
+            .filter(|s| s.url.trim_end_matches('/') == want)
+            .filter_map(|s| s.channel.backlog(&s.id))
+            .reduce(|a, b| a + b)
+    }
+
+    pub(crate) fn publish(&self, sources: Vec<BacklogSource>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = sources;
+    }
+}
+
 /// A running data plane: the reconciler task and a way to stop it.
 pub struct Dataplane {
+    backlogs: Backlogs,
     task: JoinHandle<()>,
     shutdown: oneshot::Sender<(Duration, oneshot::Sender<ShutdownReport>)>,
     applied: watch::Receiver<u64>,
@@ -90,9 +124,18 @@ impl Dataplane {
     ) -> Self {
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (applied_tx, applied) = watch::channel(0);
-        let r = reconcile::Reconciler::new(ingress, metrics, factory, status, applied_tx);
+        let backlogs = Backlogs::default();
+        let r = reconcile::Reconciler::new(
+            ingress,
+            metrics,
+            factory,
+            status,
+            applied_tx,
+            backlogs.clone(),
+        );
         let task = tokio::spawn(r.run(topology, shutdown_rx));
         Dataplane {
+            backlogs,
             task,
             shutdown,
             applied,
@@ -104,6 +147,11 @@ impl Dataplane {
     pub async fn applied(&self) {
         let mut rx = self.applied.clone();
         let _ = rx.wait_for(|n| *n > 0).await;
+    }
+
+    /// The backlog per subscriber URL, for the autoscaler.
+    pub fn backlogs(&self) -> Backlogs {
+        self.backlogs.clone()
     }
 
     /// How many topologies have been applied so far (tests wait on it).
@@ -121,5 +169,48 @@ impl Dataplane {
         let report = rx.await.unwrap_or_default();
         let _ = self.task.await;
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_channels::memory::MemoryChannel;
+    use sluice_channels::SubscriptionSpec;
+    use sluice_core::topology::StartFrom;
+    use sluice_core::{Envelope, Event, SpecVersion};
+
+    #[tokio::test]
+    async fn backlogs_add_up_per_subscriber_url() {
+        let ch = Arc::new(MemoryChannel::new(100));
+        let spec = |id: &str| SubscriptionSpec {
+            id: id.into(),
+            start_from: StartFrom::Latest,
+            ordered: false,
+        };
+        let _a = ch.subscribe(spec("default/a")).await.unwrap();
+        let _b = ch.subscribe(spec("default/b")).await.unwrap();
+        for i in 0..3 {
+            let e = Event::new(SpecVersion::V10, format!("e{i}"), "/t", "t");
+            ch.publish(Envelope::new(e)).await.unwrap();
+        }
+        let backlogs = Backlogs::default();
+        let fn_url = "http://127.0.0.1:8080/default/services/fn";
+        let source = |url: &str, id: &str| BacklogSource {
+            url: url.into(),
+            channel: ch.clone(),
+            id: id.into(),
+        };
+        backlogs.publish(vec![
+            source(fn_url, "default/a"),
+            source(fn_url, "default/b"),
+            source("http://elsewhere/", "default/b"),
+        ]);
+        // Two triggers deliver to the Service: both queues count; a trailing slash is the
+        // same URL.
+        assert_eq!(backlogs.waiting_for(fn_url), Some(6));
+        assert_eq!(backlogs.waiting_for(&format!("{fn_url}/")), Some(6));
+        assert_eq!(backlogs.waiting_for("http://elsewhere"), Some(3));
+        assert_eq!(backlogs.waiting_for("http://nobody/"), None);
     }
 }

@@ -107,6 +107,7 @@ pub(crate) struct Reconciler {
     /// Per object: the fingerprint last seen and its generation (bumped on each change).
     generations: HashMap<ObjectRef, (u64, i64)>,
     restarts: HashMap<ObjectRef, u32>,
+    backlogs: crate::Backlogs,
 }
 
 impl Reconciler {
@@ -116,6 +117,7 @@ impl Reconciler {
         factory: Box<dyn ChannelFactory>,
         status: Arc<StatusBoard>,
         applied: watch::Sender<u64>,
+        backlogs: crate::Backlogs,
     ) -> Self {
         Reconciler {
             ingress,
@@ -131,6 +133,7 @@ impl Reconciler {
             retiring: Vec::new(),
             generations: HashMap::new(),
             restarts: HashMap::new(),
+            backlogs,
         }
     }
 
@@ -172,6 +175,7 @@ impl Reconciler {
                         converged = self.reconcile(&current).await;
                     }
                     self.retire_drained().await;
+                    self.publish_backlogs();
                     self.report(&current);
                 }
                 cmd = &mut shutdown => {
@@ -191,6 +195,7 @@ impl Reconciler {
         self.track_generations(t);
         self.reconcile_channels(t).await;
         self.reconcile_workers(t).await;
+        self.publish_backlogs();
         self.publish_routes();
         self.publish_transforms(t);
         // Deleted brokers and channels leave the event-type registry.
@@ -496,6 +501,23 @@ impl Reconciler {
             tracing::error!(subscription = %owner, restarts = *n, "worker ended unexpectedly ({why}); restarting it");
         }
         !ended.is_empty()
+    }
+
+    /// Which channel subscriptions POST to which URL (retiring channels included: they
+    /// still hold events for the same subscriber).
+    fn publish_backlogs(&self) {
+        let running = self.workers.values();
+        let retiring = self.retiring.iter().flat_map(|r| r.workers.iter());
+        let sources = running
+            .chain(retiring)
+            .filter(|w| w.sub.subscriber_target.is_none())
+            .map(|w| crate::BacklogSource {
+                url: w.sub.subscriber.as_str().to_string(),
+                channel: w.channel.clone(),
+                id: w.sub.channel_id(),
+            })
+            .collect();
+        self.backlogs.publish(sources);
     }
 
     fn publish_routes(&self) {

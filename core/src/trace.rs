@@ -69,12 +69,19 @@ pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Option<
     if bytes.len() < 55 {
         return None;
     }
-    let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     let (version, trace_id, span_id, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
     if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
         return None;
     }
-    if ![version, trace_id, span_id, flags].iter().all(|s| lower_hex(s)) || version == "ff" {
+    if ![version, trace_id, span_id, flags]
+        .iter()
+        .all(|s| lower_hex(s))
+        || version == "ff"
+    {
         return None;
     }
     match (version, bytes.get(55)) {
@@ -172,6 +179,15 @@ pub fn inject_http(span: &Span, headers: &mut http::HeaderMap) {
         if !state.is_empty() {
             headers.insert(TRACESTATE, v);
         }
+    }
+}
+
+/// `messaging.destination.name` of a broker or messaging channel: its ingress path without
+/// the leading slash (`ns/broker`, `ns/channels/name`).
+pub fn destination_name(target: &crate::topology::ObjectRef) -> String {
+    match target.kind {
+        crate::topology::Kind::Broker => target.key.to_string(),
+        _ => format!("{}/channels/{}", target.key.namespace, target.key.name),
     }
 }
 
@@ -368,7 +384,11 @@ mod tests {
                 true,
                 "not sampled",
             ),
-            (" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ", true, "outer spaces"),
+            (
+                " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+                true,
+                "outer spaces",
+            ),
             (
                 "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
                 true,
@@ -427,9 +447,11 @@ mod tests {
         let cx = parse_traceparent(TP, Some("not a list entry")).unwrap();
         assert_eq!(cx.trace_state().header(), "");
         // Unknown flag bits are not passed on.
-        let cx =
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", None)
-                .unwrap();
+        let cx = parse_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+            None,
+        )
+        .unwrap();
         assert!(format_traceparent(&cx).unwrap().ends_with("-01"));
         assert_eq!(format_traceparent(&SpanContext::empty_context()), None);
     }

@@ -50,10 +50,12 @@ fn spans_link_through_headers_and_carry_cloudevents_attributes() {
 
     let spans = exporter.get_finished_spans().unwrap();
     let by_name = |n: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == n)
-            .unwrap_or_else(|| panic!("no `{n}` span in {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()))
+        spans.iter().find(|s| s.name == n).unwrap_or_else(|| {
+            panic!(
+                "no `{n}` span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
     };
     let (ingress, publish, deliver, attempt, reply) = (
         by_name("ingress"),
@@ -96,7 +98,10 @@ fn spans_link_through_headers_and_carry_cloudevents_attributes() {
     );
     assert_eq!(outgoing["traceparent"], tp(attempt).as_str());
 
-    assert_eq!(attr(ingress, "cloudevents.event_id").as_deref(), Some("e-1"));
+    assert_eq!(
+        attr(ingress, "cloudevents.event_id").as_deref(),
+        Some("e-1")
+    );
     assert_eq!(
         attr(ingress, "cloudevents.event_source").as_deref(),
         Some("/producer")
@@ -144,7 +149,12 @@ fn the_event_extension_is_the_parent_when_the_request_has_none() {
     tracing::subscriber::with_default(subscriber, || {
         // Process-wide; every test in this binary wants it on.
         trace::set_enabled(true);
-        let root = trace::source_emit("PingSource", "ns/p", &Event::new(SpecVersion::V10, "x", "/s", "t"), None);
+        let root = trace::source_emit(
+            "PingSource",
+            "ns/p",
+            &Event::new(SpecVersion::V10, "x", "/s", "t"),
+            None,
+        );
         let ingress = trace::ingress(&event, "ns/b", &http::HeaderMap::new());
         drop((root, ingress));
     });
@@ -156,5 +166,8 @@ fn the_event_extension_is_the_parent_when_the_request_has_none() {
     );
     let root = spans.iter().find(|s| s.name == "source emit").unwrap();
     assert_eq!(root.parent_span_id, SpanId::INVALID);
-    assert_eq!(attr(root, "sluice.source.kind").as_deref(), Some("PingSource"));
+    assert_eq!(
+        attr(root, "sluice.source.kind").as_deref(),
+        Some("PingSource")
+    );
 }

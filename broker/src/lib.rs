@@ -18,6 +18,10 @@
 //!
 //! Replies from subscribers come back through [`Ingress::publish`] with the same TTL rules
 //! and the same durability as producer events.
+//!
+//! With tracing on (`sluice_core::trace`), each event of a request gets an `ingress` span
+//! (its parent the request's `traceparent`, else the event's own extension) and a `channel
+//! publish` span whose context is stored with the event in place of the producer's.
 
 mod ttl;
 

@@ -14,6 +14,12 @@
 //!
 //! Delivery knows nothing of brokers, triggers or channels: a reply is handed back to the
 //! caller, which routes it.
+//!
+//! Tracing (`sluice_core::trace`, only when on): [`Sender::attempt_traced`] runs one attempt
+//! in a `deliver attempt` span, a child of the caller's current span, recording the status
+//! and retry number; the request's `traceparent` is that span's, so the sink continues the
+//! trace from the attempt. [`Sender::deliver`] traces every attempt this way, dead letters
+//! included.
 
 pub mod policy;
 mod tls;

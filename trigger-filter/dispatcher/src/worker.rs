@@ -7,6 +7,11 @@
 //! across all lanes, and a lane that is stuck behind a failing subscriber never stops the
 //! worker from feeding the other lanes (messages wait in the lane, within that bound).
 //!
+//! With tracing on, each message is delivered inside a `deliver` span whose parent is the
+//! context stored with it (the ingress's `channel publish` span), each attempt in a
+//! `deliver attempt` span, and a reply in a `reply` span under the attempt that got it, so
+//! the reply's own deliveries continue the same trace.
+//!
 //! Stopping (`stop` fires: the subscription was changed or deleted, or the drain period of a
 //! shutdown ended) is immediate: deliveries waiting between retries or in an attempt give
 //! up, and their messages go back to the channel unsettled — in their original order for an

@@ -307,11 +307,16 @@ impl Worker {
                     // The reply's trace continues from the attempt that got it.
                     let reply_span = trace::reply(&reply, &self.trace_names.reply, &attempt_span);
                     drop(attempt_span);
-                    let routed = self.route_reply(reply, &envelope).instrument(reply_span);
+                    let routed = self
+                        .route_reply(reply, &envelope)
+                        .instrument(reply_span.clone());
                     match routed.await {
                         None => return Settled::Stopped(msg),
                         Some(ReplyOutcome::Done) => break Delivered::Ok { reply: None },
-                        Some(ReplyOutcome::Failed { failure, dest }) => (*failure, dest),
+                        Some(ReplyOutcome::Failed { failure, dest }) => {
+                            trace::record_error(&reply_span, &failure.reason);
+                            (*failure, dest)
+                        }
                     }
                 }
                 Outcome::Failed(f) => (f, None),

@@ -24,6 +24,10 @@
 //! change). Which of the two takes events is Knative's `transport-encryption`
 //! ([`TransportMode`], checked by [`guard`] only when a certificate is configured, so the
 //! plain-HTTP path of a process without TLS is exactly what it was).
+//!
+//! With tracing on (`sluice_core::trace`), each event of a request gets an `ingress` span
+//! (its parent the request's `traceparent`, else the event's own extension) and a `channel
+//! publish` span whose context is stored with the event in place of the producer's.
 
 pub mod tls;
 mod ttl;
@@ -317,11 +321,26 @@ impl Ingress {
     /// [`publish`](Self::publish) into a broker or a messaging channel. Channels get the
     /// same loop guard (`knativebrokerttl`) as brokers: a reply wired back into the channel
     /// it came from ends instead of circling forever.
+    ///
+    /// With tracing on, each event gets a `channel publish` span, a child of the current
+    /// span (a reply's, an attempt's), whose context replaces `traceparent` in what is stored.
     pub async fn publish_to(
         &self,
         target: &ObjectRef,
         events: Vec<Event>,
         headers: Vec<(String, String)>,
+    ) -> Result<(), IngestError> {
+        self.publish_traced(target, events, headers, &[]).await
+    }
+
+    /// [`publish_to`](Self::publish_to) where event `i`'s `channel publish` span is a child
+    /// of `parents[i]` (its ingress span) instead of the current span.
+    async fn publish_traced(
+        &self,
+        target: &ObjectRef,
+        events: Vec<Event>,
+        headers: Vec<(String, String)>,
+        parents: &[tracing::Span],
     ) -> Result<(), IngestError> {
         let entry = self
             .brokers
@@ -348,8 +367,26 @@ impl Ingress {
         for e in &prepared {
             self.event_types.record(target, e.ty(), e.source());
         }
+        // Tracing off: no spans, the headers stored as they came.
+        let spans: Vec<tracing::Span> = if sluice_core::trace::enabled() {
+            let destination = sluice_core::trace::destination_name(target);
+            prepared
+                .iter()
+                .enumerate()
+                .map(|(i, e)| match parents.get(i) {
+                    Some(p) => p.in_scope(|| sluice_core::trace::publish(e, &destination)),
+                    None => sluice_core::trace::publish(e, &destination),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let result = if prepared.len() == 1 {
             let event = prepared.pop().expect("one event");
+            let mut headers = headers;
+            if let Some(span) = spans.first() {
+                sluice_core::trace::inject(span, &mut headers);
+            }
             entry
                 .channel
                 .publish(Envelope::with_headers(event, headers))
@@ -357,10 +394,22 @@ impl Ingress {
         } else {
             let envelopes = prepared
                 .into_iter()
-                .map(|e| Envelope::with_headers(e, headers.clone()))
+                .enumerate()
+                .map(|(i, e)| {
+                    let mut h = headers.clone();
+                    if let Some(span) = spans.get(i) {
+                        sluice_core::trace::inject(span, &mut h);
+                    }
+                    Envelope::with_headers(e, h)
+                })
                 .collect();
             entry.channel.publish_batch(envelopes).await
         };
+        if let Err(e) = &result {
+            for span in &spans {
+                sluice_core::trace::record_error(span, &e.to_string());
+            }
+        }
         result.map_err(|source| IngestError::Channel {
             target: target.clone(),
             source,
@@ -465,7 +514,28 @@ impl Ingress {
             let event = events.into_iter().next().expect("one event");
             return Ok(handler.handle(event, headers).await);
         }
-        self.publish_to(key, events, headers).await?;
+        if !sluice_core::trace::enabled() {
+            self.publish_to(key, events, headers).await?;
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
+        // One `ingress` span per event, its parent the request's trace context.
+        let destination = sluice_core::trace::destination_name(key);
+        let spans: Vec<tracing::Span> = events
+            .iter()
+            .map(|e| sluice_core::trace::ingress(e, &destination, &parts.headers))
+            .collect();
+        let result = self.publish_traced(key, events, headers, &spans).await;
+        let status = result
+            .as_ref()
+            .err()
+            .map(|e| (e.status().as_u16(), e.to_string()));
+        for span in &spans {
+            match &status {
+                None => sluice_core::trace::record_http(span, Some(202), None),
+                Some((code, why)) => sluice_core::trace::record_http(span, Some(*code), Some(why)),
+            }
+        }
+        result?;
         Ok(StatusCode::ACCEPTED.into_response())
     }
 }

@@ -32,6 +32,13 @@
 //! repeated names is kept), which HTTP treats as the same header set.
 //!
 //! On Kafka the `partitionkey` extension is also the record key ([`Encoded::key`]).
+//!
+//! **Trace context.** The W3C `traceparent` / `tracestate` headers are envelope headers like
+//! any other (plain names, values as sent). With tracing on, the ingress stores there the
+//! context of its `channel publish` span (`sluice_core::trace`), and the dispatcher that
+//! reads the record, in this process or another replica, makes its `deliver` span that
+//! span's child. A record without them (written before tracing, or by someone else)
+//! decodes as always; its delivery starts a new trace.
 
 use crate::ChannelError;
 use bytes::Bytes;
@@ -400,6 +407,38 @@ mod tests {
         assert_eq!(names, ["type", "id", "source", "datacontenttype"]);
         assert_eq!(env.event.data().unwrap().as_ref(), b"{}");
         assert_eq!(env.headers, [("x-other".to_string(), "v".to_string())]);
+    }
+
+    /// The trace context the ingress stores survives both transports exactly, and a record
+    /// without one still decodes (and carries none).
+    #[test]
+    fn trace_context_headers_survive_and_are_optional() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let env = Envelope::with_headers(
+            Event::new(SpecVersion::V10, "1", "/s", "t"),
+            vec![
+                ("traceparent".into(), tp.into()),
+                (
+                    "tracestate".into(),
+                    "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into(),
+                ),
+            ],
+        );
+        for style in [&KAFKA, &NATS] {
+            let back = roundtrip(&env, style);
+            assert_eq!(sorted(&back), sorted(&env), "{style:?}");
+            let cx = sluice_core::trace::from_headers(&back.headers).expect("a context");
+            assert_eq!(
+                sluice_core::trace::format_traceparent(&cx).as_deref(),
+                Some(tp)
+            );
+        }
+        let old = Envelope::new(Event::new(SpecVersion::V10, "1", "/s", "t"));
+        for style in [&KAFKA, &NATS] {
+            let back = roundtrip(&old, style);
+            assert_eq!(back, old);
+            assert!(sluice_core::trace::from_headers(&back.headers).is_none());
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - [`topology`]: the plain structs (brokers, triggers with compiled filters, destinations)
 //!   that embedded and Kubernetes modes both build and every runtime component reads;
 //! - [`status`]: per-object Ready/reason/message/observed generation, written by reconcilers;
-//! - [`metrics`]: the Prometheus registry shared by all components.
+//! - [`metrics`]: the Prometheus registry shared by all components;
+//! - [`trace`]: W3C trace context in and out of headers, and the OpenTelemetry spans of an
+//!   event's path (off, and free, unless the binary turns it on).
 //!
 //! Data flows edge → core → edge: the ingress decodes HTTP into an [`Envelope`], channels store
 //! it, the dispatcher filters it against the [`topology`] and delivery encodes it back to HTTP.
@@ -26,6 +28,7 @@ pub mod offsets;
 pub mod status;
 pub mod topology;
 pub mod transport;
+pub mod trace;
 
 pub use envelope::Envelope;
 pub use event::{AttrValue, Event, SpecVersion};

@@ -14,6 +14,12 @@
 //!
 //! Delivery knows nothing of brokers, triggers or channels: a reply is handed back to the
 //! caller, which routes it.
+//!
+//! Tracing (`sluice_core::trace`, only when on): [`Sender::attempt_traced`] runs one attempt
+//! in a `deliver attempt` span, a child of the caller's current span, recording the status
+//! and retry number; the request's `traceparent` is that span's, so the sink continues the
+//! trace from the attempt. [`Sender::deliver`] traces every attempt this way, dead letters
+//! included.
 
 pub mod policy;
 mod tls;
@@ -26,9 +32,11 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use policy::{after_failure, classify, dead_letter_event, parse_retry_after, Class, Next};
 use sluice_core::delivery::{DeliveryPolicy, Endpoint, Format};
 use sluice_core::event::TTL_ATTRIBUTE;
+use sluice_core::trace;
 use sluice_core::{http as codec, Envelope, Event};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Largest response body read back (a reply event, or error data for a dead letter).
 pub const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
@@ -175,8 +183,17 @@ impl Sender {
                 headers.insert(n, v);
             }
         }
+        if trace::enabled() {
+            // The sink continues the trace from this attempt (see `attempt_traced`).
+            trace::inject_http(&tracing::Span::current(), &mut headers);
+        }
         match self.send(url, headers, body, timeout).await {
-            Ok((status, headers, body)) => interpret(status, &headers, body),
+            Ok((status, headers, body)) => {
+                if trace::enabled() {
+                    trace::record_http(&tracing::Span::current(), Some(status), None);
+                }
+                interpret(status, &headers, body)
+            }
             Err(AttemptError::Body { status, reason }) => Outcome::Failed(Failure {
                 status: Some(status),
                 body: Bytes::new(),
@@ -186,6 +203,34 @@ impl Sender {
             }),
             Err(e) => Outcome::Failed(transport_failure(e, timeout)),
         }
+    }
+
+    /// [`Sender::attempt`] inside a `deliver attempt` span (a child of the current span),
+    /// which gets the status and outcome and whose context the request carries. Attempt
+    /// `number` 1 is the first. The span is returned so that a reply can be its child; with
+    /// tracing off it is [`tracing::Span::none`] and this is `attempt` and nothing more.
+    pub async fn attempt_traced(
+        &self,
+        url: &Endpoint,
+        envelope: &Envelope,
+        format: Format,
+        namespace: Option<&str>,
+        timeout: Duration,
+        number: u32,
+    ) -> (Outcome, tracing::Span) {
+        if !trace::enabled() {
+            let outcome = self
+                .attempt(url, envelope, format, namespace, timeout)
+                .await;
+            return (outcome, tracing::Span::none());
+        }
+        let span = trace::attempt(url.as_str(), number);
+        let outcome = self
+            .attempt(url, envelope, format, namespace, timeout)
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, &outcome);
+        (outcome, span)
     }
 
     /// POSTs and reads the whole answer (at most [`MAX_RESPONSE_BODY`] bytes) within
@@ -331,7 +376,7 @@ impl Sender {
             let outcome = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return None,
-                o = self.attempt(url, envelope, policy.format, namespace, policy.timeout) => o,
+                (o, _) = self.attempt_traced(url, envelope, policy.format, namespace, policy.timeout, attempt) => o,
             };
             let failure = match outcome {
                 Outcome::Accepted { reply } => return Some((Ok(reply), made)),
@@ -358,6 +403,15 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+/// Puts a failed attempt's status and reason on its span (the HTTP status of an answer is
+/// recorded when it arrives).
+pub fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
+    match outcome {
+        Outcome::Accepted { .. } => {}
+        Outcome::Failed(f) => trace::record_http(span, f.status, Some(&f.reason)),
     }
 }
 

@@ -14,6 +14,20 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as human text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SLUICE_LOG_FORMAT"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Export traces over OTLP/HTTP to this base URL (`/v1/traces` is appended), e.g.
+    /// http://127.0.0.1:4318. Unset: no tracing. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, when
+    /// set, is the full traces URL and wins.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,7 @@ mod load;
 mod run;
 mod send;
 mod tls;
+mod telemetry;
 
 use clap::Parser;
 
@@ -23,12 +24,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let endpoint = telemetry::traces_endpoint(
+        cli.otlp_endpoint.as_deref(),
+        std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .ok()
+            .as_deref(),
+    );
+    let telemetry = match telemetry::init(cli.log_format, endpoint) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args).await,
         cli::Command::Send(args) => send::send(args).await,
@@ -38,6 +46,7 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Dataplane(args) => k8s::dataplane(args).await,
         cli::Command::Crdgen(args) => crdgen(args),
     };
+    telemetry.shutdown().await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

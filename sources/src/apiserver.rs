@@ -58,6 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Shortest and longest pause after an error (discovery, list, watch, permission check).
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -908,6 +909,7 @@ async fn deliver(ctx: &RunCtx, change: Change, stop: &CancellationToken) -> Opti
         return Some(());
     }
     ctx.counters.produced.inc();
+    let span = crate::emit_span("ApiServerSource", &spec.key, &event, None);
     let envelope = Envelope::new(event);
     let report = tokio::select! {
         _ = stop.cancelled() => return None,
@@ -916,7 +918,7 @@ async fn deliver(ctx: &RunCtx, change: Change, stop: &CancellationToken) -> Opti
             envelope: &envelope,
             policy: &spec.delivery,
             namespace: Some(&spec.key.namespace),
-        }) => r,
+        }).instrument(span) => r,
     };
     ctx.counters.count(&report);
     crate::log_failure(&spec.key, envelope.event.id(), &report);

@@ -62,6 +62,13 @@ pub(crate) async fn run(
         if let Some(o) = ce_overrides_env(&spec) {
             cmd.env("K_CE_OVERRIDES", o);
         }
+        // The process emits its events itself; with tracing on, an OpenTelemetry SDK in it
+        // reports as the source (it inherits `OTEL_EXPORTER_OTLP_ENDPOINT` from Sluice's
+        // environment) unless its env names a service.
+        if sluice_core::trace::enabled() && !spec.env.iter().any(|(k, _)| k == "OTEL_SERVICE_NAME")
+        {
+            cmd.env("OTEL_SERVICE_NAME", format!("containersource/{}", spec.key));
+        }
         if let Some(dir) = &spec.working_dir {
             cmd.current_dir(dir);
         }

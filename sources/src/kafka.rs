@@ -66,6 +66,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// How long one request to the cluster (metadata, offsets, watermarks) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -518,6 +519,13 @@ async fn deliver(ctx: &WorkerEnv, record: Record) {
     }
     ctx.counters.produced.inc();
     tracing::trace!(source = %spec.key, partition = record.partition, offset = record.offset, ?mapping, id = event.id(), "record read");
+    // A record's own `traceparent` header (a traced producer) is the emit span's parent.
+    let span = crate::emit_span(
+        "KafkaSource",
+        &spec.key,
+        &event,
+        record_trace_context(&record),
+    );
     let envelope = Envelope::new(event);
     let mut wait = REDELIVER_BACKOFF.0;
     loop {
@@ -530,6 +538,7 @@ async fn deliver(ctx: &WorkerEnv, record: Record) {
                 policy: &spec.delivery,
                 namespace: Some(&spec.key.namespace),
             })
+            .instrument(span.clone())
             .await;
         log_failure(&spec.key, envelope.event.id(), &report);
         if matches!(
@@ -547,6 +556,22 @@ async fn deliver(ctx: &WorkerEnv, record: Record) {
         ctx.counters.count(&report);
         return;
     }
+}
+
+/// The W3C trace context in a record's `traceparent` / `tracestate` headers (read only with
+/// tracing on).
+fn record_trace_context(record: &Record) -> Option<opentelemetry::trace::SpanContext> {
+    if !sluice_core::trace::enabled() {
+        return None;
+    }
+    let header = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    };
+    sluice_core::trace::parse_traceparent(header("traceparent")?, header("tracestate"))
 }
 
 /// What a member's pump thread (and its rebalance callbacks), its workers and its commit

@@ -161,6 +161,20 @@ impl Counters {
 }
 
 /// Logs a delivery that did not reach the sink.
+/// The `source emit` span of an event a source made (`Span::none()` with tracing off, without
+/// formatting the source's name). `parent`: the context the input carried, if any.
+pub(crate) fn emit_span(
+    kind: &str,
+    source: &Key,
+    event: &sluice_core::Event,
+    parent: Option<opentelemetry::trace::SpanContext>,
+) -> tracing::Span {
+    if !sluice_core::trace::enabled() {
+        return tracing::Span::none();
+    }
+    sluice_core::trace::source_emit(kind, &source.to_string(), event, parent)
+}
+
 pub(crate) fn log_failure(source: &Key, id: &str, report: &Report) {
     match &report.result {
         Delivered::Ok { .. } => {}

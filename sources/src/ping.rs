@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// The CloudEvents type of PingSource events.
 pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
@@ -121,6 +122,7 @@ pub(crate) async fn run(spec: Arc<PingSource>, env: Env, cancel: CancellationTok
         }
         let (spec, sender, counters) = (spec.clone(), env.sender.clone(), counters.clone());
         in_flight.spawn(async move {
+            let span = crate::emit_span("PingSource", &spec.key, &event, None);
             let envelope = Envelope::new(event);
             let report = sender
                 .deliver(Request {
@@ -129,6 +131,7 @@ pub(crate) async fn run(spec: Arc<PingSource>, env: Env, cancel: CancellationTok
                     policy: &spec.delivery,
                     namespace: Some(&spec.key.namespace),
                 })
+                .instrument(span)
                 .await;
             counters.count(&report);
             crate::log_failure(&spec.key, envelope.event.id(), &report);

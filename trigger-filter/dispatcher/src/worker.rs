@@ -7,6 +7,11 @@
 //! across all lanes, and a lane that is stuck behind a failing subscriber never stops the
 //! worker from feeding the other lanes (messages wait in the lane, within that bound).
 //!
+//! With tracing on, each message is delivered inside a `deliver` span whose parent is the
+//! context stored with it (the ingress's `channel publish` span), each attempt in a
+//! `deliver attempt` span, and a reply in a `reply` span under the attempt that got it, so
+//! the reply's own deliveries continue the same trace.
+//!
 //! Stopping (`stop` fires: the subscription was changed or deleted, or the drain period of a
 //! shutdown ended) is immediate: deliveries waiting between retries or in an attempt give
 //! up, and their messages go back to the channel unsettled — in their original order for an
@@ -21,7 +26,7 @@ use sluice_core::delivery::{DeliveryPolicy, Endpoint};
 use sluice_core::event::TTL_ATTRIBUTE;
 use sluice_core::metrics::{DropLabels, Metrics, TriggerLabels};
 use sluice_core::topology::{ObjectRef, ReplyTo, Subscription};
-use sluice_core::{Envelope, Event};
+use sluice_core::{trace, Envelope, Event};
 use sluice_delivery::policy::{after_failure, Next};
 use sluice_delivery::{Delivered, Failure, Outcome, Request, Sender};
 use std::collections::HashMap;
@@ -30,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// Counters resolved once per worker, so counting is one atomic add.
 #[derive(Clone)]
@@ -78,10 +84,21 @@ impl Counters {
     }
 }
 
+/// Names the spans of this worker's deliveries carry (made once, used only with tracing on).
+struct TraceNames {
+    /// The channel read (`messaging.destination.name`).
+    destination: String,
+    /// The subscription (`messaging.consumer.group.name`).
+    subscription: String,
+    /// Where replies go.
+    reply: String,
+}
+
 /// Everything a delivery needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Worker {
     sub: Arc<Subscription>,
+    trace_names: Arc<TraceNames>,
     ingress: Arc<Ingress>,
     sender: Sender,
     counters: Counters,
@@ -125,8 +142,21 @@ impl Worker {
             dead_letter_sink: None,
             ..sub.delivery.clone()
         });
+        let trace_names = Arc::new(TraceNames {
+            destination: trace::destination_name(&sub.channel),
+            subscription: sub.owner.key.to_string(),
+            reply: match &sub.reply {
+                ReplyTo::Broker(key) => key.to_string(),
+                ReplyTo::Channel { key, .. } => {
+                    trace::destination_name(&ObjectRef::channel(key.clone()))
+                }
+                ReplyTo::Endpoint(url) => url.to_string(),
+                ReplyTo::Discard => "discard".to_owned(),
+            },
+        });
         Worker {
             sub,
+            trace_names,
             ingress,
             sender,
             counters,
@@ -238,8 +268,23 @@ impl Worker {
         tx
     }
 
-    /// Delivers one message, routes its reply, and settles it with the channel.
+    /// Delivers one message, routes its reply, and settles it with the channel; with
+    /// tracing on, inside a `deliver` span whose parent is the context stored with it.
     async fn process(&self, msg: Message) -> Settled {
+        if !trace::enabled() {
+            return self.deliver(msg).await;
+        }
+        let names = &self.trace_names;
+        let span = trace::deliver(
+            &msg.envelope.event,
+            &msg.envelope.headers,
+            &names.destination,
+            &names.subscription,
+        );
+        self.deliver(msg).instrument(span).await
+    }
+
+    async fn deliver(&self, msg: Message) -> Settled {
         let started = tokio::time::Instant::now();
         let s = &*self.sub;
         let envelope = msg.envelope.clone();
@@ -251,18 +296,27 @@ impl Worker {
         };
         let mut attempt = msg.delivery_count.max(1);
         let result = loop {
-            let outcome = tokio::select! {
+            let (outcome, attempt_span) = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Settled::Stopped(msg),
-                o = self.attempt(&envelope) => o,
+                o = self.attempt(&envelope, attempt) => o,
             };
             let (failure, dest) = match outcome {
                 Outcome::Accepted { reply: None } => break Delivered::Ok { reply: None },
                 Outcome::Accepted { reply: Some(reply) } => {
-                    match self.route_reply(reply, &envelope).await {
+                    // The reply's trace continues from the attempt that got it.
+                    let reply_span = trace::reply(&reply, &self.trace_names.reply, &attempt_span);
+                    drop(attempt_span);
+                    let routed = self
+                        .route_reply(reply, &envelope)
+                        .instrument(reply_span.clone());
+                    match routed.await {
                         None => return Settled::Stopped(msg),
                         Some(ReplyOutcome::Done) => break Delivered::Ok { reply: None },
-                        Some(ReplyOutcome::Failed { failure, dest }) => (*failure, dest),
+                        Some(ReplyOutcome::Failed { failure, dest }) => {
+                            trace::record_error(&reply_span, &failure.reason);
+                            (*failure, dest)
+                        }
                     }
                 }
                 Outcome::Failed(f) => (f, None),
@@ -315,20 +369,36 @@ impl Worker {
     /// publish into it in-process (its TTL one lower, like a reply). A refused publish is a
     /// retryable failure under the same schedule as an HTTP one; an event whose TTL is used
     /// up is dropped (a loop), which ends the delivery as done.
-    async fn attempt(&self, envelope: &Envelope) -> Outcome {
+    ///
+    /// `number` is the attempt's (1 for the first); the returned span is the attempt's
+    /// (`Span::none()` with tracing off).
+    async fn attempt(&self, envelope: &Envelope, number: u32) -> (Outcome, tracing::Span) {
         let s = &*self.sub;
         let Some(target) = &s.subscriber_target else {
             return self
                 .sender
-                .attempt(
+                .attempt_traced(
                     &s.subscriber,
                     envelope,
                     s.delivery.format,
                     Some(&s.owner.key.namespace),
                     s.delivery.timeout,
+                    number,
                 )
                 .await;
         };
+        let span = trace::attempt(s.subscriber.as_str(), number);
+        let outcome = self
+            .publish_in_process(target, envelope)
+            .instrument(span.clone())
+            .await;
+        sluice_delivery::record_outcome(&span, &outcome);
+        (outcome, span)
+    }
+
+    /// The in-process half of [`Worker::attempt`].
+    async fn publish_in_process(&self, target: &ObjectRef, envelope: &Envelope) -> Outcome {
+        let s = &*self.sub;
         let published = self
             .ingress
             .publish_to(

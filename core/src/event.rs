@@ -259,6 +259,13 @@ impl Event {
             if !is_valid_attribute_name(name) {
                 return Err(crate::Error::InvalidAttributeName(name.clone()));
             }
+            // The JSON event format keeps the payload in the member `data`: an attribute of
+            // that name (possible from a `ce-data` header) would be lost or overwrite the data
+            // when the event is delivered in structured mode (found by the http_decode fuzz
+            // target), so it is refused at the edge like any other unrepresentable name.
+            if name == "data" {
+                return Err(crate::Error::ReservedAttributeName(name.clone()));
+            }
         }
         Ok(())
     }

@@ -705,6 +705,31 @@ mod tests {
         assert_eq!(back.data(), e.data());
     }
 
+    /// Found by the `http_decode` fuzz target: a `ce-data` header made an attribute `data`,
+    /// which the structured encoding wrote beside (and then instead of) the event's data.
+    #[test]
+    fn an_attribute_named_data_is_refused() {
+        let h = hm(&[
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"1"),
+            ("ce-source", b"s"),
+            ("ce-type", b"t"),
+            ("ce-data", b"x"),
+        ]);
+        let err = decode_binary(&h, Bytes::from_static(b"body")).unwrap_err();
+        assert!(
+            matches!(&err, Error::ReservedAttributeName(n) if n == "data"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ce-data"), "{err}");
+        // Structured mode never makes one: `data` there is the data.
+        let e = decode_structured(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":"x"}"#,
+        )
+        .unwrap();
+        assert!(e.get("data").is_none());
+    }
+
     /// Found by the `http_decode` fuzz target: a JSON body with invalid UTF-8 inside a string
     /// passed serde_json's validation and was copied verbatim into `data`, so the structured
     /// event a broker delivered was not JSON at all. Such a body now goes out as base64.

@@ -41,6 +41,8 @@ pub enum Error {
     AttributeNotString(String),
     #[error("attribute name `{0}` is invalid: CloudEvents attribute names use only lower-case letters a-z and digits 0-9")]
     InvalidAttributeName(String),
+    #[error("attribute name `{0}` is reserved: the JSON event format carries the event's data in the member `{0}`; rename the attribute (binary mode: the header `ce-{0}`)")]
+    ReservedAttributeName(String),
     #[error("missing `specversion` (binary mode: send header `ce-specversion: 1.0`; structured mode: add `\"specversion\": \"1.0\"`)")]
     MissingSpecVersion,
     #[error("unsupported specversion `{0}`: Sluice accepts 1.0 and 0.3")]

@@ -267,6 +267,14 @@ impl Event {
                 return Err(crate::Error::ReservedAttributeName(name.clone()));
             }
         }
+        // Binary mode carries `datacontenttype` verbatim in `Content-Type`, which cannot hold
+        // control characters: such a value (from a percent-encoded `ce-datacontenttype` or a
+        // structured event) was silently dropped on binary delivery (found by fuzzing).
+        if let Some(ct) = self.datacontenttype() {
+            if ct.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(crate::Error::InvalidDataContentType(ct.to_owned()));
+            }
+        }
         Ok(())
     }
 }

@@ -730,6 +730,36 @@ mod tests {
         assert!(e.get("data").is_none());
     }
 
+    /// Found by fuzzing: a `datacontenttype` with control characters could be accepted (from a
+    /// percent-encoded `ce-datacontenttype` header or a structured event) but not sent in
+    /// binary mode, where `Content-Type` carries it; it was dropped silently.
+    #[test]
+    fn datacontenttype_with_control_characters_is_refused() {
+        let h = hm(&[
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"1"),
+            ("ce-source", b"s"),
+            ("ce-type", b"t"),
+            ("ce-datacontenttype", b"text/plain%0A"),
+        ]);
+        let err = decode_binary(&h, Bytes::new()).unwrap_err();
+        assert!(matches!(err, Error::InvalidDataContentType(_)), "{err}");
+        let err = decode_structured(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"ab"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidDataContentType(_)), "{err}");
+        // A tab and non-ASCII text are fine (obs-text in the header).
+        let e = decode_structured(
+            "{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"s\",\"type\":\"t\",\"datacontenttype\":\"text/plain;\\tname=caf\u{e9}\"}".as_bytes(),
+        )
+        .unwrap();
+        let mut out = HeaderMap::new();
+        encode_binary(&e, &mut out);
+        let back = decode_binary(&out, Bytes::new()).unwrap();
+        assert_eq!(back.datacontenttype(), e.datacontenttype());
+    }
+
     /// Found by the `http_decode` fuzz target: a JSON body with invalid UTF-8 inside a string
     /// passed serde_json's validation and was copied verbatim into `data`, so the structured
     /// event a broker delivered was not JSON at all. Such a body now goes out as base64.

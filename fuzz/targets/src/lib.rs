@@ -10,7 +10,8 @@
 //!
 //! - [`http_decode`]: the CloudEvents HTTP decoder (binary, structured, batch) and the header
 //!   percent-coding. Whatever decodes re-encodes in the same mode and decodes to the same
-//!   event; a binary-mode event also survives the structured encoding with its attributes;
+//!   event; a binary-mode event keeps its attributes through the structured encoding, a
+//!   structured one its attributes (as strings) and data through the binary encoding;
 //!   `percent_decode(percent_encode(s)) == s`.
 //! - [`cesql`]: CESQL parse, then evaluate against fixed events; `matches` agrees with
 //!   `evaluate`, and evaluation is deterministic.
@@ -118,6 +119,7 @@ pub fn http_decode(data: &[u8]) {
                 )
             });
             assert_same(event, &again, "structured -> encode -> decode");
+            to_binary(event);
         }
         ce::Mode::Batch => {
             let json = ce::encode_batch(&events);
@@ -130,9 +132,38 @@ pub fn http_decode(data: &[u8]) {
             assert_eq!(events.len(), again.len(), "batch length changed");
             for (a, b) in events.iter().zip(&again) {
                 assert_same(a, b, "batch -> encode -> decode");
+                to_binary(a);
             }
         }
     }
+}
+
+/// A structured event delivered in binary mode (what a broker does for most subscribers):
+/// the attributes survive in their string form, the data byte for byte.
+fn to_binary(event: &Event) {
+    let mut headers = HeaderMap::new();
+    let body = ce::encode_binary(event, &mut headers);
+    let back = ce::decode_binary(&headers, body).unwrap_or_else(|e| {
+        panic!(
+            "a structured event does not decode after encode_binary: {e}\n{event:?}\n{headers:?}"
+        )
+    });
+    let strings = |e: &Event| -> Vec<(String, String)> {
+        sorted_attrs(e)
+            .into_iter()
+            .map(|(n, v)| (n, v.to_string_form().into_owned()))
+            .collect()
+    };
+    assert_eq!(
+        strings(event),
+        strings(&back),
+        "structured -> encode_binary -> decode_binary changed the attributes"
+    );
+    assert_eq!(
+        event.data().filter(|d| !d.is_empty()),
+        back.data(),
+        "structured -> binary changed the data"
+    );
 }
 
 /// Percent-decoding a header value, and the encode/decode round trip of what it decodes to.

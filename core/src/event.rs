@@ -259,6 +259,21 @@ impl Event {
             if !is_valid_attribute_name(name) {
                 return Err(crate::Error::InvalidAttributeName(name.clone()));
             }
+            // The JSON event format keeps the payload in the member `data`: an attribute of
+            // that name (possible from a `ce-data` header) would be lost or overwrite the data
+            // when the event is delivered in structured mode (found by the http_decode fuzz
+            // target), so it is refused at the edge like any other unrepresentable name.
+            if name == "data" {
+                return Err(crate::Error::ReservedAttributeName(name.clone()));
+            }
+        }
+        // Binary mode carries `datacontenttype` verbatim in `Content-Type`, which cannot hold
+        // control characters: such a value (from a percent-encoded `ce-datacontenttype` or a
+        // structured event) was silently dropped on binary delivery (found by fuzzing).
+        if let Some(ct) = self.datacontenttype() {
+            if ct.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(crate::Error::InvalidDataContentType(ct.to_owned()));
+            }
         }
         Ok(())
     }

@@ -291,7 +291,7 @@ fn write_structured(event: &Event, out: &mut Vec<u8>, skip: Option<&str>) {
         let json_ct = event.datacontenttype().is_none_or(is_json_media_type);
         if event.data_is_binary() {
             write_base64(out, data);
-        } else if json_ct && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        } else if json_ct && is_json_text(data) {
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(trim_ascii(data));
         } else if let Ok(s) = std::str::from_utf8(data) {
@@ -302,6 +302,15 @@ fn write_structured(event: &Event, out: &mut Vec<u8>, skip: Option<&str>) {
         }
     }
     out.push(b'}');
+}
+
+/// Whether `data` can go into a JSON document as it is: valid JSON *and* UTF-8. `serde_json`
+/// skips over the inside of strings without checking their UTF-8 when it only validates, so a
+/// body with a stray `\xff` inside a string passes the first check and, copied verbatim, would
+/// make the whole structured event unreadable (found by the `http_decode` fuzz target).
+fn is_json_text(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -694,6 +703,88 @@ mod tests {
         let e = decode_binary(&h, Bytes::from_static(&[0xff, 0x00])).unwrap();
         let back = decode_structured(&encode_structured(&e)).unwrap();
         assert_eq!(back.data(), e.data());
+    }
+
+    /// Found by the `http_decode` fuzz target: a `ce-data` header made an attribute `data`,
+    /// which the structured encoding wrote beside (and then instead of) the event's data.
+    #[test]
+    fn an_attribute_named_data_is_refused() {
+        let h = hm(&[
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"1"),
+            ("ce-source", b"s"),
+            ("ce-type", b"t"),
+            ("ce-data", b"x"),
+        ]);
+        let err = decode_binary(&h, Bytes::from_static(b"body")).unwrap_err();
+        assert!(
+            matches!(&err, Error::ReservedAttributeName(n) if n == "data"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ce-data"), "{err}");
+        // Structured mode never makes one: `data` there is the data.
+        let e = decode_structured(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":"x"}"#,
+        )
+        .unwrap();
+        assert!(e.get("data").is_none());
+    }
+
+    /// Found by fuzzing: a `datacontenttype` with control characters could be accepted (from a
+    /// percent-encoded `ce-datacontenttype` header or a structured event) but not sent in
+    /// binary mode, where `Content-Type` carries it; it was dropped silently.
+    #[test]
+    fn datacontenttype_with_control_characters_is_refused() {
+        let h = hm(&[
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"1"),
+            ("ce-source", b"s"),
+            ("ce-type", b"t"),
+            ("ce-datacontenttype", b"text/plain%0A"),
+        ]);
+        let err = decode_binary(&h, Bytes::new()).unwrap_err();
+        assert!(matches!(err, Error::InvalidDataContentType(_)), "{err}");
+        let err = decode_structured(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"ab"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidDataContentType(_)), "{err}");
+        // A tab and non-ASCII text are fine (obs-text in the header).
+        let e = decode_structured(
+            "{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"s\",\"type\":\"t\",\"datacontenttype\":\"text/plain;\\tname=caf\u{e9}\"}".as_bytes(),
+        )
+        .unwrap();
+        let mut out = HeaderMap::new();
+        encode_binary(&e, &mut out);
+        let back = decode_binary(&out, Bytes::new()).unwrap();
+        assert_eq!(back.datacontenttype(), e.datacontenttype());
+    }
+
+    /// Found by the `http_decode` fuzz target: a JSON body with invalid UTF-8 inside a string
+    /// passed serde_json's validation and was copied verbatim into `data`, so the structured
+    /// event a broker delivered was not JSON at all. Such a body now goes out as base64.
+    #[test]
+    fn json_body_that_is_not_utf8_goes_out_as_base64() {
+        for ct in [None, Some(&b"application/json"[..])] {
+            let mut pairs: Vec<(&str, &[u8])> = vec![
+                ("ce-specversion", b"1.0"),
+                ("ce-id", b"1"),
+                ("ce-source", b"s"),
+                ("ce-type", b"t"),
+            ];
+            if let Some(ct) = ct {
+                pairs.push(("content-type", ct));
+            }
+            let body = Bytes::from_static(b"{\"to\xff\xfetal\": 1}");
+            let e = decode_binary(&hm(&pairs), body.clone()).unwrap();
+            let json = encode_structured(&e);
+            assert!(std::str::from_utf8(&json).is_ok(), "{json:?}");
+            let back = decode_structured(&json).unwrap();
+            assert_eq!(back.data(), Some(&body));
+            assert!(back.data_is_binary());
+            let batch = decode_batch(&encode_batch(std::slice::from_ref(&e))).unwrap();
+            assert_eq!(batch[0].data(), Some(&body));
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub enum Error {
     AttributeNotString(String),
     #[error("attribute name `{0}` is invalid: CloudEvents attribute names use only lower-case letters a-z and digits 0-9")]
     InvalidAttributeName(String),
+    #[error("attribute name `{0}` is reserved: the JSON event format carries the event's data in the member `{0}`; rename the attribute (binary mode: the header `ce-{0}`)")]
+    ReservedAttributeName(String),
+    #[error("`datacontenttype` {0:?} contains control characters, which a Content-Type header cannot carry; send a media type such as `application/json`")]
+    InvalidDataContentType(String),
     #[error("missing `specversion` (binary mode: send header `ce-specversion: 1.0`; structured mode: add `\"specversion\": \"1.0\"`)")]
     MissingSpecVersion,
     #[error("unsupported specversion `{0}`: Sluice accepts 1.0 and 0.3")]

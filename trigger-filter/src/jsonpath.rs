@@ -26,6 +26,19 @@ impl fmt::Debug for JsonPathQuery {
 impl JsonPathQuery {
     /// `path` is where the query sits in the trigger, for the error.
     pub(crate) fn compile(source: &str, path: String) -> Result<Self, FilterError> {
+        if let Some(offset) = too_deep(source) {
+            let column = source[..floor_char(source, offset)].chars().count() + 1;
+            return Err(FilterError::JsonPath {
+                path,
+                query: source.to_owned(),
+                message: format!(
+                    "brackets and parentheses nest more than {MAX_DEPTH} deep; split the condition into several filters"
+                ),
+                offset: Some(source[..floor_char(source, offset)].chars().count()),
+                column: Some(column),
+                found: Some(source[floor_char(source, offset)..].chars().take(40).collect()),
+            });
+        }
         // The parser is a third-party crate fed with user input; a panic in it must become a
         // rejected trigger, not a crashed control loop.
         let parsed = catch_unwind(|| jsonpath_rust::parser::parse_json_path(source))
@@ -54,6 +67,42 @@ impl JsonPathQuery {
         }))
         .unwrap_or(false)
     }
+}
+
+/// How deep `(` and `[` may nest in a query. The parser (pest, a PEG) backtracks over nested
+/// groups that do not close in time exponential in their depth: a query of a few hundred
+/// bytes with ~20 unclosed `length(@[?` kept the control loop busy for over 10 s (found by
+/// the `jsonpath` fuzz target). Real queries nest a handful of levels.
+const MAX_DEPTH: usize = 12;
+
+/// The byte offset of the first bracket past [`MAX_DEPTH`], ignoring quoted strings.
+fn too_deep(source: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for (i, b) in source.bytes().enumerate() {
+        if let Some(q) = quote {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                _ if b == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'\'' | b'"' => quote = Some(b),
+            b'(' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b')' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn to_filter_error(source: &str, path: String, e: JsonPathError) -> FilterError {
@@ -107,4 +156,36 @@ fn floor_char(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `jsonpath` fuzz target (minimized): unclosed nested groups made the
+    /// parser backtrack for over 10 s. It is now refused before parsing.
+    #[test]
+    fn deeply_nested_queries_are_refused_before_parsing() {
+        let query = format!("$[?{}@.a", "length(@[?".repeat(20));
+        let err = JsonPathQuery::compile(&query, "filters[0].jsonpath".into()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("nest more than 12 deep"), "{text}");
+        assert!(text.contains("filters[0].jsonpath"), "{text}");
+    }
+
+    #[test]
+    fn depth_limit_table() {
+        let cases: &[(&str, bool)] = &[
+            ("$.order.items[?@.qty > 1]", true),
+            ("$[?length(@.a[?@.b[?@.c[?@.d > 1]]]) > 0]", true),
+            // Brackets inside string literals do not count.
+            ("$[?@.a == '((((((((((((((((((((']", true),
+            ("$[?@.a == \"[[[[[[[[[[[[[[[[[[[[\"]", true),
+            (&format!("${}", "[0]".repeat(30)), true),
+            (&format!("${}", "[?(".repeat(7)), false),
+        ];
+        for (query, ok) in cases {
+            assert_eq!(too_deep(query).is_none(), *ok, "{query}");
+        }
+    }
 }

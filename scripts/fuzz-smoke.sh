@@ -40,7 +40,11 @@ fi
 # Release with debug assertions and overflow checks; no sanitizer: the fuzzed crates have no
 # `unsafe`, and without ASan each execution is about twice as fast; 8 codegen units build much
 # faster on a small machine (fuzz/README.md).
-FLAGS=(-O -a -s none --codegen-units 8)
+# The instrumented build is kept outside the checkout (CI runs from a clean clone), like the
+# servers the tests install: only Sluice's own crates are rebuilt when they change.
+TARGET_DIR="${SLUICE_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/fuzz-target}"
+mkdir -p "$TARGET_DIR"
+FLAGS=(-O -a -s none --codegen-units 8 --target-dir "$TARGET_DIR")
 echo "==> cargo fuzz build (nightly; the first build takes several minutes)"
 cargo +nightly fuzz build "${FLAGS[@]}"
 

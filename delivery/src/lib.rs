@@ -361,6 +361,50 @@ impl Sender {
     }
 }
 
+/// GETs a small document (an OIDC discovery document, a JWKS) with the same TLS trust as
+/// deliveries plus `ca_pem`, and an optional bearer token; the body of a 2xx, else an error
+/// naming the URL and the status.
+pub async fn get(
+    url: &url::Url,
+    ca_pem: Option<&str>,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    let client = tls::client(ca_pem)?;
+    let mut req = http::Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = url
+        .as_str()
+        .parse()
+        .map_err(|e| format!("{url}: not a valid request URI: {e}"))?;
+    if let Some(token) = bearer {
+        let v = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the bearer token holds characters a header cannot carry".to_string())?;
+        req.headers_mut().insert(http::header::AUTHORIZATION, v);
+    }
+    let work = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {url}: reading the body: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("GET {url}: no answer within {timeout:?}"))?
+}
+
 fn transport_failure(e: AttemptError, timeout: Duration) -> Failure {
     let reason = match e {
         AttemptError::Timeout => format!("no answer within the {timeout:?} timeout"),

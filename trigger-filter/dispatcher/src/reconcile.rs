@@ -191,6 +191,8 @@ impl Reconciler {
         self.track_generations(t);
         self.reconcile_channels(t).await;
         self.reconcile_workers(t).await;
+        // Policies before routes: a new broker is never served without its policies.
+        self.ingress.apply_auth(t);
         self.publish_routes();
         self.publish_transforms(t);
         // Deleted brokers and channels leave the event-type registry.

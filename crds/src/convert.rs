@@ -50,6 +50,9 @@ pub struct Defaults {
     /// Addresses of objects of other kinds, looked up beforehand (Kubernetes mode), or why
     /// there is none.
     pub addressables: BTreeMap<AddressableRef, Result<Url, String>>,
+    /// `authentication-oidc` is on: EventPolicies are accepted, and destinations that are
+    /// Sluice's own addressables carry their audience (senders attach tokens for it).
+    pub oidc: bool,
 }
 
 impl Defaults {
@@ -62,6 +65,7 @@ impl Defaults {
             memory_max_bytes: ChannelConfig::DEFAULT_MEMORY_MAX_BYTES,
             cluster_domain: "cluster.local".into(),
             addressables: BTreeMap::new(),
+            oidc: false,
         }
     }
 }
@@ -164,6 +168,7 @@ pub fn build_lenient(resources: &[Loaded], defaults: &Defaults) -> (Topology, Ve
     }
     crate::convert_flows::build(&mut ctx, resources, &mut topology);
     crate::convert_transform::build(&mut ctx, resources, &mut topology);
+    crate::eventpolicy::build(&mut ctx, resources, &mut topology);
     for r in resources {
         match &r.resource {
             Resource::PingSource(p) => {
@@ -793,7 +798,7 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
             out.extend(p.spec.reply.as_ref());
         }
         Resource::EventTransform(t) => out.extend(t.spec.sink.as_ref()),
-        Resource::ConfigMap(_) | Resource::Service(_) => {}
+        Resource::ConfigMap(_) | Resource::Service(_) | Resource::EventPolicy(_) => {}
     }
     out
 }

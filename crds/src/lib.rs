@@ -22,6 +22,7 @@ mod convert_flows;
 mod convert_transform;
 pub mod crds;
 pub mod duration;
+pub mod eventpolicy;
 pub mod eventtype;
 pub mod flows;
 pub mod k8s_sources;

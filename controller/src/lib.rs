@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod conditions;
 pub mod dataplane;
 pub mod leader;
+pub mod oidc;
 pub mod resolve;
 pub mod run;
 pub mod status;

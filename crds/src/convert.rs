@@ -555,6 +555,10 @@ pub(crate) fn resolve(
         Some(pem) => e.with_ca_certs(pem).map_err(|m| format!("CACerts: {m}")),
         None => Ok(e),
     });
+    let endpoint = endpoint.map(|e| match audience(ctx, r, dest) {
+        Some(aud) => e.with_audience(&aud),
+        None => e,
+    });
     match endpoint {
         Ok(e) => Some(e),
         Err(e) if e.starts_with("CACerts") => {
@@ -571,6 +575,27 @@ pub(crate) fn resolve(
             None
         }
     }
+}
+
+/// The OIDC audience of a destination: its own `audience`, else, while OIDC is on, the
+/// audience of the Broker, channel or EventTransform it names (SEMANTICS.md §11). Sequences
+/// and Parallels get none: they are reached through their first channel, whose name only the
+/// flow knows (set `audience` on such a destination if a sender POSTs to it).
+fn audience(ctx: &Ctx, r: &Loaded, dest: &Destination) -> Option<String> {
+    if let Some(a) = &dest.audience {
+        return Some(a.clone());
+    }
+    let reference = dest.reference.as_ref().filter(|_| ctx.defaults.oidc)?;
+    let group = reference.api_version.split('/').next().unwrap_or_default();
+    let served = match (group, reference.kind.as_str()) {
+        ("eventing.knative.dev", "Broker" | "EventTransform") => true,
+        ("messaging.knative.dev", k) => Kind::from_name(k).is_some_and(Kind::is_channel),
+        _ => false,
+    };
+    served.then(|| {
+        let ns = reference.namespace.as_deref().unwrap_or(&r.namespace);
+        sluice_auth::identity::audience(group, &reference.kind, ns, &reference.name)
+    })
 }
 
 fn resolve_url(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Url> {

@@ -116,11 +116,12 @@ impl Reconciler {
         factory: Box<dyn ChannelFactory>,
         status: Arc<StatusBoard>,
         applied: watch::Sender<u64>,
+        sender: Sender,
     ) -> Self {
         Reconciler {
             ingress,
             metrics,
-            sender: Sender::new(),
+            sender,
             factory,
             status,
             applied,

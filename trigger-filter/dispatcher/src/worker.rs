@@ -125,6 +125,11 @@ impl Worker {
             dead_letter_sink: None,
             ..sub.delivery.clone()
         });
+        // Deliveries go out as the subscription's own OIDC identity (SEMANTICS.md §11).
+        let sender = sender.with_identity(sluice_delivery::Identity {
+            namespace: sub.owner.key.namespace.clone(),
+            service_account: sluice_auth::identity::service_account_of(&sub.owner),
+        });
         Worker {
             sub,
             ingress,

@@ -92,6 +92,8 @@ pub struct NodeFlags {
     /// producers are answered 503) before exiting. ISO 8601 (PT30S) or seconds.
     #[arg(long, default_value = "PT30S", env = "SLUICE_DRAIN_PERIOD", value_parser = parse_period)]
     pub drain_period: std::time::Duration,
+    #[command(flatten)]
+    pub oidc: crate::oidc::OidcFlags,
 }
 
 /// What [`crate::run::serve`] needs of the flags.

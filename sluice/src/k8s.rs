@@ -107,6 +107,12 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         kube::Client::try_from(kube_config.clone()).context("cannot make a Kubernetes client")?;
     let mut defaults = addressing(&args.kube).defaults();
     args.node.apply_to(&mut defaults);
+    let oidc = args
+        .node
+        .oidc
+        .kubernetes(&client, &args.kube.system_namespace)
+        .await?;
+    defaults.oidc = oidc.is_some();
     let (cluster, _watches) = Cluster::watch(client);
     tracing::info!("listing the resources in the cluster");
     cluster.ready().await;
@@ -119,6 +125,7 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         &args.node,
         topology_rx,
         Some(kube_config),
+        oidc,
         wait_for_signal(),
     )
     .await;

@@ -8,6 +8,7 @@ mod display;
 mod get;
 mod k8s;
 mod load;
+mod oidc;
 mod run;
 mod send;
 

@@ -112,7 +112,7 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         .oidc
         .kubernetes(&client, &args.kube.system_namespace)
         .await?;
-    defaults.oidc = oidc.is_some();
+    defaults.oidc = oidc.as_ref().is_some_and(|o| o.gate.is_some());
     let (cluster, _watches) = Cluster::watch(client);
     tracing::info!("listing the resources in the cluster");
     cluster.ready().await;

@@ -34,7 +34,11 @@ pub struct OidcFlags {
     #[arg(long, env = "SLUICE_OIDC_CA_FILE", requires = "oidc_issuer")]
     pub oidc_ca_file: Option<PathBuf>,
     /// A bearer token file to fetch the issuer's discovery document and keys with.
-    #[arg(long, env = "SLUICE_OIDC_DISCOVERY_TOKEN_FILE", requires = "oidc_issuer")]
+    #[arg(
+        long,
+        env = "SLUICE_OIDC_DISCOVERY_TOKEN_FILE",
+        requires = "oidc_issuer"
+    )]
     pub oidc_discovery_token_file: Option<PathBuf>,
     /// Who may send when no EventPolicy applies to the target: allow-same-namespace
     /// (ServiceAccounts of its namespace; the default), allow-all or deny-all.
@@ -53,7 +57,8 @@ fn parse_mode(s: &str) -> Result<DefaultMode, String> {
 
 /// OIDC, switched on.
 pub struct Oidc {
-    pub gate: Arc<AuthGate>,
+    /// The ingress's gate; `None`: this process only sends tokens (to another Sluice).
+    pub gate: Option<Arc<AuthGate>>,
     /// What senders attach tokens from (none: they send without).
     pub tokens: Option<Arc<dyn TokenSource>>,
 }
@@ -71,10 +76,15 @@ impl OidcFlags {
     pub async fn embedded(&self) -> anyhow::Result<Option<Oidc>> {
         let Some(issuer) = &self.oidc_issuer else {
             anyhow::ensure!(
-                self.oidc_token_file.is_none() && self.default_authorization_mode.is_none(),
-                "--oidc-token-file and --default-authorization-mode need --oidc-issuer (which turns OIDC on)"
+                self.default_authorization_mode.is_none(),
+                "--default-authorization-mode needs --oidc-issuer (which turns OIDC on)"
             );
-            return Ok(None);
+            // Without an issuer, a token file only makes senders attach tokens (for
+            // destinations with an `audience`, such as another Sluice's OIDC brokers).
+            return Ok(self.token_file()?.map(|tokens| Oidc {
+                gate: None,
+                tokens: Some(tokens),
+            }));
         };
         anyhow::ensure!(
             issuer != KUBERNETES,
@@ -109,7 +119,9 @@ impl OidcFlags {
         let (issuer, source): (String, Box<dyn JwksSource>) = match self.oidc_issuer.as_deref() {
             None | Some(KUBERNETES) => {
                 let issuer = oidc::api_server_issuer(client).await.map_err(|e| {
-                    anyhow::anyhow!("OIDC is enabled but the API server's issuer cannot be read: {e}")
+                    anyhow::anyhow!(
+                        "OIDC is enabled but the API server's issuer cannot be read: {e}"
+                    )
                 })?;
                 (issuer, Box::new(oidc::ApiServerJwks::new(client.clone())))
             }
@@ -117,7 +129,9 @@ impl OidcFlags {
         };
         let tokens = match self.token_file()? {
             Some(t) => Some(t),
-            None => Some(Arc::new(oidc::TokenRequests::new(client.clone())) as Arc<dyn TokenSource>),
+            None => {
+                Some(Arc::new(oidc::TokenRequests::new(client.clone())) as Arc<dyn TokenSource>)
+            }
         };
         Ok(Some(build(issuer, source, mode, tokens).await?))
     }
@@ -146,7 +160,8 @@ impl OidcFlags {
         match &self.oidc_token_file {
             None => Ok(None),
             Some(p) => {
-                let f = TokenFile::new(p.clone()).map_err(|e| anyhow::anyhow!("{e} (--oidc-token-file)"))?;
+                let f = TokenFile::new(p.clone())
+                    .map_err(|e| anyhow::anyhow!("{e} (--oidc-token-file)"))?;
                 Ok(Some(Arc::new(f)))
             }
         }
@@ -166,7 +181,7 @@ async fn build(
         .map_err(|e| anyhow::anyhow!("OIDC authentication cannot start: {e}"))?;
     tracing::info!(issuer, keys, default_authorization_mode = %mode, sends_tokens = tokens.is_some(), "OIDC authentication is on: the ingress requires bearer tokens");
     Ok(Oidc {
-        gate: Arc::new(AuthGate::new(Arc::new(verifier), mode)),
+        gate: Some(Arc::new(AuthGate::new(Arc::new(verifier), mode))),
         tokens,
     })
 }

@@ -30,7 +30,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut defaults = Defaults::new(ingress_url);
     args.node.apply_to(&mut defaults);
     let oidc = args.node.oidc.embedded().await?;
-    defaults.oidc = oidc.is_some();
+    defaults.oidc = oidc.as_ref().is_some_and(|o| o.gate.is_some());
 
     let topology = load::topology(&args.files, &defaults)
         .map_err(|p| anyhow::anyhow!("invalid resources; nothing was started:\n{p}"))?;
@@ -85,7 +85,9 @@ pub async fn serve(
     let mut sender = sluice_delivery::Sender::new();
     let mut sources = Sources::new(metrics.clone()).with_kube(kube_config);
     if let Some(oidc) = &oidc {
-        ingress = ingress.with_auth(oidc.gate.clone());
+        if let Some(gate) = &oidc.gate {
+            ingress = ingress.with_auth(gate.clone());
+        }
         if let Some(tokens) = &oidc.tokens {
             sender = sender.with_tokens(tokens.clone());
             sources = sources.with_tokens(tokens.clone());

@@ -179,6 +179,24 @@ pub async fn features(client: &Client, namespace: &str) -> Result<Features, Stri
     parse_features(&data).map_err(|e| format!("ConfigMap {namespace}/config-features: {e}"))
 }
 
+/// [`Features`] from the `config-features` ConfigMap among `resources` (a watched
+/// snapshot); missing or invalid: the defaults (OIDC off), with a warning for invalid.
+pub fn features_in(resources: &[sluice_crds::Loaded], namespace: &str) -> Features {
+    let cm = resources.iter().find_map(|l| match &l.resource {
+        sluice_crds::Resource::ConfigMap(cm)
+            if l.namespace == namespace && l.name == "config-features" =>
+        {
+            Some(cm)
+        }
+        _ => None,
+    });
+    let data = cm.and_then(|c| c.data.clone()).unwrap_or_default();
+    parse_features(&data).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ConfigMap {namespace}/config-features is invalid; OIDC stays off");
+        Features::default()
+    })
+}
+
 /// `config-features` data to [`Features`]; values are case-insensitive.
 pub fn parse_features(
     data: &std::collections::BTreeMap<String, String>,

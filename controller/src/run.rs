@@ -84,6 +84,11 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         let mut defaults = cfg.defaults.clone();
         let refs = sluice_crds::external_refs(&resources);
         defaults.addressables = crate::resolve::lookup(&client, &refs, &mut kinds).await;
+        // OIDC follows `config-features` in the system namespace (EventPolicies are refused
+        // while it is off); a flag or the ConfigMap can turn it on.
+        defaults.oidc = cfg.defaults.oidc
+            || crate::oidc::features_in(&resources, &cfg.addressing.system_namespace)
+                .authentication_oidc;
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
         let view: DataplaneView = observe(&client, &http, &cfg.replicas).await;
         let want = desired(&World {
@@ -156,6 +161,7 @@ fn current_status(r: &Loaded) -> Value {
         R::Sequence(o) => serde_json::to_value(&o.status),
         R::Parallel(o) => serde_json::to_value(&o.status),
         R::EventTransform(o) => serde_json::to_value(&o.status),
+        R::EventPolicy(o) => serde_json::to_value(&o.status),
         // ConfigMaps have no status; Services are Knative Serving's in a cluster.
         _ => return Value::Null,
     };
@@ -180,6 +186,9 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::Sequence => apply::<flows::Sequence>(client, r, status).await,
         Kind::Parallel => apply::<flows::Parallel>(client, r, status).await,
         Kind::EventTransform => apply::<transform::EventTransform>(client, r, status).await,
+        Kind::EventPolicy => {
+            apply::<sluice_crds::eventpolicy::EventPolicy>(client, r, status).await
+        }
         _ => Ok(()),
     }
 }

@@ -112,6 +112,48 @@ async fn the_dataplane_accepts_token_request_tokens_verified_with_the_api_server
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("allow-same-namespace"), "{body}");
 
+    // An EventPolicy: the controller reports it Ready with the subjects it admits, and
+    // the data plane enforces it (now only `partners` may send, whatever the namespace).
+    let _controller = Proc::spawn(
+        kube,
+        &[
+            "controller",
+            "--admin",
+            &addr().to_string(),
+            "--dataplane-admin",
+            &admin.to_string(),
+        ],
+    );
+    apply(
+        kube,
+        r#"apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: partners, namespace: shop}
+spec:
+  to: [{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}]
+  from:
+    - sub: "system:serviceaccount:elsewhere:*"
+    - ref: {apiVersion: sources.knative.dev/v1, kind: PingSource, name: tick}
+"#,
+    )
+    .await;
+    let policy = wait_ready(kube, "shop", "eventpolicy/partners", "True").await;
+    assert_eq!(
+        policy["status"]["from"],
+        serde_json::json!([
+            "system:serviceaccount:elsewhere:*",
+            "system:serviceaccount:shop:tick-oidc-sources.knative.dev-pingsource"
+        ])
+    );
+    eventually(T, "the policy admits the other namespace", || async {
+        let t = tokens.token(&foreign, aud).await.ok()?;
+        (post(&url, Some(&t)).await.0 == 202).then_some(())
+    })
+    .await;
+    let (status, body) = post(&url, Some(&token)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("partners"), "{body}");
+
     // A ServiceAccount that does not exist gets no token, and the error says why.
     let ghost = Identity {
         namespace: "shop".into(),

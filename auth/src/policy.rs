@@ -235,15 +235,16 @@ mod tests {
         let allow = Decision::Allow;
         let deny = |needle: &'static str| Some(needle);
         // (what, policies, target, subject, event type, mode, expected: None = allow, Some(part of the reason))
-        let cases: Vec<(
-            &str,
+        type Case<'a> = (
+            &'a str,
             Vec<EventPolicy>,
-            &ObjectRef,
-            &str,
-            &str,
+            &'a ObjectRef,
+            &'a str,
+            &'a str,
             DefaultMode,
-            Option<&str>,
-        )> = vec![
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "no policy, allow-all",
                 vec![],

@@ -23,10 +23,13 @@ use std::time::Duration;
 /// Lifetime asked for tokens (the API server may shorten it; its minimum is 10 minutes).
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// Cached tokens by identity and audience, with when to ask again.
+type TokenCache = HashMap<(Identity, String), (Arc<str>, tokio::time::Instant)>;
+
 /// Tokens of senders' ServiceAccounts, from the TokenRequest API.
 pub struct TokenRequests {
     client: Client,
-    cache: Mutex<HashMap<(Identity, String), (Arc<str>, tokio::time::Instant)>>,
+    cache: Mutex<TokenCache>,
 }
 
 impl std::fmt::Debug for TokenRequests {

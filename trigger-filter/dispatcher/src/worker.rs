@@ -100,7 +100,7 @@ enum ReplyOutcome {
     Failed {
         failure: Box<Failure>,
         /// Where it failed, for `knativeerrordest` (the reply URL, for a URL reply target).
-        dest: Option<Endpoint>,
+        dest: Option<Box<Endpoint>>,
     },
 }
 
@@ -294,7 +294,7 @@ impl Worker {
                 }
                 Next::GiveUp => {
                     let dl_req = Request {
-                        url: dest.as_ref().unwrap_or(&s.subscriber),
+                        url: dest.as_deref().unwrap_or(&s.subscriber),
                         ..req
                     };
                     match self
@@ -406,7 +406,7 @@ impl Worker {
                         }),
                         // A channel reply names the channel's address (SEMANTICS.md §9); a
                         // Trigger's reply keeps Knative's broker behaviour (the subscriber).
-                        dest: address,
+                        dest: address.map(Box::new),
                     },
                 })
             }
@@ -433,7 +433,7 @@ impl Worker {
                             retryable: false,
                             ..last
                         }),
-                        dest: Some(url.clone()),
+                        dest: Some(Box::new(url.clone())),
                     },
                 })
             }

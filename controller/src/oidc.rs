@@ -9,7 +9,10 @@
 //!   them: the `system:service-account-issuer-discovery` ClusterRole is bound to all
 //!   ServiceAccounts by default);
 //! - [`features`]: the `config-features` ConfigMap's `authentication-oidc` and
-//!   `default-authorization-mode`.
+//!   `default-authorization-mode`;
+//! - [`sender_accounts`] / [`apply_service_account`]: the controller creates each sender's
+//!   ServiceAccount `<name>-oidc-<group>-<kind>` (owned by the sender, so it goes with it),
+//!   as Knative does, while OIDC is on.
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
@@ -259,4 +262,72 @@ mod tests {
             Duration::from_secs(2880)
         );
     }
+}
+
+/// A ServiceAccount a sender sends as, and the sender that owns it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SenderAccount {
+    pub namespace: String,
+    pub name: String,
+    pub owner_api_version: String,
+    pub owner_kind: String,
+    pub owner_name: String,
+    pub owner_uid: String,
+}
+
+/// The OIDC ServiceAccounts of the senders among `resources` (Triggers, Subscriptions and
+/// sources that have a uid, i.e. were read from the cluster).
+pub fn sender_accounts(resources: &[sluice_crds::Loaded]) -> Vec<SenderAccount> {
+    use sluice_crds::Resource as R;
+    resources
+        .iter()
+        .filter_map(|l| {
+            let (meta, api_version) = match &l.resource {
+                R::Trigger(o) => (&o.metadata, "eventing.knative.dev/v1"),
+                R::Subscription(o) => (&o.metadata, "messaging.knative.dev/v1"),
+                R::PingSource(o) => (&o.metadata, "sources.knative.dev/v1"),
+                R::KafkaSource(o) => (&o.metadata, "sources.knative.dev/v1beta1"),
+                R::ApiServerSource(o) => (&o.metadata, "sources.knative.dev/v1"),
+                _ => return None,
+            };
+            let uid = meta.uid.clone()?;
+            Some(SenderAccount {
+                namespace: l.namespace.clone(),
+                name: sluice_auth::identity::service_account_of(&l.object()),
+                owner_api_version: api_version.into(),
+                owner_kind: l.resource.kind().into(),
+                owner_name: l.name.clone(),
+                owner_uid: uid,
+            })
+        })
+        .collect()
+}
+
+/// Creates (server-side apply) a sender's ServiceAccount, owned by the sender.
+pub async fn apply_service_account(client: &Client, a: &SenderAccount) -> Result<(), kube::Error> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &a.namespace);
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": a.name,
+            "namespace": a.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "sluice"},
+            "ownerReferences": [{
+                "apiVersion": a.owner_api_version,
+                "kind": a.owner_kind,
+                "name": a.owner_name,
+                "uid": a.owner_uid,
+                "controller": true,
+                "blockOwnerDeletion": false,
+            }],
+        },
+    });
+    api.patch(
+        &a.name,
+        &kube::api::PatchParams::apply("sluice-controller").force(),
+        &kube::api::Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
 }

@@ -60,6 +60,8 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
     let mut tick = tokio::time::interval(cfg.resync);
     // Discovery of the kinds refs name, kept between passes.
     let mut kinds = std::collections::HashMap::new();
+    // Senders' OIDC ServiceAccounts applied so far.
+    let mut accounts = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -68,6 +70,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
                 if r.is_err() { break }
                 // Someone else may have written while we were not leading.
                 written.clear();
+                accounts.clear();
             }
             _ = tick.tick() => {}
         }
@@ -134,6 +137,25 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
             }
         }
         written.retain(|o, _| want.contains_key(o));
+        if defaults.oidc {
+            let senders = crate::oidc::sender_accounts(&resources);
+            for a in &senders {
+                if accounts.contains(a) {
+                    continue;
+                }
+                match crate::oidc::apply_service_account(&client, a).await {
+                    Ok(()) => {
+                        accounts.insert(a.clone());
+                    }
+                    Err(e) => tracing::warn!(
+                        service_account = %format!("{}/{}", a.namespace, a.name),
+                        error = %e,
+                        "cannot create a sender's OIDC ServiceAccount (retried on the next pass)"
+                    ),
+                }
+            }
+            accounts.retain(|a| senders.contains(a));
+        }
     }
 }
 

@@ -154,6 +154,25 @@ spec:
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("partners"), "{body}");
 
+    // The controller creates a sender's OIDC ServiceAccount, owned by the sender, and its
+    // tokens come from the TokenRequest API like any other's.
+    apply(
+        kube,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: audit, namespace: shop}\nspec:\n  broker: orders\n  subscriber: {uri: \"http://127.0.0.1:1/\"}\n",
+    )
+    .await;
+    let sa = "audit-oidc-eventing.knative.dev-trigger";
+    let account = eventually(T, "the trigger's ServiceAccount", || async {
+        get_json(kube, &["serviceaccount", sa, "-n", "shop"]).await
+    })
+    .await;
+    assert_eq!(account["metadata"]["ownerReferences"][0]["kind"], "Trigger");
+    let trigger = Identity {
+        namespace: "shop".into(),
+        service_account: sa.into(),
+    };
+    tokens.token(&trigger, aud).await.unwrap();
+
     // A ServiceAccount that does not exist gets no token, and the error says why.
     let ghost = Identity {
         namespace: "shop".into(),

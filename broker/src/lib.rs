@@ -28,9 +28,16 @@
 //! With tracing on (`sluice_core::trace`), each event of a request gets an `ingress` span
 //! (its parent the request's `traceparent`, else the event's own extension) and a `channel
 //! publish` span whose context is stored with the event in place of the producer's.
+//!
+//! With OIDC authentication on ([`Ingress::with_auth`]), the request's bearer token is
+//! checked before the body is read (401) and the decoded events are authorized against the
+//! EventPolicies (403); see [`auth`].
 
+pub mod auth;
 pub mod tls;
 mod ttl;
+
+pub use auth::AuthGate;
 
 pub use ttl::{apply_ttl, TtlError, DEFAULT_TTL, TTL_ATTRIBUTE};
 
@@ -139,6 +146,10 @@ pub enum IngestError {
         https: bool,
         mode: TransportEncryption,
     },
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] sluice_auth::AuthError),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 fn transport_message(https: bool, mode: TransportEncryption) -> String {
@@ -164,6 +175,8 @@ impl IngestError {
             | IngestError::Ttl(_)
             | IngestError::Body(_) => StatusCode::BAD_REQUEST,
             IngestError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::Channel { .. }
             | IngestError::NotReady { .. }
@@ -190,6 +203,8 @@ impl IngestError {
             IngestError::Channel { .. } | IngestError::NotReady { .. } => "unavailable",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Transport { .. } => "transport",
+            IngestError::Unauthenticated(_) => "unauthenticated",
+            IngestError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -225,6 +240,15 @@ impl IntoResponse for IngestError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let IngestError::Unauthenticated(e) = &self {
+            // RFC 6750 §3: what the client must present.
+            let error = match e {
+                sluice_auth::AuthError::Missing { .. } => "Bearer realm=\"sluice\"",
+                _ => "Bearer realm=\"sluice\", error=\"invalid_token\"",
+            };
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(error));
+        }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
@@ -246,6 +270,8 @@ pub struct Ingress {
     max_body: usize,
     /// Shutting down: producers get 503 while queued events drain (replies are still taken).
     closing: AtomicBool,
+    /// OIDC authentication and EventPolicy authorization; `None` while OIDC is off.
+    auth: Option<Arc<AuthGate>>,
 }
 
 impl Ingress {
@@ -257,6 +283,27 @@ impl Ingress {
             metrics,
             max_body,
             closing: AtomicBool::new(false),
+            auth: None,
+        }
+    }
+
+    /// Requires a valid bearer token on every request and authorizes its subject with the
+    /// EventPolicies (SEMANTICS.md §11). Replies published in-process are not checked: they
+    /// come from deliveries this process made.
+    pub fn with_auth(mut self, gate: Arc<AuthGate>) -> Self {
+        self.auth = Some(gate);
+        self
+    }
+
+    /// The authentication gate, when OIDC is on.
+    pub fn auth(&self) -> Option<&Arc<AuthGate>> {
+        self.auth.as_ref()
+    }
+
+    /// Takes the EventPolicies and audiences of a new topology (nothing while OIDC is off).
+    pub fn apply_auth(&self, t: &sluice_core::topology::Topology) {
+        if let Some(gate) = &self.auth {
+            gate.apply(t);
         }
     }
 
@@ -476,6 +523,19 @@ impl Ingress {
             .headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let subject = match &self.auth {
+            None => None,
+            Some(gate) => match gate.authenticate(&parts.headers, key).await {
+                Ok(subject) => Some(subject),
+                Err(e) => {
+                    // As for a 413 below: let the client finish writing so it reads the 401.
+                    if !expects_continue {
+                        discard(body, self.max_body).await;
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
         if let Some(len) = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -506,6 +566,11 @@ impl Ingress {
         }
         let body: Bytes = buf.freeze();
         let events = sluice_core::http::decode(&parts.headers, body)?;
+        if let (Some(gate), Some(subject)) = (&self.auth, &subject) {
+            if let sluice_auth::Decision::Deny(why) = gate.authorize(key, subject, &events) {
+                return Err(IngestError::Forbidden(why));
+            }
+        }
         let headers = sluice_core::envelope::passthrough_headers(&parts.headers);
         if let Some(handler) = handler {
             if events.len() != 1 {

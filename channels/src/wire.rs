@@ -291,8 +291,10 @@ where
         None if payload.is_empty() => {}
         None => event.set_data(payload, false),
     }
+    // Only what any stored event meets: records written before a newer edge rule (e.g. the
+    // reserved `data` attribute) were answered 202 and must still be delivered.
     event
-        .validate()
+        .validate_stored()
         .map_err(|e| DecodeError(format!("invalid event: {e}")))?;
     if style.sort_headers {
         env_headers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -438,6 +440,19 @@ mod tests {
             let back = roundtrip(&old, style);
             assert_eq!(back, old);
             assert!(sluice_core::trace::from_headers(&back.headers).is_none());
+        }
+    }
+
+    #[test]
+    fn records_stored_before_a_newer_edge_rule_still_decode() {
+        // An attribute named `data` is refused at the ingress now, but records written
+        // before that rule were acknowledged: the reader must still deliver them.
+        let mut e = Event::new(SpecVersion::V10, "1", "/s", "t");
+        e.set("data", AttrValue::String("x".into()));
+        assert!(e.validate().is_err());
+        let old = Envelope::new(e);
+        for style in [&KAFKA, &NATS] {
+            assert_eq!(roundtrip(&old, style), old, "{style:?}");
         }
     }
 

@@ -61,6 +61,7 @@ pub fn kinds() -> Vec<ApiResource> {
         ApiResource::erase::<flows::Sequence>(&()),
         ApiResource::erase::<flows::Parallel>(&()),
         ApiResource::erase::<transform::EventTransform>(&()),
+        ApiResource::erase::<sluice_crds::eventpolicy::EventPolicy>(&()),
         ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<Broker>(&()),
         ApiResource::erase::<Trigger>(&()),

@@ -36,6 +36,7 @@ pub mod containersource;
 pub mod dataplane;
 pub mod features;
 pub mod leader;
+pub mod oidc;
 pub mod resolve;
 pub mod run;
 pub mod sinkbinding;

@@ -157,6 +157,8 @@ pub fn use_resolved_status(loaded: &mut [Loaded]) {
             | Resource::Sequence(_)
             | Resource::Parallel(_)
             | Resource::EventTransform(_)
+            // Names no destination.
+            | Resource::EventPolicy(_)
             // Services are read in embedded mode only (Knative Serving owns them in a cluster).
             | Resource::Service(_) => {}
         }

@@ -69,6 +69,8 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
     // Discovery of the kinds refs name, kept between passes.
     let mut kinds = std::collections::HashMap::new();
     let mut addressing = cfg.addressing.clone();
+    // Senders' OIDC ServiceAccounts applied so far.
+    let mut accounts = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -80,6 +82,7 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
                 written.clear();
                 deployments.forget();
                 bindings.forget();
+                accounts.clear();
             }
             _ = tick.tick() => {}
         }
@@ -96,6 +99,11 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         let mut defaults = cfg.defaults.clone();
         let refs = sluice_crds::external_refs(&resources);
         defaults.addressables = crate::resolve::lookup(&client, &refs, &mut kinds).await;
+        // OIDC follows `config-features` in the system namespace (EventPolicies are refused
+        // while it is off); a flag or the ConfigMap can turn it on.
+        defaults.oidc = cfg.defaults.oidc
+            || crate::oidc::features_in(&resources, &cfg.addressing.system_namespace)
+                .authentication_oidc;
         let (topology, errors) = sluice_crds::build_lenient(&resources, &defaults);
         let view: DataplaneView = observe(&client, &http, &cfg.replicas).await;
         tls_settings(&mut addressing, &resources, cfg.tls_ca.as_deref());
@@ -151,6 +159,25 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
             }
         }
         written.retain(|o, _| want.contains_key(o));
+        if defaults.oidc {
+            let senders = crate::oidc::sender_accounts(&resources);
+            for a in &senders {
+                if accounts.contains(a) {
+                    continue;
+                }
+                match crate::oidc::apply_service_account(&client, a).await {
+                    Ok(()) => {
+                        accounts.insert(a.clone());
+                    }
+                    Err(e) => tracing::warn!(
+                        service_account = %format!("{}/{}", a.namespace, a.name),
+                        error = %e,
+                        "cannot create a sender's OIDC ServiceAccount (retried on the next pass)"
+                    ),
+                }
+            }
+            accounts.retain(|a| senders.contains(a));
+        }
     }
 }
 
@@ -202,6 +229,7 @@ fn current_status(r: &Loaded) -> Value {
         R::Sequence(o) => serde_json::to_value(&o.status),
         R::Parallel(o) => serde_json::to_value(&o.status),
         R::EventTransform(o) => serde_json::to_value(&o.status),
+        R::EventPolicy(o) => serde_json::to_value(&o.status),
         // ConfigMaps have no status; Services are Knative Serving's in a cluster.
         _ => return Value::Null,
     };
@@ -227,6 +255,9 @@ async fn patch_status(client: &Client, r: &Loaded, status: &Value) -> Result<(),
         Kind::Sequence => apply::<flows::Sequence>(client, r, status).await,
         Kind::Parallel => apply::<flows::Parallel>(client, r, status).await,
         Kind::EventTransform => apply::<transform::EventTransform>(client, r, status).await,
+        Kind::EventPolicy => {
+            apply::<sluice_crds::eventpolicy::EventPolicy>(client, r, status).await
+        }
         _ => Ok(()),
     }
 }

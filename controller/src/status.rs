@@ -173,12 +173,54 @@ pub fn desired(world: &World) -> BTreeMap<ObjectRef, Desired> {
             Resource::Sequence(x) => graph_part(world, r, x.metadata.generation, errs),
             Resource::Parallel(x) => graph_part(world, r, x.metadata.generation, errs),
             Resource::EventTransform(x) => graph_part(world, r, x.metadata.generation, errs),
+            Resource::EventPolicy(p) => event_policy(world, r, p.metadata.generation, errs),
             // Brokers are done above; ContainerSource and Service run in embedded mode only.
             _ => continue,
         };
         out.insert(obj, d);
     }
     out
+}
+
+/// An EventPolicy: `AuthenticationEnabled` (refused while OIDC is off) and
+/// `SubjectsResolved` (its spec compiles), and `status.from`: the subjects it admits.
+fn event_policy(
+    world: &World,
+    r: &Loaded,
+    generation: Option<i64>,
+    errs: &[&LoadError],
+) -> Desired {
+    let oidc_off = errs
+        .iter()
+        .any(|e| e.field.is_none() && e.message.contains("authentication-oidc"));
+    let authn = if oidc_off {
+        Cond::failed(
+            "AuthenticationEnabled",
+            "AuthenticationOIDCDisabled",
+            "EventPolicies need authentication-oidc: enabled in config-features",
+        )
+    } else {
+        Cond::ok("AuthenticationEnabled")
+    };
+    let subjects = match errs.first() {
+        Some(_) if oidc_off => Cond::unknown(
+            "SubjectsResolved",
+            "AuthenticationOIDCDisabled",
+            "not resolved while OIDC authentication is off",
+        ),
+        Some(e) => Cond::failed("SubjectsResolved", "InvalidSpec", message(e)),
+        None => Cond::ok("SubjectsResolved"),
+    };
+    let mut fields = Map::new();
+    let key = Key::new(&r.namespace, &r.name);
+    if let Some(p) = world.topology.event_policies.get(&key) {
+        fields.insert("from".into(), json!(p.from));
+    }
+    Desired {
+        generation: generation.unwrap_or(0),
+        conditions: vec![authn, subjects],
+        fields,
+    }
 }
 
 /// Knative's reason when OIDC authentication is off (the condition holds trivially).

@@ -15,6 +15,10 @@ pub struct Endpoint {
     url: Url,
     uri: http::Uri,
     ca_certs: Option<std::sync::Arc<str>>,
+    /// The OIDC audience of tokens for this destination (its Destination's `audience`, or the
+    /// audience of a Sluice addressable while OIDC is on): senders with an identity attach a
+    /// token for it.
+    audience: Option<std::sync::Arc<str>>,
 }
 
 impl Endpoint {
@@ -35,6 +39,7 @@ impl Endpoint {
             url,
             uri,
             ca_certs: None,
+            audience: None,
         })
     }
 
@@ -57,6 +62,17 @@ impl Endpoint {
         }
         self.ca_certs = Some(pem.into());
         Ok(self)
+    }
+
+    /// The same endpoint, whose receiver wants OIDC tokens for `audience`.
+    pub fn with_audience(mut self, audience: &str) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// The OIDC audience tokens sent here must carry, if the receiver wants tokens.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
     }
 
     /// The extra CA certificates (PEM) this endpoint's server is verified with.

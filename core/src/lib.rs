@@ -27,8 +27,8 @@ pub mod metrics;
 pub mod offsets;
 pub mod status;
 pub mod topology;
-pub mod transport;
 pub mod trace;
+pub mod transport;
 
 pub use envelope::Envelope;
 pub use event::{AttrValue, Event, SpecVersion};

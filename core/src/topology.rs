@@ -151,6 +151,8 @@ pub enum Kind {
     EventTransform,
     /// `serving.knative.dev/v1` Service (embedded mode: local processes, autoscaled).
     Service,
+    /// `eventing.knative.dev/v1alpha1` EventPolicy (who may send to which addressables).
+    EventPolicy,
 }
 
 impl Kind {
@@ -173,6 +175,7 @@ impl Kind {
             Kind::Parallel => "Parallel",
             Kind::EventTransform => "EventTransform",
             Kind::Service => "Service",
+            Kind::EventPolicy => "EventPolicy",
         }
     }
 
@@ -196,6 +199,7 @@ impl Kind {
             "Parallel" => Kind::Parallel,
             "EventTransform" => Kind::EventTransform,
             "Service" => Kind::Service,
+            "EventPolicy" => Kind::EventPolicy,
             _ => return None,
         })
     }
@@ -611,6 +615,22 @@ pub struct EventTransform {
     pub fingerprint: u64,
 }
 
+/// An EventPolicy (`eventing.knative.dev/v1alpha1`) compiled for the ingress: which
+/// addressables it covers, which senders (token subjects) it admits, and the filter their
+/// events must pass. `sluice-auth` decides with it; `sluice-crds` builds it.
+#[derive(Debug, Clone)]
+pub struct EventPolicy {
+    pub key: Key,
+    /// The addressables it applies to (`spec.to`, selectors already resolved against the
+    /// objects' labels); `None`: every addressable in its namespace (`to` left empty).
+    pub to: Option<Vec<ObjectRef>>,
+    /// Subjects admitted: exact, or a `prefix*` glob; compared case-insensitively. `from.ref`
+    /// entries are resolved to their OIDC ServiceAccount's subject.
+    pub from: Vec<String>,
+    /// `spec.filters` (Subscriptions API), compiled once; `None`: every event.
+    pub filter: Option<Arc<dyn EventFilter>>,
+}
+
 /// Everything that runs. Cheap to clone (brokers, subscriptions and sources are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -629,6 +649,9 @@ pub struct Topology {
     pub transforms: BTreeMap<Key, Arc<EventTransform>>,
     /// `serving.knative.dev/v1` Services (embedded mode).
     pub services: BTreeMap<Key, Arc<Service>>,
+    /// EventPolicies (SEMANTICS.md §11), only the valid ones: the ingress authorizes senders
+    /// with them while OIDC authentication is on.
+    pub event_policies: BTreeMap<Key, Arc<EventPolicy>>,
     /// Objects whose latest spec is invalid, with the problem. On a reload their previous
     /// version (if any) stays in the maps above and keeps running; their status says why
     /// the edit was not applied.

@@ -53,6 +53,9 @@ pub struct Defaults {
     /// Kubernetes mode: ContainerSources and SinkBindings are run by pods (the controller
     /// writes their `K_SINK`), not by the data plane, so they add nothing to the topology.
     pub kubernetes: bool,
+    /// `authentication-oidc` is on: EventPolicies are accepted, and destinations that are
+    /// Sluice's own addressables carry their audience (senders attach tokens for it).
+    pub oidc: bool,
 }
 
 impl Defaults {
@@ -66,6 +69,7 @@ impl Defaults {
             cluster_domain: "cluster.local".into(),
             addressables: BTreeMap::new(),
             kubernetes: false,
+            oidc: false,
         }
     }
 }
@@ -183,6 +187,7 @@ fn build_rest<'a>(
     }
     crate::convert_flows::build(&mut ctx, resources, &mut topology);
     crate::convert_transform::build(&mut ctx, resources, &mut topology);
+    crate::eventpolicy::build(&mut ctx, resources, &mut topology);
     for r in resources {
         match &r.resource {
             Resource::PingSource(p) => {
@@ -572,6 +577,10 @@ pub(crate) fn resolve(
         Some(pem) => e.with_ca_certs(pem).map_err(|m| format!("CACerts: {m}")),
         None => Ok(e),
     });
+    let endpoint = endpoint.map(|e| match audience(ctx, r, dest) {
+        Some(aud) => e.with_audience(&aud),
+        None => e,
+    });
     match endpoint {
         Ok(e) => Some(e),
         Err(e) if e.starts_with("CACerts") => {
@@ -588,6 +597,27 @@ pub(crate) fn resolve(
             None
         }
     }
+}
+
+/// The OIDC audience of a destination: its own `audience`, else, while OIDC is on, the
+/// audience of the Broker, channel or EventTransform it names (SEMANTICS.md §11). Sequences
+/// and Parallels get none: they are reached through their first channel, whose name only the
+/// flow knows (set `audience` on such a destination if a sender POSTs to it).
+fn audience(ctx: &Ctx, r: &Loaded, dest: &Destination) -> Option<String> {
+    if let Some(a) = &dest.audience {
+        return Some(a.clone());
+    }
+    let reference = dest.reference.as_ref().filter(|_| ctx.defaults.oidc)?;
+    let group = reference.api_version.split('/').next().unwrap_or_default();
+    let served = match (group, reference.kind.as_str()) {
+        ("eventing.knative.dev", "Broker" | "EventTransform") => true,
+        ("messaging.knative.dev", k) => Kind::from_name(k).is_some_and(Kind::is_channel),
+        _ => false,
+    };
+    served.then(|| {
+        let ns = reference.namespace.as_deref().unwrap_or(&r.namespace);
+        sluice_auth::identity::audience(group, &reference.kind, ns, &reference.name)
+    })
 }
 
 fn resolve_url(ctx: &mut Ctx, r: &Loaded, dest: &Destination, path: &str) -> Option<Url> {
@@ -816,7 +846,7 @@ pub fn destinations(resource: &Resource) -> Vec<&Destination> {
             out.extend(p.spec.reply.as_ref());
         }
         Resource::EventTransform(t) => out.extend(t.spec.sink.as_ref()),
-        Resource::ConfigMap(_) | Resource::Service(_) => {}
+        Resource::ConfigMap(_) | Resource::Service(_) | Resource::EventPolicy(_) => {}
     }
     out
 }

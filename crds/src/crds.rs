@@ -23,7 +23,7 @@ pub const REGENERATE: &str = "cargo run -p sluice -- crdgen --out-dir crds/yaml"
 
 /// Every CRD Sluice serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    use crate::{eventtype, flows, k8s_sources, messaging, sources, transform, types};
+    use crate::{eventpolicy, eventtype, flows, k8s_sources, messaging, sources, transform, types};
     let mut kafka = sources::KafkaSource::crd();
     add_version(&mut kafka, "v1beta1", None);
     let mut eventtype = eventtype::EventType::crd();
@@ -52,6 +52,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         flows::Sequence::crd(),
         flows::Parallel::crd(),
         transform::EventTransform::crd(),
+        eventpolicy::EventPolicy::crd(),
     ];
     for crd in &mut all {
         finish(crd);

@@ -1,7 +1,7 @@
 //! # sluice-crds
 //!
 //! The resources users write — Knative's Broker and Trigger, the messaging channels and
-//! Subscription, Sequence and Parallel, EventTransform, the PingSource and KafkaSource sources, and v1
+//! Subscription, Sequence and Parallel, EventTransform, EventPolicy (compiled for `sluice-auth`), the PingSource and KafkaSource sources, and v1
 //! ConfigMap for broker settings — as typed Rust (`#[derive(CustomResource)]`, so the same types become CRDs), and
 //! the one path from resources to Sluice's [`Topology`](sluice_core::topology::Topology):
 //!
@@ -24,6 +24,7 @@ mod convert_flows;
 mod convert_transform;
 pub mod crds;
 pub mod duration;
+pub mod eventpolicy;
 pub mod eventtype;
 pub mod flows;
 pub mod k8s_sources;

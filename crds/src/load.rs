@@ -3,6 +3,7 @@
 //! Every error names the file, the document, the resource (kind namespace/name) and the field
 //! path, so `sluice run` can say exactly what to fix.
 
+use crate::eventpolicy::EventPolicy;
 use crate::flows::{Parallel, Sequence};
 use crate::k8s_sources::{ApiServerSource, ContainerSource, SinkBinding};
 use crate::messaging::{
@@ -42,6 +43,8 @@ pub enum Resource {
     EventTransform(Box<EventTransform>),
     /// `serving.knative.dev/v1` Service (embedded mode: local processes).
     Service(Box<Service>),
+    /// `eventing.knative.dev/v1alpha1` EventPolicy (needs OIDC on).
+    EventPolicy(Box<EventPolicy>),
 }
 
 impl Resource {
@@ -69,6 +72,7 @@ impl Resource {
             Resource::ContainerSource(_) => Kind::ContainerSource,
             Resource::SinkBinding(_) => Kind::SinkBinding,
             Resource::Service(_) => Kind::Service,
+            Resource::EventPolicy(_) => Kind::EventPolicy,
         }
     }
 }
@@ -145,7 +149,7 @@ struct HeaderMeta {
 }
 
 /// The kinds `sluice run` accepts, for the error about any other kind.
-pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource, SinkBinding (subject: a ContainerSource) and KafkaSource (v1beta1 too), serving.knative.dev/v1 Service (run as local processes), v1 ConfigMap";
+pub const SUPPORTED: &str = "eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel, InMemoryChannel and Subscription, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1alpha1 NatsJetStreamChannel, flows.knative.dev/v1 Sequence and Parallel, eventing.knative.dev/v1alpha1 EventTransform and EventPolicy, sources.knative.dev/v1 PingSource, ApiServerSource, ContainerSource, SinkBinding (subject: a ContainerSource) and KafkaSource (v1beta1 too), serving.knative.dev/v1 Service (run as local processes), v1 ConfigMap";
 
 /// Kinds whose CRDs Sluice serves in Kubernetes mode (`crate::crds`) but that embedded mode does
 /// not run: they get their own message instead of "not supported".
@@ -303,6 +307,7 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         "Sequence" => Some(Kind::Sequence),
         "Parallel" => Some(Kind::Parallel),
         "EventTransform" => Some(Kind::EventTransform),
+        "EventPolicy" => Some(Kind::EventPolicy),
         "Service" if api_version == "serving.knative.dev/v1" => Some(Kind::Service),
         _ => None,
     }
@@ -355,6 +360,9 @@ fn parse_resource(mut value: serde_yaml::Value, origin: String) -> Result<Loaded
         }
         ("eventing.knative.dev/v1alpha1", "EventTransform") => {
             Resource::EventTransform(Box::new(typed(value, &origin, &describe, &object)?))
+        }
+        ("eventing.knative.dev/v1alpha1", "EventPolicy") => {
+            Resource::EventPolicy(Box::new(typed(value, &origin, &describe, &object)?))
         }
         ("serving.knative.dev/v1", "Service") => {
             Resource::Service(Box::new(typed(value, &origin, &describe, &object)?))

@@ -23,8 +23,10 @@
 
 pub mod policy;
 mod tls;
+pub mod token;
 
 pub use tls::{client as http_client, trust_also, HttpClient, TRUST_BUNDLE_ENV};
+pub use token::{Identity, TokenFile, TokenSource};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -107,6 +109,9 @@ pub struct Sender {
     with_ca: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<std::sync::Arc<str>, tls::HttpClient>>,
     >,
+    /// Where OIDC tokens come from (OIDC on), and whose this sender's are.
+    tokens: Option<std::sync::Arc<dyn TokenSource>>,
+    identity: Option<std::sync::Arc<Identity>>,
 }
 
 impl Default for Sender {
@@ -125,6 +130,8 @@ enum AttemptError {
     Body { status: u16, reason: String },
     /// No client could be made for the destination (its `CACerts` do not parse).
     Client(String),
+    /// No OIDC token could be had for the destination's audience.
+    Token(String),
 }
 
 impl Sender {
@@ -132,7 +139,42 @@ impl Sender {
         Sender {
             client: tls::client(None).expect("a client without extra CAs always builds"),
             with_ca: Default::default(),
+            tokens: None,
+            identity: None,
         }
+    }
+
+    /// Attaches OIDC tokens from `source` to requests for destinations with an audience,
+    /// once an identity is set ([`Sender::with_identity`]).
+    pub fn with_tokens(mut self, source: std::sync::Arc<dyn TokenSource>) -> Self {
+        self.tokens = Some(source);
+        self
+    }
+
+    /// A sender (sharing the connection pool) that sends as `identity`.
+    pub fn with_identity(&self, identity: Identity) -> Self {
+        let mut s = self.clone();
+        s.identity = Some(std::sync::Arc::new(identity));
+        s
+    }
+
+    /// `Authorization: Bearer <token>` for `url`, when it wants tokens and this sender has
+    /// an identity and a token source.
+    async fn authorization(&self, url: &Endpoint) -> Result<Option<HeaderValue>, String> {
+        let (Some(audience), Some(source), Some(identity)) =
+            (url.audience(), &self.tokens, &self.identity)
+        else {
+            return Ok(None);
+        };
+        let token = source.token(identity, audience).await.map_err(|e| {
+            format!(
+                "no OIDC token for {}/{} and audience {audience}: {e}",
+                identity.namespace, identity.service_account
+            )
+        })?;
+        HeaderValue::from_str(&format!("Bearer {token}"))
+            .map(Some)
+            .map_err(|_| "the OIDC token holds characters a header cannot carry".into())
     }
 
     /// The client trusting `url`'s `CACerts`, made on first use.
@@ -248,6 +290,9 @@ impl Sender {
         *req.headers_mut() = headers;
         let deadline = tokio::time::Instant::now() + timeout;
         let client = self.client_for(url).map_err(AttemptError::Client)?;
+        if let Some(auth) = self.authorization(url).await.map_err(AttemptError::Token)? {
+            req.headers_mut().insert(http::header::AUTHORIZATION, auth);
+        }
         let response = tokio::time::timeout_at(deadline, client.request(req))
             .await
             .map_err(|_| AttemptError::Timeout)?
@@ -415,6 +460,50 @@ pub fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
     }
 }
 
+/// GETs a small document (an OIDC discovery document, a JWKS) with the same TLS trust as
+/// deliveries plus `ca_pem`, and an optional bearer token; the body of a 2xx, else an error
+/// naming the URL and the status.
+pub async fn get(
+    url: &url::Url,
+    ca_pem: Option<&str>,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    let client = tls::client(ca_pem)?;
+    let mut req = http::Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = url
+        .as_str()
+        .parse()
+        .map_err(|e| format!("{url}: not a valid request URI: {e}"))?;
+    if let Some(token) = bearer {
+        let v = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the bearer token holds characters a header cannot carry".to_string())?;
+        req.headers_mut().insert(http::header::AUTHORIZATION, v);
+    }
+    let work = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {url}: reading the body: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("GET {url}: no answer within {timeout:?}"))?
+}
+
 fn transport_failure(e: AttemptError, timeout: Duration) -> Failure {
     let reason = match e {
         AttemptError::Timeout => format!("no answer within the {timeout:?} timeout"),
@@ -422,7 +511,9 @@ fn transport_failure(e: AttemptError, timeout: Duration) -> Failure {
             format!("could not connect: {}", error_chain(&e))
         }
         AttemptError::Send(e) => format!("request failed: {}", error_chain(&e)),
-        AttemptError::Body { reason, .. } | AttemptError::Client(reason) => reason,
+        AttemptError::Body { reason, .. }
+        | AttemptError::Client(reason)
+        | AttemptError::Token(reason) => reason,
     };
     Failure {
         status: None,

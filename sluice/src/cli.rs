@@ -108,6 +108,8 @@ pub struct NodeFlags {
     pub drain_period: std::time::Duration,
     #[command(flatten)]
     pub tls: TlsFlags,
+    #[command(flatten)]
+    pub oidc: crate::oidc::OidcFlags,
 }
 
 /// HTTPS at the ingress (SEMANTICS.md §11, README "Security").

@@ -114,6 +114,12 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
     let addressing = addressing(&args.kube);
     let mut defaults = addressing.defaults();
     args.node.apply_to(&mut defaults);
+    let oidc = args
+        .node
+        .oidc
+        .kubernetes(&client, &args.kube.system_namespace)
+        .await?;
+    defaults.oidc = oidc.as_ref().is_some_and(|o| o.gate.is_some());
     let (cluster, _watches) = Cluster::watch(client.clone());
     // One replica runs the ApiServerSources (each would otherwise emit every change once
     // per replica): the holder of this Lease.
@@ -167,6 +173,7 @@ pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         tls,
         topology_rx,
         Some(kube_config),
+        oidc,
         wait_for_signal(),
     )
     .await;

@@ -8,10 +8,11 @@ mod display;
 mod get;
 mod k8s;
 mod load;
+mod oidc;
 mod run;
 mod send;
-mod tls;
 mod telemetry;
+mod tls;
 
 use clap::Parser;
 

@@ -32,6 +32,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Strict mode refuses plain http, so the addresses objects reach each other at are https.
     let mut defaults = Defaults::new(tls.internal_base(ingress_url));
     args.node.apply_to(&mut defaults);
+    let oidc = args.node.oidc.embedded().await?;
+    defaults.oidc = oidc.as_ref().is_some_and(|o| o.gate.is_some());
 
     let topology = load::topology(&args.files, &defaults)
         .map_err(|p| anyhow::anyhow!("invalid resources; nothing was started:\n{p}"))?;
@@ -62,6 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tls,
         topology_rx,
         kube_config,
+        oidc,
         wait_for_signal(),
     )
     .await;
@@ -78,6 +81,7 @@ pub async fn serve(
     tls: IngressTls,
     topology_rx: watch::Receiver<Arc<Topology>>,
     kube_config: Option<kube::Config>,
+    oidc: Option<crate::oidc::Oidc>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     if let Some(pem) = &tls.ca_pem {
@@ -93,19 +97,32 @@ pub async fn serve(
     }
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(StatusBoard::new());
-    let ingress = Arc::new(Ingress::new(metrics.clone(), node.max_body_bytes));
-    let dataplane = Dataplane::start(
+    let mut ingress = Ingress::new(metrics.clone(), node.max_body_bytes);
+    let mut sender = sluice_delivery::Sender::new();
+    let mut sources = Sources::new(metrics.clone()).with_kube(kube_config);
+    if let Some(oidc) = &oidc {
+        if let Some(gate) = &oidc.gate {
+            ingress = ingress.with_auth(gate.clone());
+        }
+        if let Some(tokens) = &oidc.tokens {
+            sender = sender.with_tokens(tokens.clone());
+            sources = sources.with_tokens(tokens.clone());
+        }
+    }
+    let ingress = Arc::new(ingress);
+    let dataplane = Dataplane::start_with(
         ingress.clone(),
         metrics.clone(),
         channel_factory(),
         status.clone(),
         topology_rx.clone(),
+        sender,
     );
     dataplane.applied().await;
     // Sources start once the brokers they may send to are there.
     let sources_stop = CancellationToken::new();
     let sources_task = tokio::spawn(sources_loop(
-        Sources::new(metrics.clone()).with_kube(kube_config),
+        sources,
         topology_rx.clone(),
         status.clone(),
         sources_stop.clone(),

@@ -130,6 +130,21 @@ pub(crate) struct Env {
     pub clock: Arc<dyn Clock>,
 }
 
+impl Env {
+    /// This environment for one source: its sender sends as the source's OIDC identity
+    /// (`<name>-oidc-sources.knative.dev-<kind>`, SEMANTICS.md §11).
+    fn for_source(&self, kind: sluice_core::topology::Kind, key: &Key) -> Env {
+        let object = sluice_core::topology::ObjectRef::new(kind, key.clone());
+        Env {
+            sender: self.sender.with_identity(sluice_delivery::Identity {
+                namespace: key.namespace.clone(),
+                service_account: sluice_auth::identity::service_account_of(&object),
+            }),
+            ..self.clone()
+        }
+    }
+}
+
 /// A source's counters, resolved once when it starts.
 #[derive(Clone)]
 pub(crate) struct Counters {
@@ -232,6 +247,12 @@ impl Sources {
         }
     }
 
+    /// Sources send OIDC tokens from `tokens` to destinations that want them.
+    pub fn with_tokens(mut self, tokens: Arc<dyn sluice_delivery::TokenSource>) -> Self {
+        self.env.sender = self.env.sender.clone().with_tokens(tokens);
+        self
+    }
+
     /// ApiServerSources watch the API server of `config` (as its identity, or impersonating
     /// their `serviceAccountName`).
     #[cfg(feature = "apiserver")]
@@ -266,7 +287,10 @@ impl Sources {
                 continue;
             }
             let cancel = CancellationToken::new();
-            let task = tokio::spawn(ping::run(spec.clone(), self.env.clone(), cancel.clone()));
+            let env = self
+                .env
+                .for_source(sluice_core::topology::Kind::PingSource, key);
+            let task = tokio::spawn(ping::run(spec.clone(), env, cancel.clone()));
             self.running.insert(
                 id,
                 Running {
@@ -288,7 +312,8 @@ impl Sources {
             #[cfg(feature = "kafka")]
             let task = Some(tokio::spawn(kafka::run(
                 spec.clone(),
-                self.env.clone(),
+                self.env
+                    .for_source(sluice_core::topology::Kind::KafkaSource, key),
                 cancel.clone(),
                 health.clone(),
             )));
@@ -348,7 +373,8 @@ impl Sources {
             #[cfg(feature = "apiserver")]
             let task = Some(tokio::spawn(apiserver::run(
                 spec.clone(),
-                self.env.clone(),
+                self.env
+                    .for_source(sluice_core::topology::Kind::ApiServerSource, key),
                 self.kube.clone(),
                 self.memory.clone(),
                 cancel.clone(),

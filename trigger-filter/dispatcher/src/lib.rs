@@ -122,6 +122,26 @@ impl Dataplane {
         status: Arc<StatusBoard>,
         topology: watch::Receiver<Arc<Topology>>,
     ) -> Self {
+        Self::start_with(
+            ingress,
+            metrics,
+            factory,
+            status,
+            topology,
+            sluice_delivery::Sender::new(),
+        )
+    }
+
+    /// [`Dataplane::start`] delivering through `sender` (one with an OIDC token source:
+    /// each subscription then sends as its own identity).
+    pub fn start_with(
+        ingress: Arc<Ingress>,
+        metrics: Arc<Metrics>,
+        factory: Box<dyn ChannelFactory>,
+        status: Arc<StatusBoard>,
+        topology: watch::Receiver<Arc<Topology>>,
+        sender: sluice_delivery::Sender,
+    ) -> Self {
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (applied_tx, applied) = watch::channel(0);
         let backlogs = Backlogs::default();
@@ -132,6 +152,7 @@ impl Dataplane {
             status,
             applied_tx,
             backlogs.clone(),
+            sender,
         );
         let task = tokio::spawn(r.run(topology, shutdown_rx));
         Dataplane {

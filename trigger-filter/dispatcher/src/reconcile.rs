@@ -118,11 +118,12 @@ impl Reconciler {
         status: Arc<StatusBoard>,
         applied: watch::Sender<u64>,
         backlogs: crate::Backlogs,
+        sender: Sender,
     ) -> Self {
         Reconciler {
             ingress,
             metrics,
-            sender: Sender::new(),
+            sender,
             factory,
             status,
             applied,
@@ -196,6 +197,8 @@ impl Reconciler {
         self.reconcile_channels(t).await;
         self.reconcile_workers(t).await;
         self.publish_backlogs();
+        // Policies before routes: a new broker is never served without its policies.
+        self.ingress.apply_auth(t);
         self.publish_routes();
         self.publish_transforms(t);
         // Deleted brokers and channels leave the event-type registry.

@@ -117,7 +117,7 @@ enum ReplyOutcome {
     Failed {
         failure: Box<Failure>,
         /// Where it failed, for `knativeerrordest` (the reply URL, for a URL reply target).
-        dest: Option<Endpoint>,
+        dest: Option<Box<Endpoint>>,
     },
 }
 
@@ -153,6 +153,11 @@ impl Worker {
                 ReplyTo::Endpoint(url) => url.to_string(),
                 ReplyTo::Discard => "discard".to_owned(),
             },
+        });
+        // Deliveries go out as the subscription's own OIDC identity (SEMANTICS.md §11).
+        let sender = sender.with_identity(sluice_delivery::Identity {
+            namespace: sub.owner.key.namespace.clone(),
+            service_account: sluice_auth::identity::service_account_of(&sub.owner),
         });
         Worker {
             sub,
@@ -343,7 +348,7 @@ impl Worker {
                 }
                 Next::GiveUp => {
                     let dl_req = Request {
-                        url: dest.as_ref().unwrap_or(&s.subscriber),
+                        url: dest.as_deref().unwrap_or(&s.subscriber),
                         ..req
                     };
                     match self
@@ -471,7 +476,7 @@ impl Worker {
                         }),
                         // A channel reply names the channel's address (SEMANTICS.md §9); a
                         // Trigger's reply keeps Knative's broker behaviour (the subscriber).
-                        dest: address,
+                        dest: address.map(Box::new),
                     },
                 })
             }
@@ -498,7 +503,7 @@ impl Worker {
                             retryable: false,
                             ..last
                         }),
-                        dest: Some(url.clone()),
+                        dest: Some(Box::new(url.clone())),
                     },
                 })
             }

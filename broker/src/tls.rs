@@ -6,7 +6,7 @@
 //! mounted Secret in place), so the server never holds a certificate itself: each TLS
 //! handshake asks [`Certificates`] (a rustls `ResolvesServerCert`) for the current one, an
 //! `ArcSwap` that [`Certificates::reload_if_changed`] replaces. A reload is triggered by a
-//! change of either file's modification time or length (polled: it works the same for
+//! change of either file's contents (polled: it works the same for
 //! editors, `cp`, and the symlink swap of a Secret volume, where file watchers disagree).
 //! A new pair that cannot be used (unreadable, not PEM, key not matching the certificate —
 //! e.g. read between the writes of the two files) is logged with the reason and the old
@@ -20,7 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How often the certificate files are looked at by default.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -94,12 +94,18 @@ pub fn load(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey,
     })
 }
 
-/// What identifies a version of a file without reading it.
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies a version of a file: a hash of its contents. Not the modification time
+/// and size: a new certificate of the same length written within the file system's
+/// timestamp tick (a few ms) would look unchanged (a test caught it). Reading two small
+/// files every poll costs nothing worth saving.
+type Stamp = Option<u64>;
 
 fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// The certificate served, swapped whole when the files change.

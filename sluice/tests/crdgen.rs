@@ -13,7 +13,7 @@ fn crdgen_prints_every_crd() {
     let out = sluice().arg("crdgen").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 16);
+    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 17);
     for name in [
         "brokers.eventing.knative.dev",
         "triggers.eventing.knative.dev",
@@ -56,7 +56,7 @@ fn crdgen_out_dir_writes_what_is_checked_in_and_removes_stale_files() {
         assert_eq!(got, want, "{name:?}");
         n += 1;
     }
-    assert_eq!(n, 17, "16 CRDs and kustomization.yaml");
+    assert_eq!(n, 18, "17 CRDs and kustomization.yaml");
     std::fs::remove_dir_all(&dir).unwrap();
 
     let out = sluice()
